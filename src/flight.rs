@@ -1,0 +1,215 @@
+//! Single flight: concurrent misses for one key hash share one lookup.
+//!
+//! A flight is a shared future (lookup, then cache write) that every waiting
+//! request polls; whichever request polls it drives it, so a leader that goes
+//! away (client disconnect) doesn't strand the others. The registry holds only
+//! a weak handle: when every waiter is gone the flight is dropped, and a guard
+//! inside it removes its slot, so abandoned lookups can't pile up.
+//!
+//! A request joins a flight only when its cache token equals the flight's:
+//! a flight that started before an invalidation of its hash can't answer a
+//! request that arrived after it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared, WeakShared};
+
+use crate::KeyHash;
+
+const SHARDS: usize = 32;
+
+/// What a lookup concluded, shared by every request waiting on it.
+pub(crate) enum Outcome<P> {
+    Valid(Arc<P>),
+    Invalid,
+    Failed,
+}
+
+impl<P> Clone for Outcome<P> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Valid(p) => Self::Valid(Arc::clone(p)),
+            Self::Invalid => Self::Invalid,
+            Self::Failed => Self::Failed,
+        }
+    }
+}
+
+pub(crate) type Flight<P> = Shared<BoxFuture<'static, Outcome<P>>>;
+
+struct Slot<P, T> {
+    id: u64,
+    token: Option<T>,
+    flight: WeakShared<BoxFuture<'static, Outcome<P>>>,
+}
+
+type Shard<P, T> = Mutex<HashMap<KeyHash, Slot<P, T>>>;
+
+pub(crate) struct Flights<P, T> {
+    shards: Box<[Shard<P, T>]>,
+    next_id: AtomicU64,
+}
+
+/// Removes its flight's slot when the flight finishes or is dropped.
+pub(crate) struct FlightGuard<P, T> {
+    flights: Arc<Flights<P, T>>,
+    hash: KeyHash,
+    id: u64,
+}
+
+impl<P, T> Drop for FlightGuard<P, T> {
+    fn drop(&mut self) {
+        let mut shard = self.flights.shard(&self.hash);
+        if shard.get(&self.hash).is_some_and(|s| s.id == self.id) {
+            shard.remove(&self.hash);
+        }
+    }
+}
+
+impl<P, T> Flights<P, T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, hash: &KeyHash) -> MutexGuard<'_, HashMap<KeyHash, Slot<P, T>>> {
+        // Nothing panics while a shard is locked; a poisoned lock is still
+        // consistent.
+        self.shards[(hash.prefix_u64() as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
+    /// Joins the live flight for `hash` started with an equal token, or
+    /// starts one with `start`. Returns the flight and whether it was joined.
+    pub(crate) fn join_or_start(
+        self: &Arc<Self>,
+        hash: KeyHash,
+        token: Option<T>,
+        start: impl FnOnce(FlightGuard<P, T>) -> BoxFuture<'static, Outcome<P>>,
+    ) -> (Flight<P>, bool) {
+        let mut shard = self.shard(&hash);
+        if let Some(slot) = shard.get(&hash) {
+            if slot.token == token {
+                if let Some(flight) = slot.flight.upgrade() {
+                    return (flight, true);
+                }
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let guard = FlightGuard {
+            flights: Arc::clone(self),
+            hash,
+            id,
+        };
+        let flight = start(guard).shared();
+        if let Some(weak) = flight.downgrade() {
+            // Replaces a dead slot, or a live one from before an
+            // invalidation (its guard then finds a different id and leaves
+            // this slot alone).
+            shard.insert(
+                hash,
+                Slot {
+                    id,
+                    token,
+                    flight: weak,
+                },
+            );
+        }
+        (flight, false)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::future::{pending, ready};
+    use std::future::Future;
+
+    #[tokio::test]
+    async fn equal_tokens_join_and_finished_flights_unregister() {
+        let flights = Arc::new(Flights::<(), u32>::new());
+        let h = KeyHash::of("a");
+        let (a, joined_a) = flights.join_or_start(h, Some(1), |g| {
+            async move {
+                let _g = g;
+                tokio::task::yield_now().await;
+                Outcome::Invalid
+            }
+            .boxed()
+        });
+        let (b, joined_b) = flights.join_or_start(h, Some(1), |_| unreachable!());
+        assert!(!joined_a && joined_b);
+        assert!(matches!(a.await, Outcome::Invalid));
+        assert!(matches!(b.await, Outcome::Invalid));
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_newer_token_starts_its_own_flight() {
+        let flights = Arc::new(Flights::<(), u32>::new());
+        let h = KeyHash::of("a");
+        let (_old, _) = flights.join_or_start(h, Some(1), |g| {
+            async move {
+                let _g = g;
+                pending::<()>().await;
+                Outcome::Invalid
+            }
+            .boxed()
+        });
+        let (new, joined) = flights.join_or_start(h, Some(2), |g| {
+            async move {
+                let _g = g;
+                Outcome::Failed
+            }
+            .boxed()
+        });
+        assert!(!joined);
+        assert!(matches!(new.await, Outcome::Failed));
+    }
+
+    #[tokio::test]
+    async fn abandoned_flights_are_dropped_and_unregistered() {
+        let flights = Arc::new(Flights::<(), u32>::new());
+        for i in 0..100u32 {
+            let (f, _) = flights.join_or_start(KeyHash::of(i.to_string()), None, |g| {
+                async move {
+                    let _g = g;
+                    pending::<()>().await;
+                    Outcome::Invalid
+                }
+                .boxed()
+            });
+            // Polled once, then the only waiter goes away.
+            let mut f = f;
+            let waker = futures_util::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            assert!(std::pin::Pin::new(&mut f).poll(&mut cx).is_pending());
+        }
+        assert_eq!(flights.len(), 0);
+        let (f, _) = flights.join_or_start(KeyHash::of("x"), None, |g| {
+            async move {
+                let _g = g;
+                ready(()).await;
+                Outcome::Invalid
+            }
+            .boxed()
+        });
+        drop(f);
+        assert_eq!(flights.len(), 0, "never polled, still unregistered on drop");
+    }
+}

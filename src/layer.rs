@@ -1,0 +1,455 @@
+//! [`ApiKeyAuthLayer`]: configuration, and the handle for revocation and
+//! statistics.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::future::{poll_fn, BoxFuture, FutureExt};
+use http::{Method, Response};
+use tower_layer::Layer;
+
+use crate::cache::{CacheError, KeyCache, Principal, Verdict};
+use crate::flight::{Flight, FlightGuard, Flights, Outcome};
+use crate::lookup::{BoxError, Lookup};
+use crate::policy::{RoutePolicy, RouteTable};
+use crate::rejection::{sanitize_realm, AuthRejection, Challenge, RejectionConfig};
+use crate::stats::{Counters, Stats, WarnLimiter};
+use crate::{ApiKeyAuth, KeyHash, KeyHasher, KeySource};
+
+/// Default time a valid key stays cached.
+pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(300);
+/// Default time an unknown key stays cached as invalid.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+/// Layer that applies [`ApiKeyAuth`], which authenticates requests by API key
+/// against a cache in front of your key store.
+///
+/// Build it with a cache and a [`Lookup`], configure it with the chained
+/// methods, then put it on a router. `Clone` is two reference counts: keep a
+/// clone in your application state to revoke keys ([`invalidate`]) and read
+/// [`stats`].
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use http::{header::AUTHORIZATION, Request, StatusCode};
+/// use tower::ServiceExt;
+/// use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, MemoryCache, Principal};
+///
+/// #[derive(Debug)]
+/// struct Client { name: String }
+/// impl Principal for Client {}
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let admin = KeyHash::of("sk_admin_123");
+/// let auth = ApiKeyAuthLayer::new(
+///     MemoryCache::builder().max_capacity(100_000).build(),
+///     lookup_fn(move |hash: KeyHash| async move {
+///         // Your key table, queried by hash.
+///         Ok::<_, Infallible>((hash == admin).then(|| Client { name: "admin".into() }))
+///     }),
+/// )
+/// .positive_ttl(Duration::from_secs(300))
+/// .negative_ttl(Duration::from_secs(30))
+/// .public("/health");
+///
+/// let app = Router::new()
+///     .route("/me", get(|Authenticated(client): Authenticated<Client>| async move {
+///         client.name.clone()
+///     }))
+///     .route("/health", get(|| async { "ok" }))
+///     .layer(auth.clone());
+///
+/// let res = app.clone()
+///     .oneshot(Request::get("/me").header(AUTHORIZATION, "Bearer sk_admin_123").body(axum::body::Body::empty()).unwrap())
+///     .await
+///     .unwrap();
+/// assert_eq!(res.status(), StatusCode::OK);
+///
+/// let res = app.clone().oneshot(Request::get("/me").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+///
+/// let res = app.oneshot(Request::get("/health").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+/// assert_eq!(res.status(), StatusCode::OK);
+///
+/// // Revocation: drop the key's cached verdict (after marking it revoked in your table).
+/// auth.invalidate(&KeyHash::of("sk_admin_123")).await.unwrap();
+/// assert_eq!(auth.stats().lookups, 1);
+/// # }
+/// ```
+///
+/// [`invalidate`]: Self::invalidate
+/// [`stats`]: Self::stats
+pub struct ApiKeyAuthLayer<C: KeyCache, L> {
+    pub(crate) config: Arc<Config>,
+    pub(crate) core: Arc<Core<C, L>>,
+}
+
+/// Settings read on every request; copied on write, so configuring a clone
+/// never changes the original.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) source: KeySource,
+    pub(crate) hasher: KeyHasher,
+    pub(crate) routes: RouteTable,
+    pub(crate) positive_ttl: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) rejection: Arc<RejectionConfig>,
+}
+
+/// State shared by every clone of a layer and every service it made.
+pub(crate) struct Core<C: KeyCache, L> {
+    pub(crate) cache: C,
+    lookup: L,
+    pub(crate) counters: Counters,
+    flights: Arc<Flights<C::Principal, C::Token>>,
+    cache_warnings: WarnLimiter,
+    lookup_warnings: WarnLimiter,
+}
+
+impl<C, L> ApiKeyAuthLayer<C, L>
+where
+    C: KeyCache,
+    L: Lookup<C::Principal>,
+{
+    /// A layer with `cache` in front of `lookup`, requiring a key on every
+    /// route, reading it from `Authorization: Bearer`, hashing it with plain
+    /// SHA-256, caching valid keys for [`DEFAULT_POSITIVE_TTL`] and unknown
+    /// ones for [`DEFAULT_NEGATIVE_TTL`].
+    pub fn new(cache: C, lookup: L) -> Self {
+        Self {
+            config: Arc::new(Config {
+                source: KeySource::bearer(),
+                hasher: KeyHasher::sha256(),
+                routes: RouteTable::default(),
+                positive_ttl: DEFAULT_POSITIVE_TTL,
+                negative_ttl: DEFAULT_NEGATIVE_TTL,
+                rejection: Arc::new(RejectionConfig::default()),
+            }),
+            core: Arc::new(Core {
+                cache,
+                lookup,
+                counters: Counters::default(),
+                flights: Arc::new(Flights::new()),
+                cache_warnings: WarnLimiter::new(Duration::from_secs(10)),
+                lookup_warnings: WarnLimiter::new(Duration::from_secs(10)),
+            }),
+        }
+    }
+}
+
+impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// How long a valid key stays cached (default five minutes). A key that
+    /// reports its own expiry ([`Principal::expires_at`]) is never cached past
+    /// it. `Duration::ZERO` disables positive caching.
+    pub fn positive_ttl(mut self, ttl: Duration) -> Self {
+        self.config_mut().positive_ttl = ttl;
+        self
+    }
+
+    /// How long an unknown, revoked or expired key stays cached as invalid
+    /// (default thirty seconds). Negative caching protects your key store
+    /// from floods of made-up keys; keep it short, and invalidate a key's hash
+    /// when you create it so an earlier negative entry can't block it.
+    /// `Duration::ZERO` disables negative caching.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.config_mut().negative_ttl = ttl;
+        self
+    }
+
+    /// Where keys are read from (default `Authorization: Bearer`).
+    pub fn source(mut self, source: KeySource) -> Self {
+        let config = self.config_mut();
+        let rejection = Arc::make_mut(&mut config.rejection);
+        rejection.scheme = match (source.uses_bearer(), source.first_header()) {
+            (false, Some(header)) => Challenge::ApiKeyHeader(header.clone()),
+            _ => Challenge::Bearer,
+        };
+        config.source = source;
+        self
+    }
+
+    /// Hashes keys with HMAC-SHA256 keyed by `pepper` instead of plain
+    /// SHA-256. Your key table must store hashes made the same way: use
+    /// [`hash_key`](Self::hash_key).
+    pub fn pepper(mut self, pepper: impl AsRef<[u8]>) -> Self {
+        self.config_mut().hasher = KeyHasher::with_pepper(pepper);
+        self
+    }
+
+    /// Sets the route's policy, for every method. `template` is the route as
+    /// given to axum's `Router::route` (`/v1/keys/{id}`); see
+    /// [`policy`](crate::policy) for how requests are matched.
+    ///
+    /// # Panics
+    ///
+    /// When `template` is not a route template (it must start with `/`;
+    /// parameters are whole segments, `{name}` or a final `{*name}`), like
+    /// axum's `Router::route`.
+    pub fn route_policy(mut self, template: &str, policy: RoutePolicy) -> Self {
+        if let Err(e) = self.config_mut().routes.set_policy(None, template, policy) {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// Sets the route's policy for one method (`GET` rules cover `HEAD`
+    /// too). A method rule overrides the route's any-method rule.
+    ///
+    /// # Panics
+    ///
+    /// As [`route_policy`](Self::route_policy).
+    pub fn method_policy(mut self, method: Method, template: &str, policy: RoutePolicy) -> Self {
+        if let Err(e) = self
+            .config_mut()
+            .routes
+            .set_policy(Some(method), template, policy)
+        {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// Shorthand for `route_policy(template, RoutePolicy::Public)`.
+    pub fn public(self, template: &str) -> Self {
+        self.route_policy(template, RoutePolicy::Public)
+    }
+
+    /// Shorthand for `route_policy(template, RoutePolicy::Optional)`.
+    pub fn optional(self, template: &str) -> Self {
+        self.route_policy(template, RoutePolicy::Optional)
+    }
+
+    /// On this route, every request with a key asks the lookup instead of
+    /// trusting the cache (its answer still refreshes the cache). For routes
+    /// where a verdict up to one TTL old is too old: changing keys, moving
+    /// money.
+    ///
+    /// # Panics
+    ///
+    /// As [`route_policy`](Self::route_policy).
+    pub fn bypass_cache(mut self, template: &str) -> Self {
+        if let Err(e) = self.config_mut().routes.set_bypass(None, template) {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// [`bypass_cache`](Self::bypass_cache) for one method of the route.
+    ///
+    /// # Panics
+    ///
+    /// As [`route_policy`](Self::route_policy).
+    pub fn method_bypass_cache(mut self, method: Method, template: &str) -> Self {
+        if let Err(e) = self.config_mut().routes.set_bypass(Some(method), template) {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// The `realm` of the `WWW-Authenticate` challenge (default `api`).
+    /// Characters that can't appear in a quoted string are dropped.
+    pub fn realm(mut self, realm: &str) -> Self {
+        Arc::make_mut(&mut self.config_mut().rejection).realm = sanitize_realm(realm);
+        self
+    }
+
+    /// The `Retry-After` sent with `503` when the lookup fails (default five
+    /// seconds, rounded up to whole seconds).
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        Arc::make_mut(&mut self.config_mut().rejection).retry_after = after;
+        self
+    }
+
+    /// Renders rejections with `handler` instead of the default problem+json
+    /// (see [`rejection`](crate::rejection)). The handler sees the
+    /// [`AuthRejection`] and may start from its
+    /// [`default_response`](AuthRejection::default_response).
+    ///
+    /// ```
+    /// # use tower_api_key::{ApiKeyAuthLayer, MemoryCache, lookup_fn, KeyHash, Principal};
+    /// # struct Client; impl Principal for Client {}
+    /// # let layer = ApiKeyAuthLayer::new(MemoryCache::<Client>::new(),
+    /// #     lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, std::convert::Infallible>(None) }));
+    /// use bytes::Bytes;
+    /// use http::Response;
+    ///
+    /// let layer = layer.on_rejection(|rejection| {
+    ///     let mut res = rejection.default_response();
+    ///     *res.body_mut() = Bytes::from(format!("{{\"error\":\"{}\"}}", rejection.code()));
+    ///     res.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    ///     res
+    /// });
+    /// ```
+    pub fn on_rejection<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&AuthRejection) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        Arc::make_mut(&mut self.config_mut().rejection).handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Hashes a secret the way this layer does (with its pepper, if any): use
+    /// it when you create keys, to store the hash.
+    pub fn hash_key(&self, secret: impl AsRef<[u8]>) -> KeyHash {
+        self.config.hasher.hash(secret)
+    }
+
+    /// Drops the cached verdict for one key. Call it after you revoke a key
+    /// in your table (and after you create one, so that a negative entry
+    /// cached before it existed can't block it). Returns when the entry is
+    /// gone; a lookup for this key that was already in flight can't write its
+    /// now-stale answer back, and requests arriving after this call don't
+    /// share it.
+    pub async fn invalidate(&self, hash: &KeyHash) -> Result<(), CacheError> {
+        self.core.cache.invalidate(hash).await
+    }
+
+    /// Drops every cached verdict.
+    pub async fn invalidate_all(&self) -> Result<(), CacheError> {
+        self.core.cache.invalidate_all().await
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.core.counters.snapshot()
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &C {
+        &self.core.cache
+    }
+}
+
+impl<C, L> Core<C, L>
+where
+    C: KeyCache,
+    L: Lookup<C::Principal>,
+{
+    pub(crate) fn note_cache_error(&self, op: &'static str, error: &CacheError) {
+        self.counters.cache_errors.incr();
+        if let Some(suppressed) = self.cache_warnings.allow() {
+            tracing::warn!(op, %error, suppressed, "API key cache failed; answering from the lookup");
+        }
+    }
+
+    /// Joins or starts the lookup for `hash`.
+    pub(crate) fn flight(
+        self: &Arc<Self>,
+        config: &Arc<Config>,
+        hash: KeyHash,
+        token: Option<C::Token>,
+    ) -> Flight<C::Principal> {
+        self.counters.misses.incr();
+        let (flight, joined) = self.flights.join_or_start(hash, token.clone(), |guard| {
+            Arc::clone(self).lookup_and_store(Arc::clone(config), hash, token, guard)
+        });
+        if joined {
+            self.counters.coalesced.incr();
+        }
+        flight
+    }
+
+    fn lookup_and_store(
+        self: Arc<Self>,
+        config: Arc<Config>,
+        hash: KeyHash,
+        token: Option<C::Token>,
+        guard: FlightGuard<C::Principal, C::Token>,
+    ) -> BoxFuture<'static, Outcome<C::Principal>> {
+        async move {
+            let _guard = guard;
+            self.counters.lookups.incr();
+            let mut lookup = self.lookup.clone();
+            let ready: Result<(), BoxError> =
+                poll_fn(|cx| lookup.poll_ready(cx)).await.map_err(Into::into);
+            let result = match ready {
+                Ok(()) => lookup.call(hash).await.map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            let (outcome, verdict, ttl) = match result {
+                Ok(Some(principal)) => {
+                    let remaining = match principal.expires_at() {
+                        None => Some(config.positive_ttl),
+                        Some(at) => at
+                            .duration_since(SystemTime::now())
+                            .ok()
+                            .filter(|d| !d.is_zero())
+                            .map(|d| d.min(config.positive_ttl)),
+                    };
+                    match remaining {
+                        Some(ttl) => {
+                            let principal = Arc::new(principal);
+                            (
+                                Outcome::Valid(Arc::clone(&principal)),
+                                Verdict::Valid(principal),
+                                ttl,
+                            )
+                        }
+                        // Expired: invalid, and cached as such.
+                        None => (Outcome::Invalid, Verdict::Invalid, config.negative_ttl),
+                    }
+                }
+                Ok(None) => (Outcome::Invalid, Verdict::Invalid, config.negative_ttl),
+                Err(error) => {
+                    self.counters.lookup_errors.incr();
+                    if let Some(suppressed) = self.lookup_warnings.allow() {
+                        tracing::warn!(key = %hash, %error, suppressed, "API key lookup failed; answering 503");
+                    }
+                    return Outcome::Failed;
+                }
+            };
+            if let Some(token) = token {
+                if !ttl.is_zero() {
+                    if let Err(error) = self.cache.put(hash, token, verdict, ttl).await {
+                        self.note_cache_error("put", &error);
+                    }
+                }
+            }
+            outcome
+        }
+        .boxed()
+    }
+}
+
+impl<S, C: KeyCache, L> Layer<S> for ApiKeyAuthLayer<C, L> {
+    type Service = ApiKeyAuth<S, C, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyAuth::new(inner, self.clone())
+    }
+}
+
+impl<C: KeyCache, L> Clone for ApiKeyAuthLayer<C, L> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<C: KeyCache, L> fmt::Debug for ApiKeyAuthLayer<C, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyAuthLayer")
+            .field("source", &self.config.source)
+            .field("hasher", &self.config.hasher)
+            .field("routes", &self.config.routes)
+            .field("positive_ttl", &self.config.positive_ttl)
+            .field("negative_ttl", &self.config.negative_ttl)
+            .field("rejection", &self.config.rejection)
+            .field("cache", &std::any::type_name::<C>())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,358 @@
+//! Per-route policy: which routes need a key, which take one optionally, which
+//! are public, and which always ask the lookup.
+//!
+//! Routes are named by their template, exactly as given to axum's
+//! `Router::route` (`/v1/keys/{id}`, with any `nest` prefix). Behind an axum
+//! router the layer matches the request's `MatchedPath`, the template the
+//! router itself chose, so what is public is decided by which handler runs,
+//! not by how the path is spelled. Without a `MatchedPath` (a plain tower or
+//! hyper stack, or axum's fallback) it matches the request path against the
+//! templates, and only a *canonical* path can match a rule that relaxes
+//! authentication: a path with an empty segment (`//x`), a trailing slash, a
+//! dot segment (`/public/../x`), an encoded dot, slash, backslash or percent
+//! (`%2e`, `%2f`, `%5c`, `%25`), a `;` parameter or a backslash is always
+//! [`RoutePolicy::Required`]. Matching is case-sensitive (`/Health` is not
+//! `/health`). There is no prefix matching: a classic bypass.
+
+use http::{Method, Request};
+
+/// How a route treats API keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RoutePolicy {
+    /// A valid key is required (the default for every route).
+    #[default]
+    Required,
+    /// A request without a key passes as anonymous; a key that is present
+    /// is checked exactly as on a `Required` route (an unknown or malformed
+    /// key is rejected, never silently downgraded to anonymous).
+    Optional,
+    /// No authentication: the layer passes the request through untouched.
+    Public,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    method: Option<Method>,
+    template: String,
+    segments: Vec<Segment>,
+    policy: Option<RoutePolicy>,
+    bypass_cache: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+    CatchAll,
+}
+
+/// What applies to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub(crate) policy: RoutePolicy,
+    pub(crate) bypass_cache: bool,
+}
+
+impl Resolved {
+    const DEFAULT: Self = Self {
+        policy: RoutePolicy::Required,
+        bypass_cache: false,
+    };
+}
+
+/// The per-route rules of a layer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RouteTable {
+    rules: Vec<Rule>,
+}
+
+/// A route template the layer can't use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid route template {template:?}: {reason}")]
+pub struct InvalidRoute {
+    template: String,
+    reason: &'static str,
+}
+
+fn parse_template(template: &str) -> Result<Vec<Segment>, &'static str> {
+    let Some(rest) = template.strip_prefix('/') else {
+        return Err("a route template starts with '/'");
+    };
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    let mut segments = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let seg = if let Some(name) = part.strip_prefix("{*").and_then(|p| p.strip_suffix('}')) {
+            if i + 1 != parts.len() || name.is_empty() {
+                return Err("a catch-all `{*name}` must be the last segment");
+            }
+            Segment::CatchAll
+        } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            if name.is_empty() || name.contains(['{', '}']) {
+                return Err("a parameter is written `{name}`");
+            }
+            Segment::Param
+        } else if part.contains(['{', '}']) {
+            return Err("a parameter must be a whole segment");
+        } else if part.is_empty() && i + 1 != parts.len() {
+            return Err("empty segment");
+        } else {
+            Segment::Literal((*part).to_owned())
+        };
+        segments.push(seg);
+    }
+    Ok(segments)
+}
+
+impl RouteTable {
+    fn rule_mut(
+        &mut self,
+        method: Option<Method>,
+        template: &str,
+    ) -> Result<&mut Rule, InvalidRoute> {
+        let segments = parse_template(template).map_err(|reason| InvalidRoute {
+            template: template.to_owned(),
+            reason,
+        })?;
+        let pos = self
+            .rules
+            .iter()
+            .position(|r| r.method == method && r.template == template);
+        let idx = match pos {
+            Some(i) => i,
+            None => {
+                self.rules.push(Rule {
+                    method,
+                    template: template.to_owned(),
+                    segments,
+                    policy: None,
+                    bypass_cache: false,
+                });
+                self.rules.len() - 1
+            }
+        };
+        Ok(&mut self.rules[idx])
+    }
+
+    pub(crate) fn set_policy(
+        &mut self,
+        method: Option<Method>,
+        template: &str,
+        policy: RoutePolicy,
+    ) -> Result<(), InvalidRoute> {
+        self.rule_mut(method, template)?.policy = Some(policy);
+        Ok(())
+    }
+
+    pub(crate) fn set_bypass(
+        &mut self,
+        method: Option<Method>,
+        template: &str,
+    ) -> Result<(), InvalidRoute> {
+        self.rule_mut(method, template)?.bypass_cache = true;
+        Ok(())
+    }
+
+    pub(crate) fn resolve<B>(&self, req: &Request<B>) -> Resolved {
+        if self.rules.is_empty() {
+            return Resolved::DEFAULT;
+        }
+        #[cfg(feature = "axum")]
+        if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
+            let template = matched.as_str();
+            return self.resolve_with(req.method(), |rule| rule.template == template);
+        }
+        let path = req.uri().path();
+        if !is_canonical(path) {
+            return Resolved::DEFAULT;
+        }
+        self.resolve_with(req.method(), |rule| matches_path(&rule.segments, path))
+    }
+
+    fn resolve_with(&self, method: &Method, matches: impl Fn(&Rule) -> bool) -> Resolved {
+        let mut any: Option<&Rule> = None;
+        let mut exact: Option<&Rule> = None;
+        for rule in &self.rules {
+            match &rule.method {
+                None if matches(rule) => any = Some(rule),
+                Some(m)
+                    if (m == method || (method == Method::HEAD && m == Method::GET))
+                        && matches(rule) =>
+                {
+                    exact = Some(rule)
+                }
+                _ => {}
+            }
+        }
+        // A method-specific rule overrides the any-method rule of its route,
+        // field by field.
+        let pick = |f: fn(&Rule) -> Option<RoutePolicy>| {
+            exact.and_then(f).or_else(|| any.and_then(f))
+        };
+        Resolved {
+            policy: pick(|r| r.policy).unwrap_or_default(),
+            bypass_cache: exact.is_some_and(|r| r.bypass_cache) || any.is_some_and(|r| r.bypass_cache),
+        }
+    }
+}
+
+/// Whether a request path is in the one spelling that a router and a proxy
+/// can't read differently.
+pub(crate) fn is_canonical(path: &str) -> bool {
+    if !path.starts_with('/') {
+        return false;
+    }
+    if path == "/" {
+        return true;
+    }
+    if path.ends_with('/') || path.contains(['\\', ';']) {
+        return false;
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
+                return false;
+            };
+            if !h.is_ascii_hexdigit() || !l.is_ascii_hexdigit() {
+                return false;
+            }
+            let decoded = (hex(h) << 4) | hex(l);
+            // '.', '/', '\\', '%', ';' and NUL change meaning once decoded.
+            if matches!(decoded, b'.' | b'/' | b'\\' | b'%' | b';' | 0) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    path[1..]
+        .split('/')
+        .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+fn hex(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => c - b'A' + 10,
+    }
+}
+
+fn matches_path(segments: &[Segment], path: &str) -> bool {
+    let rest = &path[1..];
+    if segments.is_empty() {
+        return rest.is_empty();
+    }
+    let mut parts = rest.split('/');
+    for seg in segments {
+        match seg {
+            Segment::CatchAll => {
+                // The remainder, at least one non-empty segment.
+                return parts.next().is_some_and(|p| !p.is_empty());
+            }
+            Segment::Param => match parts.next() {
+                Some(p) if !p.is_empty() => {}
+                _ => return false,
+            },
+            Segment::Literal(lit) => match parts.next() {
+                Some(p) if p == lit => {}
+                _ => return false,
+            },
+        }
+    }
+    parts.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let mut t = RouteTable::default();
+        t.set_policy(None, "/health", RoutePolicy::Public).unwrap();
+        t.set_policy(None, "/public/{*rest}", RoutePolicy::Public).unwrap();
+        t.set_policy(None, "/docs/{page}", RoutePolicy::Optional).unwrap();
+        t.set_policy(Some(Method::GET), "/v1/keys", RoutePolicy::Public)
+            .unwrap();
+        t.set_bypass(None, "/v1/keys").unwrap();
+        t
+    }
+
+    fn resolve(t: &RouteTable, method: Method, path: &str) -> Resolved {
+        let req = Request::builder().method(method).uri(path).body(()).unwrap();
+        t.resolve(&req)
+    }
+
+    #[test]
+    fn templates_match_canonical_paths() {
+        let t = table();
+        let p = |path| resolve(&t, Method::GET, path).policy;
+        assert_eq!(p("/health"), RoutePolicy::Public);
+        assert_eq!(p("/health?x=1"), RoutePolicy::Public);
+        assert_eq!(p("/public/a/b.css"), RoutePolicy::Public);
+        assert_eq!(p("/public"), RoutePolicy::Required);
+        assert_eq!(p("/docs/intro"), RoutePolicy::Optional);
+        assert_eq!(p("/docs/intro/more"), RoutePolicy::Required);
+        assert_eq!(p("/docs"), RoutePolicy::Required);
+        assert_eq!(p("/other"), RoutePolicy::Required);
+        assert_eq!(p("/healthz"), RoutePolicy::Required);
+    }
+
+    #[test]
+    fn path_tricks_never_relax_the_policy() {
+        let t = table();
+        for path in [
+            "//health",
+            "/health/",
+            "/Health",
+            "/HEALTH",
+            "/health;x=1",
+            "/health%3b",
+            "/public/../v1/secret",
+            "/public/./x",
+            "/public/%2e%2e/v1/secret",
+            "/public/%2E%2E/v1/secret",
+            "/public%2fx",
+            "/public/a%2F..%2Fb",
+            "/public/a%5c..",
+            "/public/a%252e",
+            "/public//x",
+            "/public/x\\..\\y",
+            "/docs/a%00",
+            "/docs/%zz",
+        ] {
+            assert_eq!(
+                resolve(&t, Method::GET, path).policy,
+                RoutePolicy::Required,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn method_rules_override_any_method_rules() {
+        let t = table();
+        let get = resolve(&t, Method::GET, "/v1/keys");
+        assert_eq!(get.policy, RoutePolicy::Public);
+        assert!(get.bypass_cache);
+        assert_eq!(resolve(&t, Method::HEAD, "/v1/keys").policy, RoutePolicy::Public);
+        let post = resolve(&t, Method::POST, "/v1/keys");
+        assert_eq!(post.policy, RoutePolicy::Required);
+        assert!(post.bypass_cache);
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        let mut t = RouteTable::default();
+        for bad in ["health", "/a/{*rest}/b", "/a/{}", "/a/x{id}", "//a"] {
+            assert!(t.set_policy(None, bad, RoutePolicy::Public).is_err(), "{bad}");
+        }
+        assert!(t.set_policy(None, "/", RoutePolicy::Public).is_ok());
+        assert_eq!(resolve(&t, Method::GET, "/").policy, RoutePolicy::Public);
+    }
+}

@@ -1,0 +1,329 @@
+//! [`AuthRejection`]: the responses the layer gives instead of calling your
+//! service.
+//!
+//! | kind | status | `WWW-Authenticate` (Bearer sources) | `code` in the body |
+//! | --- | --- | --- | --- |
+//! | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` |
+//! | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` |
+//! | unknown or revoked key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
+//! | expired key | 401 | `…, error="invalid_token", error_description="…"` | `expired_api_key` |
+//! | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` |
+//! | extractor used without the layer | 500 | — | `auth_layer_missing` |
+//!
+//! Bodies are RFC 9457 `application/problem+json`:
+//!
+//! ```json
+//! {"type":"about:blank","title":"Unauthorized","status":401,
+//!  "detail":"the API key is not valid","code":"invalid_token"}
+//! ```
+//!
+//! Neither the headers nor the body ever contain the presented key. Replace the
+//! rendering with [`ApiKeyAuthLayer::on_rejection`](crate::ApiKeyAuthLayer::on_rejection).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::MalformedKey;
+
+/// Why a request was not passed to the inner service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// No key was presented on a route that requires one.
+    MissingKey,
+    /// A key was presented but can't be one (bad syntax, too long, two keys).
+    MalformedKey(MalformedKey),
+    /// The key is unknown or revoked.
+    InvalidKey,
+    /// The key was valid but has expired.
+    ExpiredKey,
+    /// The lookup failed; the key's validity is unknown. Never cached.
+    LookupUnavailable,
+    /// [`Authenticated`](crate::Authenticated) was used on a route that the
+    /// layer does not cover: a server bug, not a client error.
+    LayerMissing,
+}
+
+/// A rejection, ready to render. Your [`on_rejection`] handler receives it;
+/// [`default_response`](Self::default_response) is the standard rendering.
+///
+/// [`on_rejection`]: crate::ApiKeyAuthLayer::on_rejection
+#[derive(Clone)]
+pub struct AuthRejection {
+    kind: RejectionKind,
+    config: Option<Arc<RejectionConfig>>,
+}
+
+/// Renders a rejection: your replacement for the default problem+json body.
+pub type RejectionHandler = Arc<dyn Fn(&AuthRejection) -> Response<Bytes> + Send + Sync>;
+
+/// What a layer's rejections need to render.
+#[derive(Clone)]
+pub(crate) struct RejectionConfig {
+    pub(crate) scheme: Challenge,
+    pub(crate) realm: String,
+    pub(crate) retry_after: Duration,
+    pub(crate) handler: Option<RejectionHandler>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Challenge {
+    Bearer,
+    /// Header-only sources: `ApiKey realm="…", header="x-api-key"`.
+    ApiKeyHeader(HeaderName),
+}
+
+impl Default for RejectionConfig {
+    fn default() -> Self {
+        Self {
+            scheme: Challenge::Bearer,
+            realm: "api".to_owned(),
+            retry_after: Duration::from_secs(5),
+            handler: None,
+        }
+    }
+}
+
+impl fmt::Debug for RejectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RejectionConfig")
+            .field("scheme", &self.scheme)
+            .field("realm", &self.realm)
+            .field("retry_after", &self.retry_after)
+            .field("custom_handler", &self.handler.is_some())
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+}
+
+impl AuthRejection {
+    pub(crate) fn new(kind: RejectionKind, config: Arc<RejectionConfig>) -> Self {
+        Self {
+            kind,
+            config: Some(config),
+        }
+    }
+
+    pub(crate) fn layer_missing() -> Self {
+        Self {
+            kind: RejectionKind::LayerMissing,
+            config: None,
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// The status code of the default rendering.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            RejectionKind::MissingKey | RejectionKind::InvalidKey | RejectionKind::ExpiredKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            RejectionKind::MalformedKey(_) => StatusCode::BAD_REQUEST,
+            RejectionKind::LookupUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::LayerMissing => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable code (the body's `code` member).
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            RejectionKind::MissingKey => "missing_api_key",
+            RejectionKind::MalformedKey(_) => "invalid_request",
+            RejectionKind::InvalidKey => "invalid_token",
+            RejectionKind::ExpiredKey => "expired_api_key",
+            RejectionKind::LookupUnavailable => "lookup_unavailable",
+            RejectionKind::LayerMissing => "auth_layer_missing",
+        }
+    }
+
+    /// A sentence for people; never contains the key.
+    pub fn detail(&self) -> &'static str {
+        match self.kind {
+            RejectionKind::MissingKey => "an API key is required",
+            RejectionKind::MalformedKey(m) => m.description(),
+            RejectionKind::InvalidKey => "the API key is not valid",
+            RejectionKind::ExpiredKey => "the API key has expired",
+            RejectionKind::LookupUnavailable => {
+                "the API key could not be checked right now; retry later"
+            }
+            RejectionKind::LayerMissing => {
+                "the Authenticated extractor is used on a route that ApiKeyAuthLayer does not cover (or the layer's principal type differs)"
+            }
+        }
+    }
+
+    /// The RFC 6750 error code, when the kind has one.
+    fn oauth_error(&self) -> Option<&'static str> {
+        match self.kind {
+            RejectionKind::MalformedKey(_) => Some("invalid_request"),
+            RejectionKind::InvalidKey | RejectionKind::ExpiredKey => Some("invalid_token"),
+            _ => None,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge, on 400 and 401.
+    pub fn www_authenticate(&self) -> Option<HeaderValue> {
+        let config = self.config.as_deref()?;
+        if !matches!(self.status(), StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST) {
+            return None;
+        }
+        let mut value = match &config.scheme {
+            Challenge::Bearer => format!("Bearer realm=\"{}\"", config.realm),
+            Challenge::ApiKeyHeader(h) => {
+                format!("ApiKey realm=\"{}\", header=\"{}\"", config.realm, h.as_str())
+            }
+        };
+        if let Some(error) = self.oauth_error() {
+            value.push_str(&format!(
+                ", error=\"{error}\", error_description=\"{}\"",
+                self.detail()
+            ));
+        }
+        // The realm was sanitised when it was set and the rest is ours.
+        HeaderValue::from_str(&value).ok()
+    }
+
+    /// How long a client should wait before retrying, on 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.kind {
+            RejectionKind::LookupUnavailable => self.config.as_ref().map(|c| c.retry_after),
+            _ => None,
+        }
+    }
+
+    /// The standard rendering: status, `WWW-Authenticate` or `Retry-After`,
+    /// and an RFC 9457 problem+json body.
+    pub fn default_response(&self) -> Response<Bytes> {
+        let status = self.status();
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code: self.code(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut res = Response::new(Bytes::from(body));
+        *res.status_mut() = status;
+        let headers = res.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(challenge) = self.www_authenticate() {
+            headers.insert(WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        res
+    }
+
+    /// The layer's rendering: your handler if one is set, else the default.
+    pub fn to_response(&self) -> Response<Bytes> {
+        match self.config.as_ref().and_then(|c| c.handler.as_ref()) {
+            Some(handler) => handler(self),
+            None => self.default_response(),
+        }
+    }
+}
+
+impl fmt::Debug for AuthRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRejection")
+            .field("kind", &self.kind)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl fmt::Display for AuthRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.detail())
+    }
+}
+
+impl std::error::Error for AuthRejection {}
+
+/// Keeps a realm inside its quoted-string: printable ASCII without `"` or `\`.
+pub(crate) fn sanitize_realm(realm: &str) -> String {
+    realm
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+        .collect()
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for AuthRejection {
+    fn into_response(self) -> axum::response::Response {
+        self.to_response().map(axum::body::Body::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(kind: RejectionKind) -> AuthRejection {
+        AuthRejection::new(kind, Arc::new(RejectionConfig::default()))
+    }
+
+    #[test]
+    fn missing_key_has_a_challenge_without_error_code() {
+        let res = rejection(RejectionKind::MissingKey).default_response();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()[WWW_AUTHENTICATE], r#"Bearer realm="api""#);
+        assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["status"], 401);
+        assert_eq!(body["code"], "missing_api_key");
+    }
+
+    #[test]
+    fn invalid_and_malformed_carry_rfc6750_codes() {
+        let res = rejection(RejectionKind::InvalidKey).default_response();
+        assert_eq!(
+            res.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="api", error="invalid_token", error_description="the API key is not valid""#
+        );
+        let res = rejection(RejectionKind::MalformedKey(MalformedKey::TooLong)).default_response();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert!(res.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .contains(r#"error="invalid_request""#));
+    }
+
+    #[test]
+    fn lookup_unavailable_is_503_with_retry_after() {
+        let res = rejection(RejectionKind::LookupUnavailable).default_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[RETRY_AFTER], "5");
+        assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn realm_is_sanitised() {
+        assert_eq!(sanitize_realm("my \"realm\"\\\n é"), "my realm ");
+    }
+}

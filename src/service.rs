@@ -1,0 +1,412 @@
+//! [`ApiKeyAuth`], the service, and its [`ResponseFuture`].
+
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::task::noop_waker_ref;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::cache::{CacheError, CacheRead, KeyCache, Principal, Verdict};
+use crate::flight::{Flight, Outcome};
+use crate::layer::ApiKeyAuthLayer;
+use crate::lookup::Lookup;
+use crate::policy::RoutePolicy;
+use crate::rejection::{AuthRejection, RejectionConfig, RejectionKind};
+use crate::source::RequestHead;
+use crate::KeyHash;
+
+/// Middleware that authenticates each request by API key before calling the
+/// inner service. Made by [`ApiKeyAuthLayer`].
+///
+/// A valid key's principal is put into the request's extensions as `Arc<P>`
+/// (read it with [`Authenticated`](crate::Authenticated) in axum, or
+/// `req.extensions().get::<Arc<P>>()`). Rejections are responses (`Ok`) with
+/// the status and body described in [`rejection`](crate::rejection); the
+/// error type is the inner service's, so the middleware fits axum's
+/// `Infallible` requirement.
+pub struct ApiKeyAuth<S, C: KeyCache, L> {
+    inner: S,
+    layer: ApiKeyAuthLayer<C, L>,
+}
+
+/// Marks a request the layer passed without a principal (anonymous on an
+/// optional route, or a public route), so extractors can tell "no key" from
+/// "no layer".
+#[derive(Clone)]
+pub(crate) struct Passed(pub(crate) Arc<RejectionConfig>);
+
+impl<S, C: KeyCache, L> ApiKeyAuth<S, C, L> {
+    pub(crate) fn new(inner: S, layer: ApiKeyAuthLayer<C, L>) -> Self {
+        Self { inner, layer }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the middleware, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The layer this service was made by: the handle for revocation and
+    /// statistics.
+    pub fn layer(&self) -> &ApiKeyAuthLayer<C, L> {
+        &self.layer
+    }
+}
+
+impl<S: Clone, C: KeyCache, L> Clone for ApiKeyAuth<S, C, L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: KeyCache, L> fmt::Debug for ApiKeyAuth<S, C, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyAuth")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+/// What a cache read decided.
+enum Decision<P, T> {
+    Accept(Arc<P>),
+    Reject(RejectionKind),
+    Lookup(Option<T>),
+}
+
+/// A request waiting on the cache or a lookup, with the service that
+/// `poll_ready` made ready for it.
+struct Pending<S, C: KeyCache, L, ReqB> {
+    req: Request<ReqB>,
+    inner: S,
+    hash: KeyHash,
+    bypass: bool,
+    layer: ApiKeyAuthLayer<C, L>,
+}
+
+impl<S, C, L, ReqB, ResB> Service<Request<ReqB>> for ApiKeyAuth<S, C, L>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    C: KeyCache,
+    C::Get: Unpin,
+    L: Lookup<C::Principal>,
+    ResB: From<Bytes>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, C, L, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // The instance `poll_ready` made ready goes with this request.
+        let clone = self.inner.clone();
+        let mut inner = mem::replace(&mut self.inner, clone);
+        let config = &*self.layer.config;
+
+        let route = config.routes.resolve(&req);
+        if route.policy == RoutePolicy::Public {
+            req.extensions_mut()
+                .insert(Passed(Arc::clone(&config.rejection)));
+            return ResponseFuture::inner(inner.call(req));
+        }
+
+        let hash = match config.source.extract(&RequestHead::of(&req)) {
+            Ok(Some(secret)) => config.hasher.hash(&secret),
+            Ok(None) if route.policy == RoutePolicy::Optional => {
+                req.extensions_mut()
+                    .insert(Passed(Arc::clone(&config.rejection)));
+                return ResponseFuture::inner(inner.call(req));
+            }
+            Ok(None) => return self.reject(RejectionKind::MissingKey),
+            Err(malformed) => return self.reject(RejectionKind::MalformedKey(malformed)),
+        };
+
+        // An in-process cache answers on the first poll: decide here, so a
+        // hit costs no state machine, no clone of the layer, no allocation
+        // beyond the extension.
+        let mut get = self.layer.core.cache.get(&hash);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        match Pin::new(&mut get).poll(&mut cx) {
+            Poll::Ready(read) => match decide(&self.layer, read, route.bypass_cache) {
+                Decision::Accept(principal) => {
+                    req.extensions_mut().insert(principal);
+                    ResponseFuture::inner(inner.call(req))
+                }
+                Decision::Reject(kind) => self.reject(kind),
+                Decision::Lookup(token) => ResponseFuture::waiting(
+                    Pending {
+                        req,
+                        inner,
+                        hash,
+                        bypass: route.bypass_cache,
+                        layer: self.layer.clone(),
+                    },
+                    token,
+                ),
+            },
+            Poll::Pending => ResponseFuture {
+                state: State::Reading {
+                    get,
+                    pending: Some(Box::new(Pending {
+                        req,
+                        inner,
+                        hash,
+                        bypass: route.bypass_cache,
+                        layer: self.layer.clone(),
+                    })),
+                },
+            },
+        }
+    }
+}
+
+impl<S, C: KeyCache, L> ApiKeyAuth<S, C, L> {
+    fn reject<ReqB>(&self, kind: RejectionKind) -> ResponseFuture<S, C, L, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        ResponseFuture::rejected(AuthRejection::new(
+            kind,
+            Arc::clone(&self.layer.config.rejection),
+        ))
+    }
+}
+
+fn decide<C: KeyCache, L>(
+    layer: &ApiKeyAuthLayer<C, L>,
+    read: Result<CacheRead<C::Principal, C::Token>, CacheError>,
+    bypass: bool,
+) -> Decision<C::Principal, C::Token>
+where
+    L: Lookup<C::Principal>,
+{
+    let counters = &layer.core.counters;
+    match read {
+        Ok(CacheRead { verdict, token }) if bypass => {
+            drop(verdict);
+            Decision::Lookup(Some(token))
+        }
+        Ok(CacheRead {
+            verdict: Some(Verdict::Valid(principal)),
+            token,
+        }) => {
+            // The TTL is capped by the expiry already; this also covers a
+            // backend whose clock or TTL granularity runs late.
+            let expired = principal
+                .expires_at()
+                .is_some_and(|at| at <= SystemTime::now());
+            if expired {
+                drop(token);
+                counters.negative_hits.incr();
+                Decision::Reject(RejectionKind::InvalidKey)
+            } else {
+                counters.hits.incr();
+                Decision::Accept(principal)
+            }
+        }
+        Ok(CacheRead {
+            verdict: Some(Verdict::Invalid),
+            ..
+        }) => {
+            counters.negative_hits.incr();
+            Decision::Reject(RejectionKind::InvalidKey)
+        }
+        Ok(CacheRead {
+            verdict: None,
+            token,
+        }) => Decision::Lookup(Some(token)),
+        Err(error) => {
+            layer.core.note_cache_error("get", &error);
+            Decision::Lookup(None)
+        }
+    }
+}
+
+impl<S, C: KeyCache, L, ReqB> Pending<S, C, L, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn forward(mut self, principal: Arc<C::Principal>) -> S::Future {
+        self.req.extensions_mut().insert(principal);
+        self.inner.call(self.req)
+    }
+}
+
+pin_project! {
+    /// Response future for [`ApiKeyAuth`].
+    pub struct ResponseFuture<S, C, L, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+        C: KeyCache,
+    {
+        #[pin]
+        state: State<S, C, L, ReqB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, C, L, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+        C: KeyCache,
+    {
+        // Waiting on a cache that didn't answer on the first poll.
+        Reading {
+            get: C::Get,
+            pending: Option<Box<Pending<S, C, L, ReqB>>>,
+        },
+        // Waiting on this key's lookup, shared with other requests.
+        Waiting {
+            flight: Flight<C::Principal>,
+            pending: Option<Box<Pending<S, C, L, ReqB>>>,
+        },
+        Inner {
+            #[pin]
+            future: S::Future,
+        },
+        Rejected {
+            rejection: Option<AuthRejection>,
+        },
+    }
+}
+
+impl<S, C, L, ReqB> ResponseFuture<S, C, L, ReqB>
+where
+    S: Service<Request<ReqB>>,
+    C: KeyCache,
+{
+    fn inner(future: S::Future) -> Self {
+        Self {
+            state: State::Inner { future },
+        }
+    }
+
+    fn rejected(rejection: AuthRejection) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+}
+
+impl<S, C, L, ReqB> ResponseFuture<S, C, L, ReqB>
+where
+    S: Service<Request<ReqB>>,
+    C: KeyCache,
+    L: Lookup<C::Principal>,
+{
+    fn waiting(pending: Pending<S, C, L, ReqB>, token: Option<C::Token>) -> Self {
+        let core = &pending.layer.core;
+        let flight = core.flight(&pending.layer.config, pending.hash, token);
+        Self {
+            state: State::Waiting {
+                flight,
+                pending: Some(Box::new(pending)),
+            },
+        }
+    }
+}
+
+impl<S, C, L, ReqB, ResB> Future for ResponseFuture<S, C, L, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    C: KeyCache,
+    C::Get: Unpin,
+    L: Lookup<C::Principal>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Reading { get, pending } => {
+                    let read = ready!(Pin::new(get).poll(cx));
+                    let Some(pending) = pending.take() else {
+                        return Poll::Pending;
+                    };
+                    match decide(&pending.layer, read, pending.bypass) {
+                        Decision::Accept(principal) => State::Inner {
+                            future: pending.forward(principal),
+                        },
+                        Decision::Reject(kind) => State::Rejected {
+                            rejection: Some(AuthRejection::new(
+                                kind,
+                                Arc::clone(&pending.layer.config.rejection),
+                            )),
+                        },
+                        Decision::Lookup(token) => {
+                            let flight = pending.layer.core.flight(
+                                &pending.layer.config,
+                                pending.hash,
+                                token,
+                            );
+                            State::Waiting {
+                                flight,
+                                pending: Some(pending),
+                            }
+                        }
+                    }
+                }
+                StateProj::Waiting { flight, pending } => {
+                    let outcome = ready!(Pin::new(flight).poll(cx));
+                    let Some(pending) = pending.take() else {
+                        return Poll::Pending;
+                    };
+                    let kind = match outcome {
+                        Outcome::Valid(principal) => {
+                            let future = pending.forward(principal);
+                            this.state.set(State::Inner { future });
+                            continue;
+                        }
+                        Outcome::Invalid => RejectionKind::InvalidKey,
+                        Outcome::Failed => RejectionKind::LookupUnavailable,
+                    };
+                    State::Rejected {
+                        rejection: Some(AuthRejection::new(
+                            kind,
+                            Arc::clone(&pending.layer.config.rejection),
+                        )),
+                    }
+                }
+                StateProj::Inner { future } => return future.poll(cx),
+                StateProj::Rejected { rejection } => {
+                    let response = match rejection.take() {
+                        Some(r) => r.to_response().map(ResB::from),
+                        // Polled after completion.
+                        None => return Poll::Pending,
+                    };
+                    return Poll::Ready(Ok(response));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}

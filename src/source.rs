@@ -1,0 +1,399 @@
+//! [`KeySource`]: where the presented secret is read from, and what a
+//! well-formed one looks like.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::header::{HeaderName, AUTHORIZATION};
+use http::HeaderMap;
+use http::Uri;
+
+/// The longest secret accepted by default, in bytes. Longer values are
+/// rejected with `400 invalid_request` before they are hashed.
+pub const DEFAULT_MAX_KEY_LENGTH: usize = 1024;
+
+/// Where the layer reads the presented API key from.
+///
+/// The default is `Authorization: Bearer <token>`: the scheme is matched
+/// case-insensitively and the token must follow RFC 6750's `b64token` syntax.
+/// A named header (such as `X-API-Key`) accepts any visible ASCII. Several
+/// sources can be combined; a request that carries a credential in more than
+/// one place (or the same header twice) is rejected with `400
+/// invalid_request`, never resolved by precedence, so a proxy and the service
+/// can't disagree about which key was used.
+///
+/// Query parameters are off unless asked for with [`query`](Self::query): URLs
+/// end up in access logs, browser history and `Referer` headers, so a key in
+/// one is a key leaked.
+///
+/// # Example
+///
+/// ```
+/// use http::header::HeaderName;
+/// use tower_api_key::KeySource;
+///
+/// // `Authorization: Bearer ...` or `X-API-Key: ...`, but never both at once.
+/// let source = KeySource::bearer().or_header(HeaderName::from_static("x-api-key"));
+/// # let _ = source;
+/// ```
+#[derive(Clone)]
+pub struct KeySource {
+    kinds: Vec<SourceKind>,
+    max_len: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SourceKind {
+    Bearer,
+    Header(HeaderName),
+    Query(String),
+}
+
+/// Why a presented credential was refused before any lookup. The text is
+/// safe to show a client: it never contains the credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MalformedKey {
+    /// The request carries a credential in more than one place.
+    MultipleCredentials,
+    /// The `Authorization` header uses a scheme other than `Bearer`.
+    UnsupportedScheme,
+    /// The credential is present but empty.
+    Empty,
+    /// The credential is longer than the configured maximum.
+    TooLong,
+    /// The credential contains bytes its syntax does not allow (non-ASCII,
+    /// control characters, spaces, or outside `b64token` for bearer tokens).
+    InvalidCharacters,
+}
+
+impl MalformedKey {
+    /// A sentence for the `detail` of the error body.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::MultipleCredentials => "the request carries more than one API key credential",
+            Self::UnsupportedScheme => "the Authorization header must use the Bearer scheme",
+            Self::Empty => "the API key credential is empty",
+            Self::TooLong => "the API key credential is too long",
+            Self::InvalidCharacters => "the API key credential contains invalid characters",
+        }
+    }
+}
+
+impl fmt::Display for MalformedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+impl KeySource {
+    /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
+    pub fn bearer() -> Self {
+        Self {
+            kinds: vec![SourceKind::Bearer],
+            max_len: DEFAULT_MAX_KEY_LENGTH,
+        }
+    }
+
+    /// A named header carrying the bare key, such as `X-API-Key`.
+    pub fn header(name: HeaderName) -> Self {
+        Self {
+            kinds: vec![SourceKind::Header(name)],
+            max_len: DEFAULT_MAX_KEY_LENGTH,
+        }
+    }
+
+    /// A query parameter. Only use this when clients can't send headers: keys
+    /// in URLs leak through logs and `Referer`.
+    pub fn query(param: impl Into<String>) -> Self {
+        Self {
+            kinds: vec![SourceKind::Query(param.into())],
+            max_len: DEFAULT_MAX_KEY_LENGTH,
+        }
+    }
+
+    /// Also accept `Authorization: Bearer`.
+    pub fn or_bearer(self) -> Self {
+        self.push(SourceKind::Bearer)
+    }
+
+    /// Also accept the named header.
+    pub fn or_header(self, name: HeaderName) -> Self {
+        self.push(SourceKind::Header(name))
+    }
+
+    /// Also accept the query parameter (see [`query`](Self::query)).
+    pub fn or_query(self, param: impl Into<String>) -> Self {
+        self.push(SourceKind::Query(param.into()))
+    }
+
+    /// The longest secret accepted, in bytes (default
+    /// [`DEFAULT_MAX_KEY_LENGTH`]).
+    pub fn max_length(mut self, max: usize) -> Self {
+        self.max_len = max;
+        self
+    }
+
+    fn push(mut self, kind: SourceKind) -> Self {
+        if !self.kinds.contains(&kind) {
+            self.kinds.push(kind);
+        }
+        self
+    }
+
+    /// Whether `Authorization: Bearer` is one of the sources (it decides the
+    /// `WWW-Authenticate` challenge).
+    pub(crate) fn uses_bearer(&self) -> bool {
+        self.kinds.contains(&SourceKind::Bearer)
+    }
+
+    /// The first named header, for the `ApiKey` challenge of header-only setups.
+    pub(crate) fn first_header(&self) -> Option<&HeaderName> {
+        self.kinds.iter().find_map(|k| match k {
+            SourceKind::Header(h) => Some(h),
+            _ => None,
+        })
+    }
+
+    /// Reads the one credential of a request: `Ok(None)` when there is none.
+    pub(crate) fn extract<'a>(
+        &self,
+        parts: &'a RequestHead<'a>,
+    ) -> Result<Option<Cow<'a, [u8]>>, MalformedKey> {
+        let mut found: Option<Cow<'a, [u8]>> = None;
+        for kind in &self.kinds {
+            match kind {
+                SourceKind::Bearer => {
+                    for value in parts.headers.get_all(AUTHORIZATION) {
+                        let token = parse_bearer(value.as_bytes(), self.max_len)?;
+                        put(&mut found, Cow::Borrowed(token))?;
+                    }
+                }
+                SourceKind::Header(name) => {
+                    for value in parts.headers.get_all(name) {
+                        let key = parse_plain(value.as_bytes(), self.max_len)?;
+                        put(&mut found, Cow::Borrowed(key))?;
+                    }
+                }
+                SourceKind::Query(param) => {
+                    let Some(query) = parts.uri.query() else {
+                        continue;
+                    };
+                    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+                        if name != param.as_str() {
+                            continue;
+                        }
+                        parse_plain(value.as_bytes(), self.max_len)?;
+                        let owned = match value {
+                            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+                        };
+                        put(&mut found, owned)?;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The parts of a request a source reads (borrowed, so a source never holds on
+/// to the secret).
+pub(crate) struct RequestHead<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) uri: &'a Uri,
+}
+
+impl<'a> RequestHead<'a> {
+    pub(crate) fn of<B>(req: &'a http::Request<B>) -> Self {
+        Self {
+            headers: req.headers(),
+            uri: req.uri(),
+        }
+    }
+}
+
+fn put<'a>(slot: &mut Option<Cow<'a, [u8]>>, key: Cow<'a, [u8]>) -> Result<(), MalformedKey> {
+    if slot.is_some() {
+        return Err(MalformedKey::MultipleCredentials);
+    }
+    *slot = Some(key);
+    Ok(())
+}
+
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// `Bearer <b64token>`, RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" /
+/// "." / "_" / "~" / "+" / "/" ) *"="`.
+fn parse_bearer(value: &[u8], max_len: usize) -> Result<&[u8], MalformedKey> {
+    let value = trim_ows(value);
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value, &value[value.len()..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(MalformedKey::UnsupportedScheme);
+    }
+    let token = trim_ows(rest);
+    if token.is_empty() {
+        return Err(MalformedKey::Empty);
+    }
+    if token.len() > max_len {
+        return Err(MalformedKey::TooLong);
+    }
+    let body_end = token
+        .iter()
+        .position(|&b| b == b'=')
+        .unwrap_or(token.len());
+    let (body, padding) = token.split_at(body_end);
+    let body_ok = !body.is_empty()
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+    if !body_ok || padding.iter().any(|&b| b != b'=') {
+        return Err(MalformedKey::InvalidCharacters);
+    }
+    Ok(token)
+}
+
+/// A bare key: visible ASCII (`%x21-7E`), no spaces.
+fn parse_plain(value: &[u8], max_len: usize) -> Result<&[u8], MalformedKey> {
+    let value = trim_ows(value);
+    if value.is_empty() {
+        return Err(MalformedKey::Empty);
+    }
+    if value.len() > max_len {
+        return Err(MalformedKey::TooLong);
+    }
+    if !value.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+        return Err(MalformedKey::InvalidCharacters);
+    }
+    Ok(value)
+}
+
+impl Default for KeySource {
+    fn default() -> Self {
+        Self::bearer()
+    }
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for kind in &self.kinds {
+            match kind {
+                SourceKind::Bearer => list.entry(&"Authorization: Bearer"),
+                SourceKind::Header(h) => list.entry(&format_args!("header {h}")),
+                SourceKind::Query(q) => list.entry(&format_args!("query ?{q}=")),
+            };
+        }
+        list.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn extract(source: &KeySource, req: &Request<()>) -> Result<Option<Vec<u8>>, MalformedKey> {
+        source
+            .extract(&RequestHead::of(req))
+            .map(|k| k.map(|c| c.into_owned()))
+    }
+
+    fn with_auth(values: &[&[u8]]) -> Request<()> {
+        let mut req = Request::new(());
+        for v in values {
+            req.headers_mut().append(
+                AUTHORIZATION,
+                http::HeaderValue::from_bytes(v).expect("test header"),
+            );
+        }
+        req
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let s = KeySource::bearer();
+        for v in [&b"Bearer abc"[..], b"bearer abc", b"BEARER   abc", b"bEaReR abc=="] {
+            let got = extract(&s, &with_auth(&[v])).unwrap().unwrap();
+            assert!(got.starts_with(b"abc"), "{:?}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[test]
+    fn bearer_token_syntax_is_enforced() {
+        let s = KeySource::bearer();
+        for (v, err) in [
+            (&b"Bearer"[..], MalformedKey::Empty),
+            (b"Bearer ", MalformedKey::Empty),
+            (b"Basic dXNlcjpwYXNz", MalformedKey::UnsupportedScheme),
+            (b"Bearer a b", MalformedKey::InvalidCharacters),
+            (b"Bearer a=b", MalformedKey::InvalidCharacters),
+            (b"Bearer ===", MalformedKey::InvalidCharacters),
+            (b"Bearer a,b", MalformedKey::InvalidCharacters),
+            (b"Bearer \xff\xfe", MalformedKey::InvalidCharacters),
+        ] {
+            assert_eq!(
+                extract(&s, &with_auth(&[v])),
+                Err(err),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        let long = format!("Bearer {}", "a".repeat(DEFAULT_MAX_KEY_LENGTH + 1));
+        assert_eq!(
+            extract(&s, &with_auth(&[long.as_bytes()])),
+            Err(MalformedKey::TooLong)
+        );
+    }
+
+    #[test]
+    fn two_credentials_are_rejected() {
+        let s = KeySource::bearer().or_header(HeaderName::from_static("x-api-key"));
+        assert_eq!(
+            extract(&s, &with_auth(&[b"Bearer a", b"Bearer b"])),
+            Err(MalformedKey::MultipleCredentials)
+        );
+        let mut req = with_auth(&[b"Bearer a"]);
+        req.headers_mut()
+            .insert("x-api-key", http::HeaderValue::from_static("a"));
+        assert_eq!(extract(&s, &req), Err(MalformedKey::MultipleCredentials));
+    }
+
+    #[test]
+    fn query_is_read_only_when_enabled() {
+        let req = Request::get("/x?api_key=k%2Bey&other=1")
+            .body(())
+            .unwrap();
+        assert_eq!(extract(&KeySource::bearer(), &req), Ok(None));
+        assert_eq!(
+            extract(&KeySource::query("api_key"), &req),
+            Ok(Some(b"k+ey".to_vec()))
+        );
+        let twice = Request::get("/x?api_key=a&api_key=b").body(()).unwrap();
+        assert_eq!(
+            extract(&KeySource::query("api_key"), &twice),
+            Err(MalformedKey::MultipleCredentials)
+        );
+    }
+
+    #[test]
+    fn debug_lists_sources_without_values() {
+        let s = KeySource::bearer()
+            .or_header(HeaderName::from_static("x-api-key"))
+            .or_query("k");
+        assert_eq!(
+            format!("{s:?}"),
+            r#"["Authorization: Bearer", header x-api-key, query ?k=]"#
+        );
+    }
+}
