@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::{ready, Future, Ready};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,14 +105,23 @@ impl<P> Expiry<KeyHash, Entry<P>> for PerEntryTtl {
     }
 }
 
-/// Builder for [`MemoryCache`].
-#[derive(Clone, Debug)]
-pub struct MemoryCacheBuilder {
+/// Builder for [`MemoryCache`], from [`MemoryCache::builder`].
+pub struct MemoryCacheBuilder<P> {
     max_capacity: u64,
     max_negative_capacity: u64,
+    principal: PhantomData<fn() -> P>,
 }
 
-impl MemoryCacheBuilder {
+impl<P> fmt::Debug for MemoryCacheBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCacheBuilder")
+            .field("max_capacity", &self.max_capacity)
+            .field("max_negative_capacity", &self.max_negative_capacity)
+            .finish()
+    }
+}
+
+impl<P: Principal> MemoryCacheBuilder<P> {
     /// The most valid keys kept (default 100,000).
     pub fn max_capacity(mut self, entries: u64) -> Self {
         self.max_capacity = entries;
@@ -127,7 +137,7 @@ impl MemoryCacheBuilder {
     }
 
     /// Builds the cache.
-    pub fn build<P: Principal>(self) -> MemoryCache<P> {
+    pub fn build(self) -> MemoryCache<P> {
         let build = |capacity| {
             Cache::builder()
                 .max_capacity(capacity)
@@ -148,10 +158,11 @@ impl MemoryCacheBuilder {
 impl<P: Principal> MemoryCache<P> {
     /// A builder with the defaults: 100,000 valid keys, 10,000 negative
     /// entries.
-    pub fn builder() -> MemoryCacheBuilder {
+    pub fn builder() -> MemoryCacheBuilder<P> {
         MemoryCacheBuilder {
             max_capacity: 100_000,
             max_negative_capacity: 10_000,
+            principal: PhantomData,
         }
     }
 

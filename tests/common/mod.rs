@@ -1,0 +1,245 @@
+//! Shared test helpers: a real SQLite key table behind a counting lookup, an
+//! axum app, and a one-call HTTP helper.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::Notify;
+use tower::ServiceExt;
+use tower_api_key::{
+    lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Lookup, MemoryCache, Principal,
+};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Client {
+    pub id: i64,
+    pub name: String,
+    pub expires_at: Option<u64>,
+}
+
+impl Principal for Client {
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A real SQLite key table (in memory), keys stored by hash only, with knobs
+/// for the faults a test needs: a delay, a failure switch, and a gate that
+/// holds a lookup after it has read its row.
+#[derive(Clone)]
+pub struct KeyStore {
+    conn: Arc<Mutex<Connection>>,
+    pub lookups: Arc<AtomicUsize>,
+    pub fail: Arc<AtomicBool>,
+    pub delay_ms: Arc<AtomicU64>,
+    gate: Arc<Mutex<Option<Gate>>>,
+}
+
+/// Holds the next lookup after it has read its row until released.
+#[derive(Clone)]
+pub struct Gate {
+    pub row_read: Arc<Notify>,
+    pub release: Arc<Notify>,
+}
+
+#[derive(Debug)]
+pub struct StoreDown;
+
+impl std::fmt::Display for StoreDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("key store unavailable")
+    }
+}
+impl std::error::Error for StoreDown {}
+
+impl KeyStore {
+    pub fn new() -> Self {
+        let conn = Connection::open_in_memory().expect("sqlite");
+        conn.execute_batch(
+            "CREATE TABLE api_keys (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                key_hash BLOB NOT NULL UNIQUE,
+                expires_at INTEGER,
+                revoked INTEGER NOT NULL DEFAULT 0
+            );",
+        )
+        .expect("schema");
+        Self {
+            conn: Arc::new(Mutex::new(conn)),
+            lookups: Arc::default(),
+            fail: Arc::default(),
+            delay_ms: Arc::default(),
+            gate: Arc::default(),
+        }
+    }
+
+    pub fn create(&self, name: &str, secret: &str, expires_at_ms: Option<u64>) -> i64 {
+        self.create_hashed(name, KeyHash::of(secret), expires_at_ms)
+    }
+
+    pub fn create_hashed(&self, name: &str, hash: KeyHash, expires_at_ms: Option<u64>) -> i64 {
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "INSERT INTO api_keys (name, key_hash, expires_at) VALUES (?1, ?2, ?3)",
+            params![name, hash.as_bytes().as_slice(), expires_at_ms.map(|v| v as i64)],
+        )
+        .expect("insert");
+        conn.last_insert_rowid()
+    }
+
+    pub fn revoke(&self, id: i64) {
+        let conn = self.conn.lock().unwrap();
+        conn.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id])
+            .expect("revoke");
+    }
+
+    pub fn find(&self, hash: &KeyHash) -> Option<Client> {
+        let conn = self.conn.lock().unwrap();
+        conn.query_row(
+            "SELECT id, name, expires_at FROM api_keys WHERE key_hash = ?1 AND revoked = 0",
+            [hash.as_bytes().as_slice()],
+            |row| {
+                Ok(Client {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    expires_at: row.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                })
+            },
+        )
+        .optional()
+        .expect("query")
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+
+    /// The next lookup reads its row, signals `row_read`, and waits for
+    /// `release` before answering.
+    pub fn arm_gate(&self) -> Gate {
+        let gate = Gate {
+            row_read: Arc::new(Notify::new()),
+            release: Arc::new(Notify::new()),
+        };
+        *self.gate.lock().unwrap() = Some(gate.clone());
+        gate
+    }
+
+    pub fn lookup(&self) -> impl Lookup<Client> {
+        let store = self.clone();
+        lookup_fn(move |hash: KeyHash| {
+            let store = store.clone();
+            async move {
+                store.lookups.fetch_add(1, Ordering::SeqCst);
+                let delay = store.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                if store.fail.load(Ordering::SeqCst) {
+                    return Err(StoreDown);
+                }
+                let row = store.find(&hash);
+                let gate = store.gate.lock().unwrap().take();
+                if let Some(gate) = gate {
+                    gate.row_read.notify_one();
+                    gate.release.notified().await;
+                }
+                Ok(row)
+            }
+        })
+    }
+}
+
+pub fn layer(store: &KeyStore) -> ApiKeyAuthLayer<MemoryCache<Client>, impl Lookup<Client>> {
+    ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup())
+}
+
+/// An axum app with one route of each kind.
+pub fn app<C, L>(layer: ApiKeyAuthLayer<C, L>) -> Router
+where
+    C: tower_api_key::KeyCache<Principal = Client>,
+    C::Get: Unpin,
+    L: Lookup<Client>,
+{
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/hello",
+            get(|c: Option<Authenticated<Client>>| async move {
+                match c {
+                    Some(c) => format!("hello, {}", c.name),
+                    None => "hello, stranger".to_owned(),
+                }
+            }),
+        )
+        .route(
+            "/me",
+            get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }),
+        )
+        .route(
+            "/admin/keys",
+            get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }),
+        )
+        .layer(layer)
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("json body")
+    }
+}
+
+pub async fn send<S>(svc: S, req: Request<Body>) -> Resp
+where
+    S: tower::Service<Request<Body>, Response = axum::response::Response> + Clone,
+    S::Error: std::fmt::Debug,
+    S::Future: Future,
+{
+    let res = svc.oneshot(req).await.expect("infallible");
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+pub fn get_with_key(path: &str, key: &str) -> Request<Body> {
+    Request::get(path)
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+pub fn get_anon(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}

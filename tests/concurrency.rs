@@ -1,0 +1,251 @@
+//! Single flight under concurrency, and the revocation race: a lookup that
+//! was in flight when a key was revoked must not write its stale verdict
+//! afterwards, nor answer requests that arrived after the revocation.
+
+mod common;
+
+use std::future::{ready, Future, Ready};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use tower_api_key::{
+    ApiKeyAuthLayer, CacheError, CacheRead, KeyCache, KeyHash, MemoryCache, Verdict,
+};
+
+const SECRET: &str = "sk_test_race";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_on_a_cold_key_make_one_lookup() {
+    let store = KeyStore::new();
+    store.create("alice", SECRET, None);
+    store.delay_ms.store(100, Ordering::SeqCst);
+    let auth = layer(&store);
+    let app = app(auth.clone());
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { send(app, get_with_key("/me", SECRET)).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(store.lookups(), 1);
+    let stats = auth.stats();
+    assert_eq!(stats.lookups, 1);
+    assert_eq!(stats.misses + stats.hits, 200);
+    assert_eq!(stats.coalesced, stats.misses - 1);
+    assert!(stats.coalesced > 100, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unknown_keys_share_one_lookup_too() {
+    let store = KeyStore::new();
+    store.delay_ms.store(100, Ordering::SeqCst);
+    let app = app(layer(&store));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { send(app, get_with_key("/me", "sk_nope")).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(store.lookups(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_finish_when_the_request_that_started_the_lookup_goes_away() {
+    let store = KeyStore::new();
+    store.create("alice", SECRET, None);
+    store.delay_ms.store(300, Ordering::SeqCst);
+    let app = app(layer(&store));
+    let leader = tokio::spawn(send(app.clone(), get_with_key("/me", SECRET)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let followers: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(send(app.clone(), get_with_key("/me", SECRET))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leader.abort();
+    for f in followers {
+        assert_eq!(f.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(store.lookups(), 1);
+}
+
+/// The race, step by step: a lookup reads the (still valid) row, the key is
+/// revoked and invalidated, a new request arrives, then the old lookup
+/// returns.
+async fn revocation_race<C>(cache: C) -> Race
+where
+    C: KeyCache<Principal = Client>,
+    C::Get: Unpin,
+{
+    let store = KeyStore::new();
+    let id = store.create("alice", SECRET, None);
+    let auth = ApiKeyAuthLayer::new(cache, store.lookup()).positive_ttl(Duration::from_secs(600));
+    let app = app(auth.clone());
+
+    let gate = store.arm_gate();
+    let in_flight = tokio::spawn(send(app.clone(), get_with_key("/me", SECRET)));
+    gate.row_read.notified().await; // the lookup has read the valid row
+
+    store.revoke(id);
+    auth.invalidate(&KeyHash::of(SECRET)).await.unwrap();
+
+    // Arrives after the revocation while the stale lookup is still out: it
+    // must not share it (and so must not wait for it).
+    let during = tokio::spawn(send(app.clone(), get_with_key("/me", SECRET)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during_answered_before_release = during.is_finished();
+
+    gate.release.notify_one(); // the stale lookup returns "valid"
+    let old = in_flight.await.unwrap().status;
+    let during = during.await.unwrap().status;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after = send(app.clone(), get_with_key("/me", SECRET)).await.status;
+    Race {
+        old,
+        during,
+        during_answered_before_release,
+        after,
+        lookups: store.lookups(),
+    }
+}
+
+struct Race {
+    old: StatusCode,
+    during: StatusCode,
+    during_answered_before_release: bool,
+    after: StatusCode,
+    lookups: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_lookup_cannot_undo_a_revocation() {
+    let race = revocation_race(MemoryCache::<Client>::new()).await;
+    // The request that started before the revocation used the row it read.
+    assert_eq!(race.old, StatusCode::OK);
+    assert!(race.during_answered_before_release, "joined the stale lookup");
+    assert_eq!(race.during, StatusCode::UNAUTHORIZED);
+    assert_eq!(race.after, StatusCode::UNAUTHORIZED);
+    assert_eq!(race.lookups, 2);
+}
+
+/// A cache that uses moka's plain `insert` and `invalidate`, ignoring the
+/// token and the TTL: the naive implementation the race test must catch.
+#[derive(Clone)]
+struct NaiveCache(moka::sync::Cache<KeyHash, Verdict<Client>>);
+
+impl NaiveCache {
+    fn new() -> Self {
+        Self(moka::sync::Cache::new(1_000))
+    }
+}
+
+impl KeyCache for NaiveCache {
+    type Principal = Client;
+    type Token = ();
+    type Get = Ready<Result<CacheRead<Client, ()>, CacheError>>;
+
+    fn get(&self, hash: &KeyHash) -> Self::Get {
+        ready(Ok(CacheRead { verdict: self.0.get(hash), token: () }))
+    }
+
+    fn put(
+        &self,
+        hash: KeyHash,
+        _: (),
+        verdict: Verdict<Client>,
+        _: Duration,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send {
+        self.0.insert(hash, verdict);
+        ready(Ok(()))
+    }
+
+    fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
+        self.0.invalidate(hash);
+        ready(Ok(()))
+    }
+
+    fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
+        self.0.invalidate_all();
+        ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_race_test_catches_a_cache_with_plain_invalidate() {
+    let race = revocation_race(NaiveCache::new()).await;
+    assert_eq!(
+        race.after,
+        StatusCode::OK,
+        "plain insert/invalidate lets the stale lookup re-validate the revoked key"
+    );
+    assert!(!race.during_answered_before_release);
+    assert_eq!(race.during, StatusCode::OK, "and a later request shares the stale lookup");
+}
+
+#[tokio::test]
+async fn a_cached_principal_past_its_expiry_is_rejected_even_if_the_cache_keeps_it() {
+    // NaiveCache ignores TTLs, so only the hit-path expiry check stands
+    // between an expired key and the handler.
+    let store = KeyStore::new();
+    store.create("short", SECRET, Some(now_ms() + 200));
+    let auth = ApiKeyAuthLayer::new(NaiveCache::new(), store.lookup());
+    let app = app(auth.clone());
+    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = send(app.clone(), get_with_key("/me", SECRET)).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(store.lookups(), 1, "rejected from the cached entry itself");
+}
+
+/// A cache whose reads fail: the layer must answer from the lookup.
+#[derive(Clone)]
+struct BrokenCache;
+
+impl KeyCache for BrokenCache {
+    type Principal = Client;
+    type Token = ();
+    type Get = Ready<Result<CacheRead<Client, ()>, CacheError>>;
+
+    fn get(&self, _: &KeyHash) -> Self::Get {
+        ready(Err(CacheError::new("connection refused")))
+    }
+
+    fn put(
+        &self,
+        _: KeyHash,
+        _: (),
+        _: Verdict<Client>,
+        _: Duration,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send {
+        ready(Err(CacheError::new("connection refused")))
+    }
+
+    fn invalidate(&self, _: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
+        ready(Err(CacheError::new("connection refused")))
+    }
+
+    fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
+        ready(Err(CacheError::new("connection refused")))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_cache_degrades_to_the_lookup() {
+    let store = KeyStore::new();
+    store.create("alice", SECRET, None);
+    let auth = ApiKeyAuthLayer::new(BrokenCache, store.lookup());
+    let app = app(auth.clone());
+    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(send(app.clone(), get_with_key("/me", "sk_bad")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(store.lookups(), 3);
+    assert_eq!(auth.stats().cache_errors, 3);
+    assert!(auth.invalidate(&KeyHash::of(SECRET)).await.is_err());
+}
