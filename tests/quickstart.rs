@@ -1,0 +1,219 @@
+//! Drives `examples/quickstart.rs` end to end over real HTTP: the binary the
+//! README's first command runs.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const ADMIN: &str = "sk_quickstart_admin_key";
+
+/// The example binary, built by `cargo test`/`cargo nextest` beside the
+/// tests (or built here if it isn't).
+fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> -> target/<profile>/examples/quickstart
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let bin = profile_dir.join("examples").join("quickstart");
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--example", "quickstart"])
+                .status()
+                .expect("cargo build");
+            assert!(status.success(), "building the quickstart failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+struct Quickstart {
+    child: Child,
+    base: String,
+    stdout: Vec<String>,
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(envs: &[(&str, &str)]) -> Quickstart {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear()
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn quickstart");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("quickstart exited before listening")
+            .expect("read stdout");
+        seen.push(line.clone());
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    // Read the banner up to its last curl command.
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        let last = line.contains("/v1/stats");
+        seen.push(line);
+        if last {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Quickstart { child, base, stdout: seen }
+}
+
+async fn call(method: reqwest::Method, url: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_end_to_end() {
+    let qs = start(&[("DEMO_API_KEY", ADMIN), ("APIKEY_NEGATIVE_TTL", "60")]);
+    let b = qs.base.clone();
+    use reqwest::Method;
+    assert!(qs.stdout.iter().any(|l| l.contains("curl")), "prints curl commands: {:?}", qs.stdout);
+    assert!(!qs.stdout.iter().any(|l| l.contains(ADMIN)), "a given DEMO_API_KEY is not echoed");
+
+    assert_eq!(call(Method::GET, &format!("{b}/health"), None, None).await.0, 200);
+    let (s, hello) = call(Method::GET, &format!("{b}/v1/hello"), None, None).await;
+    assert_eq!(s, 200);
+    assert!(hello["message"].as_str().unwrap().contains("anonymous"));
+    let (_, hello) = call(Method::GET, &format!("{b}/v1/hello"), Some(ADMIN), None).await;
+    assert_eq!(hello["message"], "hello, admin");
+
+    let (s, body) = call(Method::GET, &format!("{b}/v1/me"), None, None).await;
+    assert_eq!((s, body["code"].as_str()), (401, Some("missing_api_key")));
+    let (s, me) = call(Method::GET, &format!("{b}/v1/me"), Some(ADMIN), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(me, json!({"id": 1, "name": "admin", "scopes": ["admin"], "expires_at": null}));
+
+    // Create a key; a non-admin key can't create or list.
+    let (s, created) = call(
+        Method::POST,
+        &format!("{b}/v1/keys"),
+        Some(ADMIN),
+        Some(json!({"name": "ci-bot", "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_i64().unwrap();
+    let (s, me) = call(Method::GET, &format!("{b}/v1/me"), Some(&secret), None).await;
+    assert_eq!((s, me["name"].as_str()), (200, Some("ci-bot")));
+    let (s, _) = call(Method::POST, &format!("{b}/v1/keys"), Some(&secret), Some(json!({"name": "x"}))).await;
+    assert_eq!(s, 403);
+    assert_eq!(call(Method::GET, &format!("{b}/v1/stats"), Some(&secret), None).await.0, 403);
+    let (s, _) = call(Method::POST, &format!("{b}/v1/keys"), Some(ADMIN), Some(json!({"name": ""}))).await;
+    assert_eq!(s, 422);
+
+    // Revoke: effective on the next request, though the key was cached.
+    assert_eq!(call(Method::DELETE, &format!("{b}/v1/keys/{id}"), Some(ADMIN), None).await.0, 204);
+    let (s, body) = call(Method::GET, &format!("{b}/v1/me"), Some(&secret), None).await;
+    assert_eq!((s, body["code"].as_str()), (401, Some("invalid_token")));
+    assert_eq!(call(Method::DELETE, &format!("{b}/v1/keys/{id}"), Some(ADMIN), None).await.0, 404);
+
+    // A key with a TTL stops working when it expires, cached or not.
+    let (_, short) = call(
+        Method::POST,
+        &format!("{b}/v1/keys"),
+        Some(ADMIN),
+        Some(json!({"name": "short", "ttl_seconds": 1})),
+    )
+    .await;
+    let short = short["secret"].as_str().unwrap().to_owned();
+    assert_eq!(call(Method::GET, &format!("{b}/v1/me"), Some(&short), None).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(call(Method::GET, &format!("{b}/v1/me"), Some(&short), None).await.0, 401);
+
+    let (s, stats) = call(Method::GET, &format!("{b}/v1/stats"), Some(ADMIN), None).await;
+    assert_eq!(s, 200);
+    for field in ["hits", "negative_hits", "misses", "lookups", "lookup_errors", "cache_errors", "coalesced"] {
+        assert!(stats[field].is_u64(), "{field} in {stats}");
+    }
+    assert!(stats["hits"].as_u64().unwrap() >= 2, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_shows_coalescing_with_a_slow_lookup() {
+    let qs = start(&[("DEMO_API_KEY", ADMIN), ("QUICKSTART_LOOKUP_DELAY_MS", "300")]);
+    let url = format!("{}/v1/me", qs.base);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { call(reqwest::Method::GET, &url, Some(ADMIN), None).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let (_, stats) = call(reqwest::Method::GET, &format!("{}/v1/stats", qs.base), Some(ADMIN), None).await;
+    assert_eq!(stats["lookups"], 1, "{stats}");
+    assert_eq!(stats["misses"].as_u64(), Some(1 + stats["coalesced"].as_u64().unwrap()), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_with_a_failing_key_store_answers_503_not_401() {
+    let qs = start(&[("DEMO_API_KEY", ADMIN), ("QUICKSTART_LOOKUP_FAIL", "1")]);
+    let (s, body) = call(reqwest::Method::GET, &format!("{}/v1/me", qs.base), Some(ADMIN), None).await;
+    assert_eq!((s, body["code"].as_str()), (503, Some("lookup_unavailable")));
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/me", qs.base))
+        .bearer_auth("sk_unknown")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(call(reqwest::Method::GET, &format!("{}/health", qs.base), None, None).await.0, 200);
+}
+
+#[test]
+fn quickstart_prints_a_random_admin_key_once_and_rejects_bad_config() {
+    let qs = start(&[]);
+    let line = qs
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("admin key"))
+        .expect("random admin key printed");
+    assert!(line.contains("sk_"));
+    drop(qs);
+
+    let out = Command::new(binary())
+        .env_clear()
+        .env("PORT", "0")
+        .env("APIKEY_CACHE_BACKEND", "carrier-pigeon")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("APIKEY_CACHE_BACKEND"));
+}
