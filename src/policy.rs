@@ -35,6 +35,9 @@ struct Rule {
     method: Option<Method>,
     template: String,
     segments: Vec<Segment>,
+    /// No parameters and canonical: a path matches it by string equality,
+    /// and a path equal to it is canonical too.
+    literal: bool,
     policy: Option<RoutePolicy>,
     bypass_cache: bool,
 }
@@ -123,10 +126,13 @@ impl RouteTable {
         let idx = match pos {
             Some(i) => i,
             None => {
+                let literal = is_canonical(template)
+                    && segments.iter().all(|s| matches!(s, Segment::Literal(_)));
                 self.rules.push(Rule {
                     method,
                     template: template.to_owned(),
                     segments,
+                    literal,
                     policy: None,
                     bypass_cache: false,
                 });
@@ -165,10 +171,15 @@ impl RouteTable {
             return self.resolve_with(req.method(), |rule| rule.template == template);
         }
         let path = req.uri().path();
-        if !is_canonical(path) {
-            return Resolved::DEFAULT;
-        }
-        self.resolve_with(req.method(), |rule| matches_path(&rule.segments, path))
+        // Checked once, and only if a rule with parameters needs it.
+        let canonical = std::cell::OnceCell::new();
+        self.resolve_with(req.method(), |rule| {
+            if rule.literal {
+                path == rule.template
+            } else {
+                *canonical.get_or_init(|| is_canonical(path)) && matches_path(&rule.segments, path)
+            }
+        })
     }
 
     fn resolve_with(&self, method: &Method, matches: impl Fn(&Rule) -> bool) -> Resolved {

@@ -230,12 +230,38 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// Byte classes as tables: one load per byte on the hot path.
+static B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        i += 1;
+    }
+    t
+};
+
+static VISIBLE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0x21;
+    while i <= 0x7e {
+        t[i] = true;
+        i += 1;
+    }
+    t
+};
+
+fn all_in(bytes: &[u8], table: &[bool; 256]) -> bool {
+    bytes.iter().fold(true, |ok, &b| ok & table[b as usize])
+}
+
 /// `Bearer <b64token>`, RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" /
 /// "." / "_" / "~" / "+" / "/" ) *"="`.
 fn parse_bearer(value: &[u8], max_len: usize) -> Result<&[u8], MalformedKey> {
     let value = trim_ows(value);
     let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
-        Some(i) => (&value[..i], &value[i..]),
+        Some(i) => value.split_at(i),
         None => (value, &value[value.len()..]),
     };
     if !scheme.eq_ignore_ascii_case(b"bearer") {
@@ -248,16 +274,16 @@ fn parse_bearer(value: &[u8], max_len: usize) -> Result<&[u8], MalformedKey> {
     if token.len() > max_len {
         return Err(MalformedKey::TooLong);
     }
-    let body_end = token
-        .iter()
-        .position(|&b| b == b'=')
-        .unwrap_or(token.len());
-    let (body, padding) = token.split_at(body_end);
-    let body_ok = !body.is_empty()
-        && body
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
-    if !body_ok || padding.iter().any(|&b| b != b'=') {
+    // One pass: 1*b64token-char, then *"=".
+    let mut i = 0;
+    while i < token.len() && B64TOKEN[token[i] as usize] {
+        i += 1;
+    }
+    let body_len = i;
+    while i < token.len() && token[i] == b'=' {
+        i += 1;
+    }
+    if body_len == 0 || i != token.len() {
         return Err(MalformedKey::InvalidCharacters);
     }
     Ok(token)
@@ -272,7 +298,7 @@ fn parse_plain(value: &[u8], max_len: usize) -> Result<&[u8], MalformedKey> {
     if value.len() > max_len {
         return Err(MalformedKey::TooLong);
     }
-    if !value.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+    if !all_in(value, &VISIBLE) {
         return Err(MalformedKey::InvalidCharacters);
     }
     Ok(value)
