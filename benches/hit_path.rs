@@ -70,7 +70,9 @@ type Inner = tower::util::ServiceFn<
     fn(Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
 >;
 
-fn respond(req: Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+fn respond(
+    req: Request<Full<Bytes>>,
+) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
     black_box(&req);
     std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
 }
@@ -83,14 +85,19 @@ struct Fixture<S> {
     layered: S,
 }
 
-fn fixture() -> Fixture<impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>> {
+fn fixture(
+) -> Fixture<impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>>
+{
     // The floor: SHA-256 of the key and one read of a moka cache set up as
     // the layer needs it (bounded, per-entry TTL).
     let moka = moka::sync::Cache::builder()
         .max_capacity(100_000)
         .expire_after(PerEntryTtl)
         .build();
-    moka.insert(KeyHash::of(SECRET), (Arc::new(Client { id: 1 }), Duration::from_secs(300)));
+    moka.insert(
+        KeyHash::of(SECRET),
+        (Arc::new(Client { id: 1 }), Duration::from_secs(300)),
+    );
 
     let auth = ApiKeyAuthLayer::new(
         MemoryCache::new(),
@@ -100,10 +107,14 @@ fn fixture() -> Fixture<impl Service<Request<Full<Bytes>>, Response = Response<F
     )
     .public("/health");
     let bare: Inner = service_fn(respond as fn(_) -> _);
-    let mut layered = ServiceBuilder::new().layer(auth.clone()).service(bare.clone());
+    let mut layered = ServiceBuilder::new().layer(auth.clone()).service(bare);
     assert_eq!(call_now(&mut layered, request()).status(), 200);
     assert_eq!(auth.stats().lookups, 1);
-    Fixture { moka, bare, layered }
+    Fixture {
+        moka,
+        bare,
+        layered,
+    }
 }
 
 impl<S> Fixture<S>

@@ -244,7 +244,10 @@ impl IntoResponse for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         tracing::error!(error = %e, "key store failed");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, "the key store is unavailable")
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key store is unavailable",
+        )
     }
 }
 
@@ -252,7 +255,10 @@ fn require_admin(client: &ApiClient) -> Result<(), ApiError> {
     if client.is_admin() {
         Ok(())
     } else {
-        Err(ApiError(StatusCode::FORBIDDEN, "this endpoint needs the admin scope"))
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this endpoint needs the admin scope",
+        ))
     }
 }
 
@@ -267,7 +273,9 @@ async fn health() -> &'static str {
 async fn hello(client: Option<Authenticated<ApiClient>>) -> Json<serde_json::Value> {
     Json(match client {
         Some(c) => serde_json::json!({ "message": format!("hello, {}", c.name) }),
-        None => serde_json::json!({ "message": "hello, anonymous caller; send a key to be greeted by name" }),
+        None => {
+            serde_json::json!({ "message": "hello, anonymous caller; send a key to be greeted by name" })
+        }
     })
 }
 
@@ -298,15 +306,24 @@ async fn create_key(
     require_admin(&client)?;
     let name = new.name.trim().to_owned();
     if name.is_empty() || name.len() > 100 {
-        return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, "name must be 1 to 100 characters"));
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name must be 1 to 100 characters",
+        ));
     }
     if new.scopes.len() > 32 || new.scopes.iter().any(|s| s.is_empty() || s.len() > 64) {
-        return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, "scopes must be up to 32 names of 1 to 64 characters"));
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scopes must be up to 32 names of 1 to 64 characters",
+        ));
     }
     let expires_at = match new.ttl_seconds {
         None => None,
         Some(0) => {
-            return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, "ttl_seconds must be positive"))
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ttl_seconds must be positive",
+            ))
         }
         Some(ttl) => Some(unix_now().saturating_add(ttl)),
     };
@@ -317,7 +334,14 @@ async fn create_key(
     if let Err(e) = state.auth.invalidate(&hash).await {
         tracing::warn!(error = %e, "could not invalidate the new key's hash");
     }
-    Ok((StatusCode::CREATED, Json(CreatedKey { id, secret, expires_at })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            id,
+            secret,
+            expires_at,
+        }),
+    ))
 }
 
 async fn revoke_key(
@@ -332,7 +356,10 @@ async fn revoke_key(
     // Revoked in the table; now gone from the cache, effective on the next request.
     state.auth.invalidate(&hash).await.map_err(|e| {
         tracing::error!(error = %e, "revoked in the table but the cache could not be invalidated");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, "revoked, but the cache could not be invalidated; retry")
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "revoked, but the cache could not be invalidated; retry",
+        )
     })?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -382,19 +409,30 @@ async fn run() -> Result<(), String> {
     let backend = std::env::var("APIKEY_CACHE_BACKEND").unwrap_or_default();
     let cache = match backend.trim().to_ascii_lowercase().as_str() {
         "" | "memory" => MemoryCache::builder().max_capacity(100_000).build(),
-        other => return Err(format!("APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory`")),
+        other => {
+            return Err(format!(
+                "APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory`"
+            ))
+        }
     };
 
     let database_url = std::env::var("DATABASE_URL").ok();
     let db = Db::open(database_url.as_deref()).map_err(|e| e.to_string())?;
-    let auth: Auth = ApiKeyAuthLayer::new(cache, DbLookup { db: db.clone(), delay, fail })
-        .positive_ttl(positive_ttl)
-        .negative_ttl(negative_ttl)
-        .public("/health")
-        .optional("/v1/hello")
-        // Key management always asks the table, not the cache.
-        .bypass_cache("/v1/keys")
-        .bypass_cache("/v1/keys/{id}");
+    let auth: Auth = ApiKeyAuthLayer::new(
+        cache,
+        DbLookup {
+            db: db.clone(),
+            delay,
+            fail,
+        },
+    )
+    .positive_ttl(positive_ttl)
+    .negative_ttl(negative_ttl)
+    .public("/health")
+    .optional("/v1/hello")
+    // Key management always asks the table, not the cache.
+    .bypass_cache("/v1/keys")
+    .bypass_cache("/v1/keys/{id}");
 
     // Seed the admin key (by hash; the secret is shown once and never stored).
     let (admin_secret, shown) = match std::env::var("DEMO_API_KEY") {
@@ -402,13 +440,21 @@ async fn run() -> Result<(), String> {
         _ => (new_secret(), true),
     };
     let admin_hash = auth.hash_key(&admin_secret);
-    if db.find_by_hash(admin_hash).await.map_err(|e| e.to_string())?.is_none() {
+    if db
+        .find_by_hash(admin_hash)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
         db.insert("admin".into(), admin_hash, vec!["admin".into()], None)
             .await
             .map_err(|e| e.to_string())?;
     }
 
-    let state = AppState { db, auth: auth.clone() };
+    let state = AppState {
+        db,
+        auth: auth.clone(),
+    };
     let app = Router::new()
         .route("/health", get(health))
         .route("/v1/hello", get(hello))
@@ -424,9 +470,17 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let base = format!("http://{addr}");
-    let key = if shown { admin_secret.as_str() } else { "$DEMO_API_KEY" };
+    let key = if shown {
+        admin_secret.as_str()
+    } else {
+        "$DEMO_API_KEY"
+    };
     println!("tower-api-key quickstart listening on {base}");
-    println!("cache: memory, positive TTL {}s, negative TTL {}s", positive_ttl.as_secs(), negative_ttl.as_secs());
+    println!(
+        "cache: memory, positive TTL {}s, negative TTL {}s",
+        positive_ttl.as_secs(),
+        negative_ttl.as_secs()
+    );
     if shown {
         println!("admin key (shown once, stored only as its hash): {admin_secret}");
     }

@@ -104,10 +104,7 @@ where
 {
     type Rejection = AuthRejection;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        _: &S,
-    ) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         if let Some(principal) = parts.extensions.get::<Arc<P>>() {
             return Ok(Some(Self(Arc::clone(principal))));
         }

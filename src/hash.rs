@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use hmac::{Mac, Hmac};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 digest of a presented API key (or HMAC-SHA256 with a server-side

@@ -199,12 +199,12 @@ impl RouteTable {
         }
         // A method-specific rule overrides the any-method rule of its route,
         // field by field.
-        let pick = |f: fn(&Rule) -> Option<RoutePolicy>| {
-            exact.and_then(f).or_else(|| any.and_then(f))
-        };
+        let pick =
+            |f: fn(&Rule) -> Option<RoutePolicy>| exact.and_then(f).or_else(|| any.and_then(f));
         Resolved {
             policy: pick(|r| r.policy).unwrap_or_default(),
-            bypass_cache: exact.is_some_and(|r| r.bypass_cache) || any.is_some_and(|r| r.bypass_cache),
+            bypass_cache: exact.is_some_and(|r| r.bypass_cache)
+                || any.is_some_and(|r| r.bypass_cache),
         }
     }
 }
@@ -286,8 +286,10 @@ mod tests {
     fn table() -> RouteTable {
         let mut t = RouteTable::default();
         t.set_policy(None, "/health", RoutePolicy::Public).unwrap();
-        t.set_policy(None, "/public/{*rest}", RoutePolicy::Public).unwrap();
-        t.set_policy(None, "/docs/{page}", RoutePolicy::Optional).unwrap();
+        t.set_policy(None, "/public/{*rest}", RoutePolicy::Public)
+            .unwrap();
+        t.set_policy(None, "/docs/{page}", RoutePolicy::Optional)
+            .unwrap();
         t.set_policy(Some(Method::GET), "/v1/keys", RoutePolicy::Public)
             .unwrap();
         t.set_bypass(None, "/v1/keys").unwrap();
@@ -295,7 +297,11 @@ mod tests {
     }
 
     fn resolve(t: &RouteTable, method: Method, path: &str) -> Resolved {
-        let req = Request::builder().method(method).uri(path).body(()).unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
         t.resolve(&req)
     }
 
@@ -351,7 +357,10 @@ mod tests {
         let get = resolve(&t, Method::GET, "/v1/keys");
         assert_eq!(get.policy, RoutePolicy::Public);
         assert!(get.bypass_cache);
-        assert_eq!(resolve(&t, Method::HEAD, "/v1/keys").policy, RoutePolicy::Public);
+        assert_eq!(
+            resolve(&t, Method::HEAD, "/v1/keys").policy,
+            RoutePolicy::Public
+        );
         let post = resolve(&t, Method::POST, "/v1/keys");
         assert_eq!(post.policy, RoutePolicy::Required);
         assert!(post.bypass_cache);
@@ -361,7 +370,10 @@ mod tests {
     fn bad_templates_are_refused() {
         let mut t = RouteTable::default();
         for bad in ["health", "/a/{*rest}/b", "/a/{}", "/a/x{id}", "//a"] {
-            assert!(t.set_policy(None, bad, RoutePolicy::Public).is_err(), "{bad}");
+            assert!(
+                t.set_policy(None, bad, RoutePolicy::Public).is_err(),
+                "{bad}"
+            );
         }
         assert!(t.set_policy(None, "/", RoutePolicy::Public).is_ok());
         assert_eq!(resolve(&t, Method::GET, "/").policy, RoutePolicy::Public);

@@ -119,6 +119,7 @@ impl AuthRejection {
         }
     }
 
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn layer_missing() -> Self {
         Self {
             kind: RejectionKind::LayerMissing,
@@ -183,13 +184,20 @@ impl AuthRejection {
     /// The `WWW-Authenticate` challenge, on 400 and 401.
     pub fn www_authenticate(&self) -> Option<HeaderValue> {
         let config = self.config.as_deref()?;
-        if !matches!(self.status(), StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST) {
+        if !matches!(
+            self.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
+        ) {
             return None;
         }
         let mut value = match &config.scheme {
             Challenge::Bearer => format!("Bearer realm=\"{}\"", config.realm),
             Challenge::ApiKeyHeader(h) => {
-                format!("ApiKey realm=\"{}\", header=\"{}\"", config.realm, h.as_str())
+                format!(
+                    "ApiKey realm=\"{}\", header=\"{}\"",
+                    config.realm,
+                    h.as_str()
+                )
             }
         };
         if let Some(error) = self.oauth_error() {

@@ -41,6 +41,7 @@ pub struct ApiKeyAuth<S, C: KeyCache, L> {
 /// optional route, or a public route), so extractors can tell "no key" from
 /// "no layer".
 #[derive(Clone)]
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 pub(crate) struct Passed(pub(crate) Arc<RejectionConfig>);
 
 impl<S, C: KeyCache, L> ApiKeyAuth<S, C, L> {

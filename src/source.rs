@@ -349,7 +349,12 @@ mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive() {
         let s = KeySource::bearer();
-        for v in [&b"Bearer abc"[..], b"bearer abc", b"BEARER   abc", b"bEaReR abc=="] {
+        for v in [
+            &b"Bearer abc"[..],
+            b"bearer abc",
+            b"BEARER   abc",
+            b"bEaReR abc==",
+        ] {
             let got = extract(&s, &with_auth(&[v])).unwrap().unwrap();
             assert!(got.starts_with(b"abc"), "{:?}", String::from_utf8_lossy(v));
         }
@@ -397,9 +402,7 @@ mod tests {
 
     #[test]
     fn query_is_read_only_when_enabled() {
-        let req = Request::get("/x?api_key=k%2Bey&other=1")
-            .body(())
-            .unwrap();
+        let req = Request::get("/x?api_key=k%2Bey&other=1").body(()).unwrap();
         assert_eq!(extract(&KeySource::bearer(), &req), Ok(None));
         assert_eq!(
             extract(&KeySource::query("api_key"), &req),

@@ -26,7 +26,12 @@ async fn a_valid_key_is_looked_up_once_then_served_from_cache() {
     assert_eq!(store.lookups(), 1);
     assert_eq!(
         auth.stats(),
-        Stats { hits: 49, misses: 1, lookups: 1, ..Stats::default() }
+        Stats {
+            hits: 49,
+            misses: 1,
+            lookups: 1,
+            ..Stats::default()
+        }
     );
 }
 
@@ -35,11 +40,20 @@ async fn positive_entries_expire_after_the_positive_ttl() {
     let store = KeyStore::new();
     store.create("alice", SECRET, None);
     let app = app(layer(&store).positive_ttl(Duration::from_millis(200)));
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(store.lookups(), 1);
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(store.lookups(), 2, "expired entry was looked up again");
 }
 
@@ -60,9 +74,19 @@ async fn negative_entries_have_their_own_ttl_and_expire() {
     // The key is created without an invalidation: the negative entry holds
     // until its TTL runs out, then the key works.
     store.create("late", "sk_unknown", None);
-    assert_eq!(send(app.clone(), get_with_key("/me", "sk_unknown")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", "sk_unknown"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(send(app.clone(), get_with_key("/me", "sk_unknown")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", "sk_unknown"))
+            .await
+            .status,
+        StatusCode::OK
+    );
     assert_eq!(store.lookups(), 2);
 }
 
@@ -71,7 +95,12 @@ async fn creating_a_key_and_invalidating_its_hash_beats_the_negative_entry() {
     let store = KeyStore::new();
     let auth = layer(&store).negative_ttl(Duration::from_secs(60));
     let app = app(auth.clone());
-    assert_eq!(send(app.clone(), get_with_key("/me", "sk_new")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", "sk_new"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
     store.create("new", "sk_new", None);
     auth.invalidate(&auth.hash_key("sk_new")).await.unwrap();
     let res = send(app.clone(), get_with_key("/me", "sk_new")).await;
@@ -86,10 +115,16 @@ async fn revocation_takes_effect_on_the_next_request() {
     let id = store.create("alice", SECRET, None);
     let auth = layer(&store).positive_ttl(Duration::from_secs(600));
     let app = app(auth.clone());
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     store.revoke(id);
     auth.invalidate(&KeyHash::of(SECRET)).await.unwrap();
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(store.lookups(), 2);
 }
 
@@ -116,16 +151,29 @@ async fn a_positive_entry_never_outlives_the_keys_expiry() {
     let store = KeyStore::new();
     store.create("short-lived", SECRET, Some(now_ms() + 300));
     let app = app(layer(&store).positive_ttl(Duration::from_secs(600)));
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(store.lookups(), 1);
     tokio::time::sleep(Duration::from_millis(450)).await;
     let res = send(app.clone(), get_with_key("/me", SECRET)).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     assert_eq!(res.json()["code"], "invalid_token");
-    assert_eq!(store.lookups(), 2, "the capped entry expired and the lookup said expired");
+    assert_eq!(
+        store.lookups(),
+        2,
+        "the capped entry expired and the lookup said expired"
+    );
     // The expired key is now a negative entry.
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(store.lookups(), 2);
 }
 
@@ -134,7 +182,10 @@ async fn an_already_expired_key_is_rejected() {
     let store = KeyStore::new();
     store.create("stale", SECRET, Some(now_ms() - 1_000));
     let app = app(layer(&store));
-    assert_eq!(send(app, get_with_key("/me", SECRET)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app, get_with_key("/me", SECRET)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -154,7 +205,10 @@ async fn a_lookup_error_is_503_with_retry_after_and_never_cached() {
     assert_eq!(store.lookups(), 3, "errors are not cached");
     assert_eq!(auth.stats().lookup_errors, 3);
     store.fail.store(false, Ordering::SeqCst);
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -162,13 +216,31 @@ async fn cached_keys_keep_working_while_the_store_is_down() {
     let store = KeyStore::new();
     store.create("alice", SECRET, None);
     let app = app(layer(&store));
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
-    assert_eq!(send(app.clone(), get_with_key("/me", "sk_bad")).await.status, StatusCode::UNAUTHORIZED);
-    store.fail.store(true, Ordering::SeqCst);
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
-    assert_eq!(send(app.clone(), get_with_key("/me", "sk_bad")).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_uncached")).await.status,
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", "sk_bad"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    store.fail.store(true, Ordering::SeqCst);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", "sk_bad"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", "sk_uncached"))
+            .await
+            .status,
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
@@ -179,16 +251,32 @@ async fn bypass_routes_always_ask_the_lookup_and_refresh_the_cache() {
     let id = store.create("alice", SECRET, None);
     let auth = layer(&store).bypass_cache("/admin/keys");
     let app = app(auth.clone());
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     for _ in 0..3 {
-        assert_eq!(send(app.clone(), get_with_key("/admin/keys", SECRET)).await.status, StatusCode::OK);
+        assert_eq!(
+            send(app.clone(), get_with_key("/admin/keys", SECRET))
+                .await
+                .status,
+            StatusCode::OK
+        );
     }
     assert_eq!(store.lookups(), 4);
     // Revoked in the table but not invalidated: the bypass route sees it at
     // once, and its answer replaces the cached positive entry.
     store.revoke(id);
-    assert_eq!(send(app.clone(), get_with_key("/admin/keys", SECRET)).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), get_with_key("/admin/keys", SECRET))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(store.lookups(), 5);
 }
 
@@ -196,7 +284,9 @@ async fn bypass_routes_always_ask_the_lookup_and_refresh_the_cache() {
 async fn zero_ttls_disable_caching() {
     let store = KeyStore::new();
     store.create("alice", SECRET, None);
-    let app = app(layer(&store).positive_ttl(Duration::ZERO).negative_ttl(Duration::ZERO));
+    let app = app(layer(&store)
+        .positive_ttl(Duration::ZERO)
+        .negative_ttl(Duration::ZERO));
     for _ in 0..3 {
         send(app.clone(), get_with_key("/me", SECRET)).await;
         send(app.clone(), get_with_key("/me", "sk_bad")).await;
@@ -211,21 +301,34 @@ async fn a_flood_of_unknown_keys_does_not_evict_valid_ones() {
     for k in &valid {
         store.create(k, k, None);
     }
-    let cache = MemoryCache::builder().max_capacity(100).max_negative_capacity(100).build();
+    let cache = MemoryCache::builder()
+        .max_capacity(100)
+        .max_negative_capacity(100)
+        .build();
     let auth = ApiKeyAuthLayer::new(cache, store.lookup());
     let app = app(auth.clone());
     for k in &valid {
-        assert_eq!(send(app.clone(), get_with_key("/me", k)).await.status, StatusCode::OK);
+        assert_eq!(
+            send(app.clone(), get_with_key("/me", k)).await.status,
+            StatusCode::OK
+        );
     }
     for i in 0..2_000 {
         send(app.clone(), get_with_key("/me", &format!("sk_random_{i}"))).await;
     }
     auth.cache().run_pending_tasks();
-    assert!(auth.cache().negative_count() <= 100, "{}", auth.cache().negative_count());
+    assert!(
+        auth.cache().negative_count() <= 100,
+        "{}",
+        auth.cache().negative_count()
+    );
     assert_eq!(auth.cache().positive_count(), 50);
     let before = store.lookups();
     for k in &valid {
-        assert_eq!(send(app.clone(), get_with_key("/me", k)).await.status, StatusCode::OK);
+        assert_eq!(
+            send(app.clone(), get_with_key("/me", k)).await.status,
+            StatusCode::OK
+        );
     }
     assert_eq!(store.lookups(), before, "every valid key was still cached");
 }

@@ -129,7 +129,10 @@ async fn an_in_flight_lookup_cannot_undo_a_revocation() {
     let race = revocation_race(MemoryCache::<Client>::new()).await;
     // The request that started before the revocation used the row it read.
     assert_eq!(race.old, StatusCode::OK);
-    assert!(race.during_answered_before_release, "joined the stale lookup");
+    assert!(
+        race.during_answered_before_release,
+        "joined the stale lookup"
+    );
     assert_eq!(race.during, StatusCode::UNAUTHORIZED);
     assert_eq!(race.after, StatusCode::UNAUTHORIZED);
     assert_eq!(race.lookups, 2);
@@ -152,7 +155,10 @@ impl KeyCache for NaiveCache {
     type Get = Ready<Result<CacheRead<Client, ()>, CacheError>>;
 
     fn get(&self, hash: &KeyHash) -> Self::Get {
-        ready(Ok(CacheRead { verdict: self.0.get(hash), token: () }))
+        ready(Ok(CacheRead {
+            verdict: self.0.get(hash),
+            token: (),
+        }))
     }
 
     fn put(
@@ -186,7 +192,11 @@ async fn the_race_test_catches_a_cache_with_plain_invalidate() {
         "plain insert/invalidate lets the stale lookup re-validate the revoked key"
     );
     assert!(!race.during_answered_before_release);
-    assert_eq!(race.during, StatusCode::OK, "and a later request shares the stale lookup");
+    assert_eq!(
+        race.during,
+        StatusCode::OK,
+        "and a later request shares the stale lookup"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +207,10 @@ async fn a_cached_principal_past_its_expiry_is_rejected_even_if_the_cache_keeps_
     store.create("short", SECRET, Some(now_ms() + 200));
     let auth = ApiKeyAuthLayer::new(NaiveCache::new(), store.lookup());
     let app = app(auth.clone());
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let res = send(app.clone(), get_with_key("/me", SECRET)).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
@@ -242,9 +255,20 @@ async fn a_failing_cache_degrades_to_the_lookup() {
     store.create("alice", SECRET, None);
     let auth = ApiKeyAuthLayer::new(BrokenCache, store.lookup());
     let app = app(auth.clone());
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
-    assert_eq!(send(app.clone(), get_with_key("/me", "sk_bad")).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", "sk_bad"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(store.lookups(), 3);
     assert_eq!(auth.stats().cache_errors, 3);
     assert!(auth.invalidate(&KeyHash::of(SECRET)).await.is_err());

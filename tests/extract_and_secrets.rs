@@ -19,13 +19,22 @@ const SECRET: &str = "sk_live_TOPSECRET_9f8e7d6c";
 #[tokio::test]
 async fn extractor_without_the_layer_is_a_500_naming_the_layer() {
     let app = Router::new()
-        .route("/me", get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }))
-        .route("/maybe", get(|c: Option<Authenticated<Client>>| async move { format!("{}", c.is_some()) }));
+        .route(
+            "/me",
+            get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }),
+        )
+        .route(
+            "/maybe",
+            get(|c: Option<Authenticated<Client>>| async move { format!("{}", c.is_some()) }),
+        );
     for path in ["/me", "/maybe"] {
         let res = send(app.clone(), get_with_key(path, SECRET)).await;
         assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
         assert_eq!(res.json()["code"], "auth_layer_missing");
-        assert!(res.json()["detail"].as_str().unwrap().contains("ApiKeyAuthLayer"));
+        assert!(res.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ApiKeyAuthLayer"));
     }
 }
 
@@ -33,11 +42,17 @@ async fn extractor_without_the_layer_is_a_500_naming_the_layer() {
 async fn required_extractor_on_an_optional_route_answers_401_for_anonymous_requests() {
     let store = KeyStore::new();
     let app = Router::new()
-        .route("/strict", get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }))
+        .route(
+            "/strict",
+            get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }),
+        )
         .layer(layer(&store).optional("/strict").realm("billing"));
     let res = send(app, get_anon("/strict")).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(res.header("www-authenticate"), Some(r#"Bearer realm="billing""#));
+    assert_eq!(
+        res.header("www-authenticate"),
+        Some(r#"Bearer realm="billing""#)
+    );
 }
 
 #[tokio::test]
@@ -51,7 +66,8 @@ async fn custom_rejection_handler_renders_every_rejection() {
         } else {
             r.status()
         };
-        res.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        res.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
         res
     });
     let app = app(auth);
@@ -60,8 +76,14 @@ async fn custom_rejection_handler_renders_every_rejection() {
     assert_eq!(res.body, r#"{"error":"missing_api_key"}"#);
     assert_eq!(res.header("content-type"), Some("application/json"));
     let res = send(app.clone(), get_with_key("/me", "sk_nope")).await;
-    assert_eq!((res.status, res.body.as_str()), (StatusCode::UNAUTHORIZED, r#"{"error":"invalid_token"}"#));
-    assert_eq!(send(app, get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::UNAUTHORIZED, r#"{"error":"invalid_token"}"#)
+    );
+    assert_eq!(
+        send(app, get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
 }
 
 /// A `tracing` writer that keeps everything logged.
@@ -115,10 +137,17 @@ async fn the_plaintext_key_never_leaves_the_request() {
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     seen.push_str(&format!("{:?}{}", res.headers, res.body));
 
-    seen.push_str(&format!("{auth:?}{:?}{:?}", auth.cache(), KeyHash::of(SECRET)));
+    seen.push_str(&format!(
+        "{auth:?}{:?}{:?}",
+        auth.cache(),
+        KeyHash::of(SECRET)
+    ));
     seen.push_str(&serde_json::to_string(&auth.stats()).unwrap());
     seen.push_str(&String::from_utf8_lossy(&logs.0.lock().unwrap()));
-    assert!(seen.contains("lookup failed"), "the failure was logged: {seen}");
+    assert!(
+        seen.contains("lookup failed"),
+        "the failure was logged: {seen}"
+    );
     assert!(!seen.contains("TOPSECRET"), "{seen}");
     // Not even the whole digest: logs and Debug carry a short prefix.
     assert!(!seen.contains(&KeyHash::of(SECRET).to_hex()));
@@ -136,7 +165,9 @@ async fn works_on_a_real_hyper_server() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { break };
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
             let svc = TowerToHyperService::new(app.clone());
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -149,7 +180,12 @@ async fn works_on_a_real_hyper_server() {
     let base = format!("http://{addr}");
     let res = client.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    let res = client.get(format!("{base}/me")).bearer_auth(SECRET).send().await.unwrap();
+    let res = client
+        .get(format!("{base}/me"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "alice");
     // A header value that is not UTF-8, sent as raw bytes.

@@ -19,6 +19,8 @@ fn setup() -> (KeyStore, axum::Router) {
     (store, app)
 }
 
+type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+
 fn with_headers(path: &str, headers: &[(&str, &[u8])]) -> Request<Body> {
     let mut req = Request::get(path).body(Body::empty()).unwrap();
     for (name, value) in headers {
@@ -35,7 +37,11 @@ async fn valid_bearer_key_reaches_the_handler() {
     let (store, app) = setup();
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let auth = format!("{scheme} {SECRET}");
-        let res = send(app.clone(), with_headers("/me", &[("authorization", auth.as_bytes())])).await;
+        let res = send(
+            app.clone(),
+            with_headers("/me", &[("authorization", auth.as_bytes())]),
+        )
+        .await;
         assert_eq!(res.status, StatusCode::OK, "{scheme}");
         assert_eq!(res.body, "alice");
     }
@@ -47,7 +53,10 @@ async fn missing_key_is_401_with_a_bare_challenge() {
     let (store, app) = setup();
     let res = send(app, get_anon("/me")).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(res.header("www-authenticate"), Some(r#"Bearer realm="api""#));
+    assert_eq!(
+        res.header("www-authenticate"),
+        Some(r#"Bearer realm="api""#)
+    );
     assert_eq!(res.header("content-type"), Some("application/problem+json"));
     let body = res.json();
     assert_eq!(body["status"], 401);
@@ -63,7 +72,9 @@ async fn unknown_key_is_401_invalid_token() {
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         res.header("www-authenticate"),
-        Some(r#"Bearer realm="api", error="invalid_token", error_description="the API key is not valid""#)
+        Some(
+            r#"Bearer realm="api", error="invalid_token", error_description="the API key is not valid""#
+        )
     );
     assert_eq!(res.json()["code"], "invalid_token");
     assert!(!res.body.contains("sk_test_nope"));
@@ -74,29 +85,49 @@ async fn unknown_key_is_401_invalid_token() {
 async fn malformed_credentials_are_400_invalid_request_without_a_lookup() {
     let (store, app) = setup();
     let huge = format!("Bearer {}", "a".repeat(64 * 1024));
-    let cases: Vec<(&str, Vec<(&str, &[u8])>)> = vec![
+    let cases: Vec<(&str, Headers)> = vec![
         ("empty token", vec![("authorization", b"Bearer ")]),
         ("scheme only", vec![("authorization", b"Bearer")]),
-        ("basic scheme", vec![("authorization", b"Basic YWxhZGRpbjpvcGVuc2VzYW1l")]),
+        (
+            "basic scheme",
+            vec![("authorization", b"Basic YWxhZGRpbjpvcGVuc2VzYW1l")],
+        ),
         ("space inside", vec![("authorization", b"Bearer abc def")]),
         ("bad char", vec![("authorization", b"Bearer abc$def")]),
         ("non-utf8", vec![("authorization", b"Bearer \xc3\x28\xff")]),
         ("huge", vec![("authorization", huge.as_bytes())]),
         (
             "two authorization headers",
-            vec![("authorization", b"Bearer aaa"), ("authorization", b"Bearer bbb")],
+            vec![
+                ("authorization", b"Bearer aaa"),
+                ("authorization", b"Bearer bbb"),
+            ],
         ),
     ];
     for (name, headers) in cases {
         let res = send(app.clone(), with_headers("/me", &headers)).await;
         assert_eq!(res.status, StatusCode::BAD_REQUEST, "{name}");
-        let challenge = res.header("www-authenticate").unwrap_or_default().to_owned();
-        assert!(challenge.contains(r#"error="invalid_request""#), "{name}: {challenge}");
+        let challenge = res
+            .header("www-authenticate")
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            challenge.contains(r#"error="invalid_request""#),
+            "{name}: {challenge}"
+        );
         assert_eq!(res.json()["code"], "invalid_request", "{name}");
-        assert!(!res.body.contains("abc") && !res.body.contains("aaa"), "{name}: {}", res.body);
+        assert!(
+            !res.body.contains("abc") && !res.body.contains("aaa"),
+            "{name}: {}",
+            res.body
+        );
         // An optional route rejects a malformed key exactly the same way.
         let res = send(app.clone(), with_headers("/hello", &headers)).await;
-        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{name} on optional route");
+        assert_eq!(
+            res.status,
+            StatusCode::BAD_REQUEST,
+            "{name} on optional route"
+        );
     }
     assert_eq!(store.lookups(), 0);
 }
@@ -108,19 +139,38 @@ async fn named_header_source_and_two_credentials_at_once() {
     let source = KeySource::bearer().or_header(HeaderName::from_static("x-api-key"));
     let app = app(layer(&store).source(source));
 
-    let res = send(app.clone(), with_headers("/me", &[("x-api-key", SECRET.as_bytes())])).await;
+    let res = send(
+        app.clone(),
+        with_headers("/me", &[("x-api-key", SECRET.as_bytes())]),
+    )
+    .await;
     assert_eq!(res.status, StatusCode::OK);
     let auth = format!("Bearer {SECRET}");
     let res = send(
         app.clone(),
-        with_headers("/me", &[("authorization", auth.as_bytes()), ("x-api-key", SECRET.as_bytes())]),
+        with_headers(
+            "/me",
+            &[
+                ("authorization", auth.as_bytes()),
+                ("x-api-key", SECRET.as_bytes()),
+            ],
+        ),
     )
     .await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
-    assert_eq!(res.json()["detail"], "the request carries more than one API key credential");
+    assert_eq!(
+        res.json()["detail"],
+        "the request carries more than one API key credential"
+    );
     let res = send(
         app.clone(),
-        with_headers("/me", &[("x-api-key", SECRET.as_bytes()), ("x-api-key", SECRET.as_bytes())]),
+        with_headers(
+            "/me",
+            &[
+                ("x-api-key", SECRET.as_bytes()),
+                ("x-api-key", SECRET.as_bytes()),
+            ],
+        ),
     )
     .await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
@@ -132,7 +182,10 @@ async fn header_only_source_challenges_with_the_header_name() {
     let app = app(layer(&store).source(KeySource::header(HeaderName::from_static("x-api-key"))));
     let res = send(app.clone(), get_anon("/me")).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(res.header("www-authenticate"), Some(r#"ApiKey realm="api", header="x-api-key""#));
+    assert_eq!(
+        res.header("www-authenticate"),
+        Some(r#"ApiKey realm="api", header="x-api-key""#)
+    );
     // Authorization is not a source here: a Bearer token is not read.
     let res = send(app, get_with_key("/me", SECRET)).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
@@ -147,14 +200,24 @@ async fn query_parameter_only_when_enabled() {
 
     let off = app(layer(&store));
     let res = send(off, Request::get(uri.as_str()).body(Body::empty()).unwrap()).await;
-    assert_eq!(res.status, StatusCode::UNAUTHORIZED, "query keys are off by default");
+    assert_eq!(
+        res.status,
+        StatusCode::UNAUTHORIZED,
+        "query keys are off by default"
+    );
 
     let on = app(layer(&store).source(KeySource::bearer().or_query("api_key")));
-    let res = send(on.clone(), Request::get(uri.as_str()).body(Body::empty()).unwrap()).await;
+    let res = send(
+        on.clone(),
+        Request::get(uri.as_str()).body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(res.status, StatusCode::OK);
     let mut both = Request::get(uri.as_str()).body(Body::empty()).unwrap();
-    both.headers_mut()
-        .insert("authorization", HeaderValue::from_str(&format!("Bearer {SECRET}")).unwrap());
+    both.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {SECRET}")).unwrap(),
+    );
     assert_eq!(send(on, both).await.status, StatusCode::BAD_REQUEST);
 }
 

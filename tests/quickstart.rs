@@ -79,10 +79,19 @@ fn start(envs: &[(&str, &str)]) -> Quickstart {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Quickstart { child, base, stdout: seen }
+    Quickstart {
+        child,
+        base,
+        stdout: seen,
+    }
 }
 
-async fn call(method: reqwest::Method, url: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = reqwest::Client::new().request(method, url);
     if let Some(k) = key {
         req = req.bearer_auth(k);
@@ -93,7 +102,10 @@ async fn call(method: reqwest::Method, url: &str, key: Option<&str>, body: Optio
     let res = req.send().await.expect("request");
     let status = res.status().as_u16();
     let text = res.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,10 +113,22 @@ async fn quickstart_end_to_end() {
     let qs = start(&[("DEMO_API_KEY", ADMIN), ("APIKEY_NEGATIVE_TTL", "60")]);
     let b = qs.base.clone();
     use reqwest::Method;
-    assert!(qs.stdout.iter().any(|l| l.contains("curl")), "prints curl commands: {:?}", qs.stdout);
-    assert!(!qs.stdout.iter().any(|l| l.contains(ADMIN)), "a given DEMO_API_KEY is not echoed");
+    assert!(
+        qs.stdout.iter().any(|l| l.contains("curl")),
+        "prints curl commands: {:?}",
+        qs.stdout
+    );
+    assert!(
+        !qs.stdout.iter().any(|l| l.contains(ADMIN)),
+        "a given DEMO_API_KEY is not echoed"
+    );
 
-    assert_eq!(call(Method::GET, &format!("{b}/health"), None, None).await.0, 200);
+    assert_eq!(
+        call(Method::GET, &format!("{b}/health"), None, None)
+            .await
+            .0,
+        200
+    );
     let (s, hello) = call(Method::GET, &format!("{b}/v1/hello"), None, None).await;
     assert_eq!(s, 200);
     assert!(hello["message"].as_str().unwrap().contains("anonymous"));
@@ -115,7 +139,10 @@ async fn quickstart_end_to_end() {
     assert_eq!((s, body["code"].as_str()), (401, Some("missing_api_key")));
     let (s, me) = call(Method::GET, &format!("{b}/v1/me"), Some(ADMIN), None).await;
     assert_eq!(s, 200);
-    assert_eq!(me, json!({"id": 1, "name": "admin", "scopes": ["admin"], "expires_at": null}));
+    assert_eq!(
+        me,
+        json!({"id": 1, "name": "admin", "scopes": ["admin"], "expires_at": null})
+    );
 
     // Create a key; a non-admin key can't create or list.
     let (s, created) = call(
@@ -130,17 +157,54 @@ async fn quickstart_end_to_end() {
     let id = created["id"].as_i64().unwrap();
     let (s, me) = call(Method::GET, &format!("{b}/v1/me"), Some(&secret), None).await;
     assert_eq!((s, me["name"].as_str()), (200, Some("ci-bot")));
-    let (s, _) = call(Method::POST, &format!("{b}/v1/keys"), Some(&secret), Some(json!({"name": "x"}))).await;
+    let (s, _) = call(
+        Method::POST,
+        &format!("{b}/v1/keys"),
+        Some(&secret),
+        Some(json!({"name": "x"})),
+    )
+    .await;
     assert_eq!(s, 403);
-    assert_eq!(call(Method::GET, &format!("{b}/v1/stats"), Some(&secret), None).await.0, 403);
-    let (s, _) = call(Method::POST, &format!("{b}/v1/keys"), Some(ADMIN), Some(json!({"name": ""}))).await;
+    assert_eq!(
+        call(Method::GET, &format!("{b}/v1/stats"), Some(&secret), None)
+            .await
+            .0,
+        403
+    );
+    let (s, _) = call(
+        Method::POST,
+        &format!("{b}/v1/keys"),
+        Some(ADMIN),
+        Some(json!({"name": ""})),
+    )
+    .await;
     assert_eq!(s, 422);
 
     // Revoke: effective on the next request, though the key was cached.
-    assert_eq!(call(Method::DELETE, &format!("{b}/v1/keys/{id}"), Some(ADMIN), None).await.0, 204);
+    assert_eq!(
+        call(
+            Method::DELETE,
+            &format!("{b}/v1/keys/{id}"),
+            Some(ADMIN),
+            None
+        )
+        .await
+        .0,
+        204
+    );
     let (s, body) = call(Method::GET, &format!("{b}/v1/me"), Some(&secret), None).await;
     assert_eq!((s, body["code"].as_str()), (401, Some("invalid_token")));
-    assert_eq!(call(Method::DELETE, &format!("{b}/v1/keys/{id}"), Some(ADMIN), None).await.0, 404);
+    assert_eq!(
+        call(
+            Method::DELETE,
+            &format!("{b}/v1/keys/{id}"),
+            Some(ADMIN),
+            None
+        )
+        .await
+        .0,
+        404
+    );
 
     // A key with a TTL stops working when it expires, cached or not.
     let (_, short) = call(
@@ -151,13 +215,31 @@ async fn quickstart_end_to_end() {
     )
     .await;
     let short = short["secret"].as_str().unwrap().to_owned();
-    assert_eq!(call(Method::GET, &format!("{b}/v1/me"), Some(&short), None).await.0, 200);
+    assert_eq!(
+        call(Method::GET, &format!("{b}/v1/me"), Some(&short), None)
+            .await
+            .0,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(call(Method::GET, &format!("{b}/v1/me"), Some(&short), None).await.0, 401);
+    assert_eq!(
+        call(Method::GET, &format!("{b}/v1/me"), Some(&short), None)
+            .await
+            .0,
+        401
+    );
 
     let (s, stats) = call(Method::GET, &format!("{b}/v1/stats"), Some(ADMIN), None).await;
     assert_eq!(s, 200);
-    for field in ["hits", "negative_hits", "misses", "lookups", "lookup_errors", "cache_errors", "coalesced"] {
+    for field in [
+        "hits",
+        "negative_hits",
+        "misses",
+        "lookups",
+        "lookup_errors",
+        "cache_errors",
+        "coalesced",
+    ] {
         assert!(stats[field].is_u64(), "{field} in {stats}");
     }
     assert!(stats["hits"].as_u64().unwrap() >= 2, "{stats}");
@@ -165,7 +247,10 @@ async fn quickstart_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_shows_coalescing_with_a_slow_lookup() {
-    let qs = start(&[("DEMO_API_KEY", ADMIN), ("QUICKSTART_LOOKUP_DELAY_MS", "300")]);
+    let qs = start(&[
+        ("DEMO_API_KEY", ADMIN),
+        ("QUICKSTART_LOOKUP_DELAY_MS", "300"),
+    ]);
     let url = format!("{}/v1/me", qs.base);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -176,16 +261,35 @@ async fn quickstart_shows_coalescing_with_a_slow_lookup() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    let (_, stats) = call(reqwest::Method::GET, &format!("{}/v1/stats", qs.base), Some(ADMIN), None).await;
+    let (_, stats) = call(
+        reqwest::Method::GET,
+        &format!("{}/v1/stats", qs.base),
+        Some(ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(stats["lookups"], 1, "{stats}");
-    assert_eq!(stats["misses"].as_u64(), Some(1 + stats["coalesced"].as_u64().unwrap()), "{stats}");
+    assert_eq!(
+        stats["misses"].as_u64(),
+        Some(1 + stats["coalesced"].as_u64().unwrap()),
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_with_a_failing_key_store_answers_503_not_401() {
     let qs = start(&[("DEMO_API_KEY", ADMIN), ("QUICKSTART_LOOKUP_FAIL", "1")]);
-    let (s, body) = call(reqwest::Method::GET, &format!("{}/v1/me", qs.base), Some(ADMIN), None).await;
-    assert_eq!((s, body["code"].as_str()), (503, Some("lookup_unavailable")));
+    let (s, body) = call(
+        reqwest::Method::GET,
+        &format!("{}/v1/me", qs.base),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (503, Some("lookup_unavailable"))
+    );
     let res = reqwest::Client::new()
         .get(format!("{}/v1/me", qs.base))
         .bearer_auth("sk_unknown")
@@ -194,7 +298,17 @@ async fn quickstart_with_a_failing_key_store_answers_503_not_401() {
         .unwrap();
     assert_eq!(res.status(), 503);
     assert!(res.headers().contains_key("retry-after"));
-    assert_eq!(call(reqwest::Method::GET, &format!("{}/health", qs.base), None, None).await.0, 200);
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            &format!("{}/health", qs.base),
+            None,
+            None
+        )
+        .await
+        .0,
+        200
+    );
 }
 
 #[test]

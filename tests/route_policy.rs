@@ -37,16 +37,28 @@ async fn public_optional_and_required_routes() {
     assert_eq!(res.status, StatusCode::OK);
 
     let res = send(app.clone(), get_anon("/hello")).await;
-    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "hello, stranger"));
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::OK, "hello, stranger")
+    );
     let res = send(app.clone(), get_with_key("/hello", SECRET)).await;
-    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "hello, alice"));
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::OK, "hello, alice")
+    );
     // Present but unknown: rejected exactly as on a required route.
     let res = send(app.clone(), get_with_key("/hello", "sk_unknown")).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     assert_eq!(res.json()["code"], "invalid_token");
 
-    assert_eq!(send(app.clone(), get_anon("/me")).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_anon("/me")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(store.lookups(), 2);
 }
 
@@ -95,7 +107,10 @@ async fn path_tricks_never_reach_a_protected_route_unauthenticated() {
     // raw path only reached it because axum matched that template.
     let res = send(app.clone(), get_anon("/public/a/b.css")).await;
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "public"));
-    assert_eq!(send(app.clone(), get_anon("/health")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_anon("/health")).await.status,
+        StatusCode::OK
+    );
     assert_eq!(store.lookups(), 0);
 }
 
@@ -103,13 +118,22 @@ async fn path_tricks_never_reach_a_protected_route_unauthenticated() {
 async fn method_rules_apply_to_their_method_only() {
     let store = store();
     let app = Router::new()
-        .route("/items", get(|| async { "list" }).post(|| async { "created" }))
+        .route(
+            "/items",
+            get(|| async { "list" }).post(|| async { "created" }),
+        )
         .layer(layer(&store).method_policy(Method::GET, "/items", RoutePolicy::Public));
-    assert_eq!(send(app.clone(), get_anon("/items")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(app.clone(), get_anon("/items")).await.status,
+        StatusCode::OK
+    );
     let head = Request::head("/items").body(Body::empty()).unwrap();
     assert_eq!(send(app.clone(), head).await.status, StatusCode::OK);
     let post_anon = Request::post("/items").body(Body::empty()).unwrap();
-    assert_eq!(send(app.clone(), post_anon).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), post_anon).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let post_key = Request::post("/items")
         .header("authorization", format!("Bearer {SECRET}"))
         .body(Body::empty())
@@ -122,31 +146,63 @@ async fn templates_match_nested_routes_and_parameters() {
     let store = store();
     let v1 = Router::new()
         .route("/status", get(|| async { "up" }))
-        .route("/docs/{page}", get(|c: Option<Authenticated<Client>>| async move {
-            if c.is_some() { "docs for you" } else { "docs" }
-        }))
+        .route(
+            "/docs/{page}",
+            get(|c: Option<Authenticated<Client>>| async move {
+                if c.is_some() {
+                    "docs for you"
+                } else {
+                    "docs"
+                }
+            }),
+        )
         .route("/secret", get(|| async { "secret" }));
-    let app = Router::new()
-        .nest("/v1", v1)
-        .layer(layer(&store).public("/v1/status").optional("/v1/docs/{page}"));
-    assert_eq!(send(app.clone(), get_anon("/v1/status")).await.status, StatusCode::OK);
-    assert_eq!(send(app.clone(), get_anon("/v1/docs/intro")).await.body, "docs");
-    assert_eq!(send(app.clone(), get_with_key("/v1/docs/intro", SECRET)).await.body, "docs for you");
-    assert_eq!(send(app.clone(), get_anon("/v1/secret")).await.status, StatusCode::UNAUTHORIZED);
+    let app = Router::new().nest("/v1", v1).layer(
+        layer(&store)
+            .public("/v1/status")
+            .optional("/v1/docs/{page}"),
+    );
+    assert_eq!(
+        send(app.clone(), get_anon("/v1/status")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(app.clone(), get_anon("/v1/docs/intro")).await.body,
+        "docs"
+    );
+    assert_eq!(
+        send(app.clone(), get_with_key("/v1/docs/intro", SECRET))
+            .await
+            .body,
+        "docs for you"
+    );
+    assert_eq!(
+        send(app.clone(), get_anon("/v1/secret")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn route_layer_works_too() {
     let store = store();
     let app = Router::new()
-        .route("/me", get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }))
+        .route(
+            "/me",
+            get(|Authenticated(c): Authenticated<Client>| async move { c.name.clone() }),
+        )
         .route("/open", post(|| async { "open" }))
         .route_layer(layer(&store).public("/open"));
-    assert_eq!(send(app.clone(), get_with_key("/me", SECRET)).await.body, "alice");
+    assert_eq!(
+        send(app.clone(), get_with_key("/me", SECRET)).await.body,
+        "alice"
+    );
     let open = Request::post("/open").body(Body::empty()).unwrap();
     assert_eq!(send(app.clone(), open).await.status, StatusCode::OK);
     // route_layer doesn't cover the fallback: an unknown path is a plain 404.
-    assert_eq!(send(app, get_anon("/nope")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(app, get_anon("/nope")).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -175,11 +231,31 @@ async fn plain_tower_stack_matches_canonical_paths_only() {
             (status, String::from_utf8_lossy(&body).into_owned())
         }
     };
-    assert_eq!(call("/health", None).await, (StatusCode::OK, "anonymous".into()));
-    assert_eq!(call("/hello", None).await, (StatusCode::OK, "anonymous".into()));
-    assert_eq!(call("/hello", Some(SECRET)).await, (StatusCode::OK, "alice".into()));
-    assert_eq!(call("/anything", Some(SECRET)).await, (StatusCode::OK, "alice".into()));
-    for path in ["//health", "/health/", "/Health", "/x/../health", "/%68ealth/", "/health;a", "/hello%2f"] {
+    assert_eq!(
+        call("/health", None).await,
+        (StatusCode::OK, "anonymous".into())
+    );
+    assert_eq!(
+        call("/hello", None).await,
+        (StatusCode::OK, "anonymous".into())
+    );
+    assert_eq!(
+        call("/hello", Some(SECRET)).await,
+        (StatusCode::OK, "alice".into())
+    );
+    assert_eq!(
+        call("/anything", Some(SECRET)).await,
+        (StatusCode::OK, "alice".into())
+    );
+    for path in [
+        "//health",
+        "/health/",
+        "/Health",
+        "/x/../health",
+        "/%68ealth/",
+        "/health;a",
+        "/hello%2f",
+    ] {
         assert_eq!(call(path, None).await.0, StatusCode::UNAUTHORIZED, "{path}");
     }
 }

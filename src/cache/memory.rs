@@ -235,14 +235,15 @@ impl<P: Principal> MemoryCache<P> {
             epoch: token.epoch,
             ttl,
         };
-        let stored = target.entry(hash).and_compute_with(|_| {
-            if fresh() {
-                Op::Put(entry)
-            } else {
-                Op::Nop
-            }
-        });
-        if !matches!(stored, moka::ops::compute::CompResult::Unchanged(_) | moka::ops::compute::CompResult::StillNone(_)) {
+        let stored =
+            target
+                .entry(hash)
+                .and_compute_with(|_| if fresh() { Op::Put(entry) } else { Op::Nop });
+        if !matches!(
+            stored,
+            moka::ops::compute::CompResult::Unchanged(_)
+                | moka::ops::compute::CompResult::StillNone(_)
+        ) {
             // A key that became valid is no longer invalid, and the other way
             // round (a bypass route may learn either first).
             other.entry(hash).and_compute_with(|e| match e {
@@ -354,7 +355,11 @@ mod tests {
         assert_eq!(read(&c, &h).0, Some(true));
         let t = read(&c, &h).1;
         c.write(h, t, Verdict::Invalid, Duration::from_secs(60));
-        assert_eq!(read(&c, &h).0, Some(false), "a negative verdict drops the positive one");
+        assert_eq!(
+            read(&c, &h).0,
+            Some(false),
+            "a negative verdict drops the positive one"
+        );
     }
 
     #[test]

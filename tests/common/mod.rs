@@ -99,7 +99,11 @@ impl KeyStore {
         let conn = self.conn.lock().unwrap();
         conn.execute(
             "INSERT INTO api_keys (name, key_hash, expires_at) VALUES (?1, ?2, ?3)",
-            params![name, hash.as_bytes().as_slice(), expires_at_ms.map(|v| v as i64)],
+            params![
+                name,
+                hash.as_bytes().as_slice(),
+                expires_at_ms.map(|v| v as i64)
+            ],
         )
         .expect("insert");
         conn.last_insert_rowid()
