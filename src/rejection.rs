@@ -5,8 +5,7 @@
 //! | --- | --- | --- | --- |
 //! | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` |
 //! | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` |
-//! | unknown or revoked key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
-//! | expired key | 401 | `…, error="invalid_token", error_description="…"` | `expired_api_key` |
+//! | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
 //! | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` |
 //! | extractor used without the layer | 500 | — | `auth_layer_missing` |
 //!
@@ -39,10 +38,10 @@ pub enum RejectionKind {
     MissingKey,
     /// A key was presented but can't be one (bad syntax, too long, two keys).
     MalformedKey(MalformedKey),
-    /// The key is unknown or revoked.
+    /// The key is unknown, revoked or expired. (One kind for all three: the
+    /// cache keeps one negative verdict, and a client learns nothing about
+    /// which keys once existed.)
     InvalidKey,
-    /// The key was valid but has expired.
-    ExpiredKey,
     /// The lookup failed; the key's validity is unknown. Never cached.
     LookupUnavailable,
     /// [`Authenticated`](crate::Authenticated) was used on a route that the
@@ -135,9 +134,7 @@ impl AuthRejection {
     /// The status code of the default rendering.
     pub fn status(&self) -> StatusCode {
         match self.kind {
-            RejectionKind::MissingKey | RejectionKind::InvalidKey | RejectionKind::ExpiredKey => {
-                StatusCode::UNAUTHORIZED
-            }
+            RejectionKind::MissingKey | RejectionKind::InvalidKey => StatusCode::UNAUTHORIZED,
             RejectionKind::MalformedKey(_) => StatusCode::BAD_REQUEST,
             RejectionKind::LookupUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RejectionKind::LayerMissing => StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,7 +147,6 @@ impl AuthRejection {
             RejectionKind::MissingKey => "missing_api_key",
             RejectionKind::MalformedKey(_) => "invalid_request",
             RejectionKind::InvalidKey => "invalid_token",
-            RejectionKind::ExpiredKey => "expired_api_key",
             RejectionKind::LookupUnavailable => "lookup_unavailable",
             RejectionKind::LayerMissing => "auth_layer_missing",
         }
@@ -162,7 +158,6 @@ impl AuthRejection {
             RejectionKind::MissingKey => "an API key is required",
             RejectionKind::MalformedKey(m) => m.description(),
             RejectionKind::InvalidKey => "the API key is not valid",
-            RejectionKind::ExpiredKey => "the API key has expired",
             RejectionKind::LookupUnavailable => {
                 "the API key could not be checked right now; retry later"
             }
@@ -176,7 +171,7 @@ impl AuthRejection {
     fn oauth_error(&self) -> Option<&'static str> {
         match self.kind {
             RejectionKind::MalformedKey(_) => Some("invalid_request"),
-            RejectionKind::InvalidKey | RejectionKind::ExpiredKey => Some("invalid_token"),
+            RejectionKind::InvalidKey => Some("invalid_token"),
             _ => None,
         }
     }
