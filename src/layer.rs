@@ -171,8 +171,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     pub fn source(mut self, source: KeySource) -> Self {
         let config = self.config_mut();
         let rejection = Arc::make_mut(&mut config.rejection);
-        rejection.scheme = match (source.uses_bearer(), source.first_header()) {
-            (false, Some(header)) => Challenge::ApiKeyHeader(header.clone()),
+        rejection.scheme = match (source.uses_bearer(), source.challenge_param()) {
+            (false, Some(param)) => Challenge::ApiKey(param),
             _ => Challenge::Bearer,
         };
         config.source = source;

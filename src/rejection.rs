@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
@@ -74,8 +74,9 @@ pub(crate) struct RejectionConfig {
 #[derive(Clone, Debug)]
 pub(crate) enum Challenge {
     Bearer,
-    /// Header-only sources: `ApiKey realm="…", header="x-api-key"`.
-    ApiKeyHeader(HeaderName),
+    /// Sources without Bearer: `ApiKey realm="…", header="x-api-key"` (or
+    /// `query="…"`); the parameter is pre-rendered.
+    ApiKey(String),
 }
 
 impl Default for RejectionConfig {
@@ -187,13 +188,7 @@ impl AuthRejection {
         }
         let mut value = match &config.scheme {
             Challenge::Bearer => format!("Bearer realm=\"{}\"", config.realm),
-            Challenge::ApiKeyHeader(h) => {
-                format!(
-                    "ApiKey realm=\"{}\", header=\"{}\"",
-                    config.realm,
-                    h.as_str()
-                )
-            }
+            Challenge::ApiKey(param) => format!("ApiKey realm=\"{}\", {param}", config.realm),
         };
         if let Some(error) = self.oauth_error() {
             value.push_str(&format!(

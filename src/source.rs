@@ -55,8 +55,6 @@ enum SourceKind {
 pub enum MalformedKey {
     /// The request carries a credential in more than one place.
     MultipleCredentials,
-    /// The `Authorization` header uses a scheme other than `Bearer`.
-    UnsupportedScheme,
     /// The credential is present but empty.
     Empty,
     /// The credential is longer than the configured maximum.
@@ -71,7 +69,6 @@ impl MalformedKey {
     pub fn description(self) -> &'static str {
         match self {
             Self::MultipleCredentials => "the request carries more than one API key credential",
-            Self::UnsupportedScheme => "the Authorization header must use the Bearer scheme",
             Self::Empty => "the API key credential is empty",
             Self::TooLong => "the API key credential is too long",
             Self::InvalidCharacters => "the API key credential contains invalid characters",
@@ -146,12 +143,16 @@ impl KeySource {
         self.kinds.contains(&SourceKind::Bearer)
     }
 
-    /// The first named header, for the `ApiKey` challenge of header-only setups.
-    pub(crate) fn first_header(&self) -> Option<&HeaderName> {
+    /// Where a client should put its key, for the `ApiKey` challenge of
+    /// setups without Bearer: `header="x-api-key"` or `query="api_key"`.
+    pub(crate) fn challenge_param(&self) -> Option<String> {
         self.kinds.iter().find_map(|k| match k {
-            SourceKind::Header(h) => Some(h),
+            SourceKind::Header(h) => Some(format!("header=\"{}\"", h.as_str())),
             _ => None,
-        })
+        }).or_else(|| self.kinds.iter().find_map(|k| match k {
+            SourceKind::Query(q) => Some(format!("query=\"{}\"", crate::rejection::sanitize_realm(q))),
+            _ => None,
+        }))
     }
 
     /// Reads the one credential of a request: `Ok(None)` when there is none.
@@ -164,8 +165,11 @@ impl KeySource {
             match kind {
                 SourceKind::Bearer => {
                     for value in parts.headers.get_all(AUTHORIZATION) {
-                        let token = parse_bearer(value.as_bytes(), self.max_len)?;
-                        put(&mut found, Cow::Borrowed(token))?;
+                        // Another scheme (Basic, Digest...) is not a bearer
+                        // credential: RFC 6750 §3.1 answers it as missing.
+                        if let Some(token) = parse_bearer(value.as_bytes(), self.max_len)? {
+                            put(&mut found, Cow::Borrowed(token))?;
+                        }
                     }
                 }
                 SourceKind::Header(name) => {
@@ -256,18 +260,23 @@ fn all_in(bytes: &[u8], table: &[bool; 256]) -> bool {
     bytes.iter().fold(true, |ok, &b| ok & table[b as usize])
 }
 
-/// `Bearer <b64token>`, RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" /
-/// "." / "_" / "~" / "+" / "/" ) *"="`.
-fn parse_bearer(value: &[u8], max_len: usize) -> Result<&[u8], MalformedKey> {
+/// `Bearer 1*SP b64token`, RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT /
+/// "-" / "." / "_" / "~" / "+" / "/" ) *"="`. `Ok(None)` for another scheme.
+fn parse_bearer(value: &[u8], max_len: usize) -> Result<Option<&[u8]>, MalformedKey> {
     let value = trim_ows(value);
-    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ' || b == b'\t') {
         Some(i) => value.split_at(i),
         None => (value, &value[value.len()..]),
     };
     if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Err(MalformedKey::UnsupportedScheme);
+        return Ok(None);
     }
-    let token = trim_ows(rest);
+    // Only spaces separate the scheme from the token (RFC 9110 §11.4); a
+    // tab is left in the token, where the syntax check refuses it.
+    let token = match rest.iter().position(|&b| b != b' ') {
+        Some(i) => &rest[i..],
+        None => &rest[rest.len()..],
+    };
     if token.is_empty() {
         return Err(MalformedKey::Empty);
     }
@@ -286,7 +295,7 @@ fn parse_bearer(value: &[u8], max_len: usize) -> Result<&[u8], MalformedKey> {
     if body_len == 0 || i != token.len() {
         return Err(MalformedKey::InvalidCharacters);
     }
-    Ok(token)
+    Ok(Some(token))
 }
 
 /// A bare key: visible ASCII (`%x21-7E`), no spaces.
@@ -366,7 +375,7 @@ mod tests {
         for (v, err) in [
             (&b"Bearer"[..], MalformedKey::Empty),
             (b"Bearer ", MalformedKey::Empty),
-            (b"Basic dXNlcjpwYXNz", MalformedKey::UnsupportedScheme),
+            (b"Bearer\tabc", MalformedKey::InvalidCharacters),
             (b"Bearer a b", MalformedKey::InvalidCharacters),
             (b"Bearer a=b", MalformedKey::InvalidCharacters),
             (b"Bearer ===", MalformedKey::InvalidCharacters),
@@ -384,6 +393,19 @@ mod tests {
         assert_eq!(
             extract(&s, &with_auth(&[long.as_bytes()])),
             Err(MalformedKey::TooLong)
+        );
+    }
+
+    #[test]
+    fn other_schemes_are_not_bearer_credentials() {
+        let s = KeySource::bearer();
+        for v in [&b"Basic dXNlcjpwYXNz"[..], b"Digest x", b"Bearerabc"] {
+            assert_eq!(extract(&s, &with_auth(&[v])), Ok(None));
+        }
+        // ...and don't count as a second credential beside a bearer token.
+        assert_eq!(
+            extract(&s, &with_auth(&[b"Basic dXNlcjpwYXNz", b"Bearer k"])),
+            Ok(Some(b"k".to_vec()))
         );
     }
 

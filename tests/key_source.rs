@@ -88,10 +88,7 @@ async fn malformed_credentials_are_400_invalid_request_without_a_lookup() {
     let cases: Vec<(&str, Headers)> = vec![
         ("empty token", vec![("authorization", b"Bearer ")]),
         ("scheme only", vec![("authorization", b"Bearer")]),
-        (
-            "basic scheme",
-            vec![("authorization", b"Basic YWxhZGRpbjpvcGVuc2VzYW1l")],
-        ),
+        ("tab after scheme", vec![("authorization", b"Bearer	abc")]),
         ("space inside", vec![("authorization", b"Bearer abc def")]),
         ("bad char", vec![("authorization", b"Bearer abc$def")]),
         ("non-utf8", vec![("authorization", b"Bearer \xc3\x28\xff")]),
@@ -130,6 +127,29 @@ async fn malformed_credentials_are_400_invalid_request_without_a_lookup() {
         );
     }
     assert_eq!(store.lookups(), 0);
+}
+
+#[tokio::test]
+async fn another_authorization_scheme_counts_as_no_key() {
+    // RFC 6750 §3.1: an unsupported method is a request without credentials.
+    let (store, app) = setup();
+    let basic: &[u8] = b"Basic YWxhZGRpbjpvcGVuc2VzYW1l";
+    let res = send(app.clone(), with_headers("/me", &[("authorization", basic)])).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(res.header("www-authenticate"), Some(r#"Bearer realm="api""#));
+    assert_eq!(res.json()["code"], "missing_api_key");
+    let res = send(app.clone(), with_headers("/hello", &[("authorization", basic)])).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "hello, stranger"));
+    // A proxy's Basic header beside the client's bearer token is not a
+    // second credential.
+    let bearer = format!("Bearer {SECRET}");
+    let res = send(
+        app,
+        with_headers("/me", &[("authorization", basic), ("authorization", bearer.as_bytes())]),
+    )
+    .await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
+    assert_eq!(store.lookups(), 1);
 }
 
 #[tokio::test]
@@ -205,6 +225,10 @@ async fn query_parameter_only_when_enabled() {
         StatusCode::UNAUTHORIZED,
         "query keys are off by default"
     );
+
+    let query_only = app(layer(&store).source(KeySource::query("api_key")));
+    let res = send(query_only, get_anon("/me")).await;
+    assert_eq!(res.header("www-authenticate"), Some(r#"ApiKey realm="api", query="api_key""#));
 
     let on = app(layer(&store).source(KeySource::bearer().or_query("api_key")));
     let res = send(
