@@ -86,16 +86,19 @@ impl<P, T> Flights<P, T> {
 }
 
 impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
-    /// Joins the live flight for `hash` started with an equal token, or
-    /// starts one with `start`. Returns the flight and whether it was joined.
+    /// Joins the live flight for `hash` started with an equal token (unless
+    /// `may_join` is false: a request that must see a lookup started after it
+    /// arrived), or starts one with `start`. Returns the flight and whether it
+    /// was joined.
     pub(crate) fn join_or_start(
         self: &Arc<Self>,
         hash: KeyHash,
         token: Option<T>,
+        may_join: bool,
         start: impl FnOnce(FlightGuard<P, T>) -> BoxFuture<'static, Outcome<P>>,
     ) -> (Flight<P>, bool) {
         let mut shard = self.shard(&hash);
-        if let Some(slot) = shard.get(&hash) {
+        if let Some(slot) = shard.get(&hash).filter(|_| may_join) {
             if slot.token == token {
                 if let Some(flight) = slot.flight.upgrade() {
                     return (flight, true);
@@ -144,7 +147,7 @@ mod tests {
     async fn equal_tokens_join_and_finished_flights_unregister() {
         let flights = Arc::new(Flights::<(), u32>::new());
         let h = KeyHash::of("a");
-        let (a, joined_a) = flights.join_or_start(h, Some(1), |g| {
+        let (a, joined_a) = flights.join_or_start(h, Some(1), true, |g| {
             async move {
                 let _g = g;
                 tokio::task::yield_now().await;
@@ -152,7 +155,7 @@ mod tests {
             }
             .boxed()
         });
-        let (b, joined_b) = flights.join_or_start(h, Some(1), |_| unreachable!());
+        let (b, joined_b) = flights.join_or_start(h, Some(1), true, |_| unreachable!());
         assert!(!joined_a && joined_b);
         assert!(matches!(a.await, Outcome::Invalid));
         assert!(matches!(b.await, Outcome::Invalid));
@@ -163,7 +166,7 @@ mod tests {
     async fn a_newer_token_starts_its_own_flight() {
         let flights = Arc::new(Flights::<(), u32>::new());
         let h = KeyHash::of("a");
-        let (_old, _) = flights.join_or_start(h, Some(1), |g| {
+        let (_old, _) = flights.join_or_start(h, Some(1), true, |g| {
             async move {
                 let _g = g;
                 pending::<()>().await;
@@ -171,7 +174,7 @@ mod tests {
             }
             .boxed()
         });
-        let (new, joined) = flights.join_or_start(h, Some(2), |g| {
+        let (new, joined) = flights.join_or_start(h, Some(2), true, |g| {
             async move {
                 let _g = g;
                 Outcome::Failed
@@ -183,10 +186,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_that_may_not_join_starts_its_own_flight() {
+        let flights = Arc::new(Flights::<(), u32>::new());
+        let h = KeyHash::of("a");
+        let (_old, _) = flights.join_or_start(h, Some(1), true, |g| {
+            async move {
+                let _g = g;
+                pending::<()>().await;
+                Outcome::Invalid
+            }
+            .boxed()
+        });
+        let (fresh, joined) = flights.join_or_start(h, Some(1), false, |g| {
+            async move {
+                let _g = g;
+                Outcome::Failed
+            }
+            .boxed()
+        });
+        assert!(!joined);
+        assert!(matches!(fresh.await, Outcome::Failed));
+    }
+
+    #[tokio::test]
     async fn abandoned_flights_are_dropped_and_unregistered() {
         let flights = Arc::new(Flights::<(), u32>::new());
         for i in 0..100u32 {
-            let (f, _) = flights.join_or_start(KeyHash::of(i.to_string()), None, |g| {
+            let (f, _) = flights.join_or_start(KeyHash::of(i.to_string()), None, true, |g| {
                 async move {
                     let _g = g;
                     pending::<()>().await;
@@ -201,7 +227,7 @@ mod tests {
             assert!(std::pin::Pin::new(&mut f).poll(&mut cx).is_pending());
         }
         assert_eq!(flights.len(), 0);
-        let (f, _) = flights.join_or_start(KeyHash::of("x"), None, |g| {
+        let (f, _) = flights.join_or_start(KeyHash::of("x"), None, true, |g| {
             async move {
                 let _g = g;
                 ready(()).await;

@@ -10,7 +10,7 @@ use futures_util::future::{poll_fn, BoxFuture, FutureExt};
 use http::{Method, Response};
 use tower_layer::Layer;
 
-use crate::cache::{CacheError, KeyCache, Principal, Verdict};
+use crate::cache::{CacheError, CacheRead, KeyCache, Principal, Verdict};
 use crate::flight::{Flight, FlightGuard, Flights, Outcome};
 use crate::lookup::{BoxError, Lookup};
 use crate::policy::{RoutePolicy, RouteTable};
@@ -343,17 +343,21 @@ where
         }
     }
 
-    /// Joins or starts the lookup for `hash`.
+    /// Joins or starts the lookup for `hash`. A cache-bypass request starts
+    /// its own: it must see a lookup that began after it arrived.
     pub(crate) fn flight(
         self: &Arc<Self>,
         config: &Arc<Config>,
         hash: KeyHash,
         token: Option<C::Token>,
+        bypass: bool,
     ) -> Flight<C::Principal> {
         self.counters.misses.incr();
-        let (flight, joined) = self.flights.join_or_start(hash, token.clone(), |guard| {
-            Arc::clone(self).lookup_and_store(Arc::clone(config), hash, token, guard)
-        });
+        let (flight, joined) = self
+            .flights
+            .join_or_start(hash, token.clone(), !bypass, |guard| {
+                Arc::clone(self).lookup_and_store(Arc::clone(config), hash, token, bypass, guard)
+            });
         if joined {
             self.counters.coalesced.incr();
         }
@@ -365,10 +369,29 @@ where
         config: Arc<Config>,
         hash: KeyHash,
         token: Option<C::Token>,
+        bypass: bool,
         guard: FlightGuard<C::Principal, C::Token>,
     ) -> BoxFuture<'static, Outcome<C::Principal>> {
         async move {
             let _guard = guard;
+            // A request that missed just before another flight stored its
+            // answer (and left the registry) finds that answer here instead
+            // of looking the key up a second time.
+            if let (Some(token), false) = (&token, bypass) {
+                if let Ok(CacheRead {
+                    verdict: Some(verdict),
+                    token: now,
+                }) = self.cache.get(&hash).await
+                {
+                    if now == *token {
+                        self.counters.coalesced.incr();
+                        return match verdict {
+                            Verdict::Valid(p) if !is_expired(&*p) => Outcome::Valid(p),
+                            _ => Outcome::Invalid,
+                        };
+                    }
+                }
+            }
             self.counters.lookups.incr();
             let mut lookup = self.lookup.clone();
             let ready: Result<(), BoxError> =
@@ -420,6 +443,14 @@ where
         }
         .boxed()
     }
+}
+
+/// Whether a principal's own expiry has passed (checked on every hit: the
+/// TTL cap already keeps it out of a well-behaved cache).
+pub(crate) fn is_expired<P: Principal>(principal: &P) -> bool {
+    principal
+        .expires_at()
+        .is_some_and(|at| at <= SystemTime::now())
 }
 
 impl<S, C: KeyCache, L> Layer<S> for ApiKeyAuthLayer<C, L> {

@@ -38,6 +38,9 @@ struct Rule {
     /// No parameters and canonical: a path matches it by string equality,
     /// and a path equal to it is canonical too.
     literal: bool,
+    /// Per segment: literal 2, parameter 1, catch-all 0. When several
+    /// templates match a path, the greatest (as a router would choose) decides.
+    specificity: Vec<u8>,
     policy: Option<RoutePolicy>,
     bypass_cache: bool,
 }
@@ -128,11 +131,20 @@ impl RouteTable {
             None => {
                 let literal = is_canonical(template)
                     && segments.iter().all(|s| matches!(s, Segment::Literal(_)));
+                let specificity = segments
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Literal(_) => 2,
+                        Segment::Param => 1,
+                        Segment::CatchAll => 0,
+                    })
+                    .collect();
                 self.rules.push(Rule {
                     method,
                     template: template.to_owned(),
                     segments,
                     literal,
+                    specificity,
                     policy: None,
                     bypass_cache: false,
                 });
@@ -183,28 +195,38 @@ impl RouteTable {
     }
 
     fn resolve_with(&self, method: &Method, matches: impl Fn(&Rule) -> bool) -> Resolved {
-        let mut any: Option<&Rule> = None;
-        let mut exact: Option<&Rule> = None;
-        for rule in &self.rules {
-            match &rule.method {
-                None if matches(rule) => any = Some(rule),
-                Some(m)
-                    if (m == method || (method == Method::HEAD && m == Method::GET))
-                        && matches(rule) =>
-                {
-                    exact = Some(rule)
-                }
-                _ => {}
+        let applies = |rule: &Rule| match &rule.method {
+            None => true,
+            Some(m) => m == method || (method == Method::HEAD && m == Method::GET),
+        };
+        let mut best: Option<&Rule> = None;
+        let mut bypass_cache = false;
+        for rule in self.rules.iter().filter(|r| applies(r) && matches(r)) {
+            // Bypass is the stricter choice: any matching rule asking for it wins.
+            bypass_cache |= rule.bypass_cache;
+            if rule.policy.is_some() && best.is_none_or(|b| rule.specificity > b.specificity) {
+                best = Some(rule);
             }
         }
-        // A method-specific rule overrides the any-method rule of its route,
-        // field by field.
-        let pick =
-            |f: fn(&Rule) -> Option<RoutePolicy>| exact.and_then(f).or_else(|| any.and_then(f));
+        // The most specific template decides; on it, a method rule overrides
+        // the any-method rule.
+        let policy = best.map_or(RoutePolicy::Required, |best| {
+            let on_template = |with_method: bool| {
+                self.rules.iter().find(|r| {
+                    r.template == best.template
+                        && r.method.is_some() == with_method
+                        && r.policy.is_some()
+                        && applies(r)
+                })
+            };
+            on_template(true)
+                .or_else(|| on_template(false))
+                .and_then(|r| r.policy)
+                .unwrap_or_default()
+        });
         Resolved {
-            policy: pick(|r| r.policy).unwrap_or_default(),
-            bypass_cache: exact.is_some_and(|r| r.bypass_cache)
-                || any.is_some_and(|r| r.bypass_cache),
+            policy,
+            bypass_cache,
         }
     }
 }
@@ -364,6 +386,34 @@ mod tests {
         let post = resolve(&t, Method::POST, "/v1/keys");
         assert_eq!(post.policy, RoutePolicy::Required);
         assert!(post.bypass_cache);
+    }
+
+    #[test]
+    fn the_most_specific_template_decides_whatever_the_order() {
+        let mut t = RouteTable::default();
+        t.set_policy(Some(Method::GET), "/users/{id}", RoutePolicy::Public)
+            .unwrap();
+        t.set_policy(None, "/users/me", RoutePolicy::Required)
+            .unwrap();
+        t.set_policy(None, "/files/{*path}", RoutePolicy::Public)
+            .unwrap();
+        t.set_policy(None, "/files/private/{name}", RoutePolicy::Required)
+            .unwrap();
+        t.set_policy(None, "/docs/{page}", RoutePolicy::Optional)
+            .unwrap();
+        t.set_policy(None, "/docs/{*rest}", RoutePolicy::Public)
+            .unwrap();
+        let p = |path| resolve(&t, Method::GET, path).policy;
+        assert_eq!(p("/users/me"), RoutePolicy::Required);
+        assert_eq!(p("/users/42"), RoutePolicy::Public);
+        assert_eq!(
+            resolve(&t, Method::POST, "/users/42").policy,
+            RoutePolicy::Required
+        );
+        assert_eq!(p("/files/private/x"), RoutePolicy::Required);
+        assert_eq!(p("/files/public/x"), RoutePolicy::Public);
+        assert_eq!(p("/docs/intro"), RoutePolicy::Optional);
+        assert_eq!(p("/docs/a/b"), RoutePolicy::Public);
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::task::noop_waker_ref;
@@ -14,9 +13,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::cache::{CacheError, CacheRead, KeyCache, Principal, Verdict};
+use crate::cache::{CacheError, CacheRead, KeyCache, Verdict};
 use crate::flight::{Flight, Outcome};
-use crate::layer::ApiKeyAuthLayer;
+use crate::layer::{is_expired, ApiKeyAuthLayer};
 use crate::lookup::Lookup;
 use crate::policy::RoutePolicy;
 use crate::rejection::{AuthRejection, RejectionConfig, RejectionKind};
@@ -217,10 +216,7 @@ where
         }) => {
             // The TTL is capped by the expiry already; this also covers a
             // backend whose clock or TTL granularity runs late.
-            let expired = principal
-                .expires_at()
-                .is_some_and(|at| at <= SystemTime::now());
-            if expired {
+            if is_expired(&*principal) {
                 drop(token);
                 counters.negative_hits.incr();
                 Decision::Reject(RejectionKind::InvalidKey)
@@ -324,7 +320,7 @@ where
 {
     fn waiting(pending: Pending<S, C, L, ReqB>, token: Option<C::Token>) -> Self {
         let core = &pending.layer.core;
-        let flight = core.flight(&pending.layer.config, pending.hash, token);
+        let flight = core.flight(&pending.layer.config, pending.hash, token, pending.bypass);
         Self {
             state: State::Waiting {
                 flight,
@@ -368,6 +364,7 @@ where
                                 &pending.layer.config,
                                 pending.hash,
                                 token,
+                                pending.bypass,
                             );
                             State::Waiting {
                                 flight,

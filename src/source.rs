@@ -146,13 +146,20 @@ impl KeySource {
     /// Where a client should put its key, for the `ApiKey` challenge of
     /// setups without Bearer: `header="x-api-key"` or `query="api_key"`.
     pub(crate) fn challenge_param(&self) -> Option<String> {
-        self.kinds.iter().find_map(|k| match k {
-            SourceKind::Header(h) => Some(format!("header=\"{}\"", h.as_str())),
-            _ => None,
-        }).or_else(|| self.kinds.iter().find_map(|k| match k {
-            SourceKind::Query(q) => Some(format!("query=\"{}\"", crate::rejection::sanitize_realm(q))),
-            _ => None,
-        }))
+        self.kinds
+            .iter()
+            .find_map(|k| match k {
+                SourceKind::Header(h) => Some(format!("header=\"{}\"", h.as_str())),
+                _ => None,
+            })
+            .or_else(|| {
+                self.kinds.iter().find_map(|k| match k {
+                    SourceKind::Query(q) => {
+                        Some(format!("query=\"{}\"", crate::rejection::sanitize_realm(q)))
+                    }
+                    _ => None,
+                })
+            })
     }
 
     /// Reads the one credential of a request: `Ok(None)` when there is none.

@@ -273,3 +273,27 @@ async fn a_failing_cache_degrades_to_the_lookup() {
     assert_eq!(auth.stats().cache_errors, 3);
     assert!(auth.invalidate(&KeyHash::of(SECRET)).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bypass_request_never_shares_a_lookup_that_started_before_it() {
+    let store = KeyStore::new();
+    let id = store.create("alice", SECRET, None);
+    let app = app(layer(&store).bypass_cache("/admin/keys"));
+
+    let gate = store.arm_gate();
+    let in_flight = tokio::spawn(send(app.clone(), get_with_key("/me", SECRET)));
+    gate.row_read.notified().await; // read the row while the key was valid
+    store.revoke(id); // revoked in the table, not (yet) invalidated
+
+    let bypass = tokio::spawn(send(app.clone(), get_with_key("/admin/keys", SECRET)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        bypass.is_finished(),
+        "the bypass request waited on the older lookup"
+    );
+    assert_eq!(bypass.await.unwrap().status, StatusCode::UNAUTHORIZED);
+
+    gate.release.notify_one();
+    in_flight.await.unwrap();
+    assert_eq!(store.lookups(), 2);
+}

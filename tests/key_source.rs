@@ -134,18 +134,38 @@ async fn another_authorization_scheme_counts_as_no_key() {
     // RFC 6750 §3.1: an unsupported method is a request without credentials.
     let (store, app) = setup();
     let basic: &[u8] = b"Basic YWxhZGRpbjpvcGVuc2VzYW1l";
-    let res = send(app.clone(), with_headers("/me", &[("authorization", basic)])).await;
+    let res = send(
+        app.clone(),
+        with_headers("/me", &[("authorization", basic)]),
+    )
+    .await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(res.header("www-authenticate"), Some(r#"Bearer realm="api""#));
+    assert_eq!(
+        res.header("www-authenticate"),
+        Some(r#"Bearer realm="api""#)
+    );
     assert_eq!(res.json()["code"], "missing_api_key");
-    let res = send(app.clone(), with_headers("/hello", &[("authorization", basic)])).await;
-    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "hello, stranger"));
+    let res = send(
+        app.clone(),
+        with_headers("/hello", &[("authorization", basic)]),
+    )
+    .await;
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::OK, "hello, stranger")
+    );
     // A proxy's Basic header beside the client's bearer token is not a
     // second credential.
     let bearer = format!("Bearer {SECRET}");
     let res = send(
         app,
-        with_headers("/me", &[("authorization", basic), ("authorization", bearer.as_bytes())]),
+        with_headers(
+            "/me",
+            &[
+                ("authorization", basic),
+                ("authorization", bearer.as_bytes()),
+            ],
+        ),
     )
     .await;
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
@@ -228,7 +248,10 @@ async fn query_parameter_only_when_enabled() {
 
     let query_only = app(layer(&store).source(KeySource::query("api_key")));
     let res = send(query_only, get_anon("/me")).await;
-    assert_eq!(res.header("www-authenticate"), Some(r#"ApiKey realm="api", query="api_key""#));
+    assert_eq!(
+        res.header("www-authenticate"),
+        Some(r#"ApiKey realm="api", query="api_key""#)
+    );
 
     let on = app(layer(&store).source(KeySource::bearer().or_query("api_key")));
     let res = send(

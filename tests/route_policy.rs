@@ -183,6 +183,31 @@ async fn templates_match_nested_routes_and_parameters() {
 }
 
 #[tokio::test]
+async fn behind_axum_the_matched_route_template_decides() {
+    // `GET /files/a//b` is matched by axum to `/files/{*path}`, a public
+    // route, so its handler runs without a key. The same path on a plain
+    // tower stack (no MatchedPath) is not canonical and needs a key: this
+    // proves the router's template, not the path, is what matched.
+    let store = store();
+    let auth = layer(&store).public("/files/{*path}");
+    let app = Router::new()
+        .route("/files/{*path}", get(|| async { "file" }))
+        .layer(auth.clone());
+    let res = send(app, get_anon("/files/a//b")).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "file"));
+
+    let plain = ServiceBuilder::new()
+        .layer(auth)
+        .service(service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(axum::response::Response::new(Body::from("file")))
+        }));
+    assert_eq!(
+        send(plain, get_anon("/files/a//b")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
 async fn route_layer_works_too() {
     let store = store();
     let app = Router::new()
