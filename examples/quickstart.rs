@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -156,6 +157,17 @@ impl Db {
                 },
             )
             .optional()
+        })
+        .await
+    }
+
+    async fn has_admin(&self) -> Result<bool, DbError> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM api_keys WHERE name = 'admin' AND revoked_at IS NULL)",
+                [],
+                |row| row.get(0),
+            )
         })
         .await
     }
@@ -301,9 +313,16 @@ struct CreatedKey {
 async fn create_key(
     State(state): State<AppState>,
     Authenticated(client): Authenticated<ApiClient>,
-    Json(new): Json<NewKey>,
+    body: Result<Json<NewKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    // Authorisation before the body: a non-admin learns nothing from it.
     require_admin(&client)?;
+    let Json(new) = body.map_err(|_| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expected JSON {\"name\": string, \"scopes\"?: [string], \"ttl_seconds\"?: number}",
+        )
+    })?;
     let name = new.name.trim().to_owned();
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError(
@@ -435,21 +454,30 @@ async fn run() -> Result<(), String> {
     .bypass_cache("/v1/keys/{id}");
 
     // Seed the admin key (by hash; the secret is shown once and never stored).
-    let (admin_secret, shown) = match std::env::var("DEMO_API_KEY") {
-        Ok(k) if !k.trim().is_empty() => (k.trim().to_owned(), false),
-        _ => (new_secret(), true),
+    // A kept database that already has an admin key gets no new random one.
+    let given = std::env::var("DEMO_API_KEY")
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty());
+    let admin_secret = match given {
+        Some(k) => Some((k, false)),
+        None if db.has_admin().await.map_err(|e| e.to_string())? => None,
+        None => Some((new_secret(), true)),
     };
-    let admin_hash = auth.hash_key(&admin_secret);
-    if db
-        .find_by_hash(admin_hash)
-        .await
-        .map_err(|e| e.to_string())?
-        .is_none()
-    {
-        db.insert("admin".into(), admin_hash, vec!["admin".into()], None)
+    if let Some((secret, _)) = &admin_secret {
+        let hash = auth.hash_key(secret);
+        if db
+            .find_by_hash(hash)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            db.insert("admin".into(), hash, vec!["admin".into()], None)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
     }
+    let shown = admin_secret.as_ref().is_some_and(|(_, shown)| *shown);
 
     let state = AppState {
         db,
@@ -470,10 +498,9 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let base = format!("http://{addr}");
-    let key = if shown {
-        admin_secret.as_str()
-    } else {
-        "$DEMO_API_KEY"
+    let key = match &admin_secret {
+        Some((secret, true)) => secret.as_str(),
+        _ => "$DEMO_API_KEY",
     };
     println!("tower-api-key quickstart listening on {base}");
     println!(
@@ -482,7 +509,9 @@ async fn run() -> Result<(), String> {
         negative_ttl.as_secs()
     );
     if shown {
-        println!("admin key (shown once, stored only as its hash): {admin_secret}");
+        println!("admin key (shown once, stored only as its hash): {key}");
+    } else if admin_secret.is_none() {
+        println!("admin key: the one made when this database was first used (set DEMO_API_KEY to add one)");
     }
     println!(
         r#"

@@ -274,7 +274,11 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// Renders rejections with `handler` instead of the default problem+json
     /// (see [`rejection`](crate::rejection)). The handler sees the
     /// [`AuthRejection`] and may start from its
-    /// [`default_response`](AuthRejection::default_response).
+    /// [`default_response`](AuthRejection::default_response). It renders
+    /// everything the layer answers, and the `401` of an
+    /// [`Authenticated`](crate::Authenticated) extractor on a route the layer
+    /// passed anonymously; the extractor's `500` on a route without the layer
+    /// can't know this handler and keeps the default rendering.
     ///
     /// ```
     /// # use tower_api_key::{ApiKeyAuthLayer, MemoryCache, lookup_fn, KeyHash, Principal};

@@ -165,6 +165,25 @@ async fn quickstart_end_to_end() {
     )
     .await;
     assert_eq!(s, 403);
+    let (s, _) = call(
+        Method::POST,
+        &format!("{b}/v1/keys"),
+        Some(&secret),
+        Some(json!({"bad": 1})),
+    )
+    .await;
+    assert_eq!(s, 403, "authorisation comes before the body is read");
+    assert_eq!(
+        call(
+            Method::DELETE,
+            &format!("{b}/v1/keys/1"),
+            Some(&secret),
+            None
+        )
+        .await
+        .0,
+        403
+    );
     assert_eq!(
         call(Method::GET, &format!("{b}/v1/stats"), Some(&secret), None)
             .await
@@ -309,6 +328,30 @@ async fn quickstart_with_a_failing_key_store_answers_503_not_401() {
         .0,
         200
     );
+}
+
+#[test]
+fn a_kept_database_gets_no_second_random_admin_key() {
+    let path = std::env::temp_dir().join(format!("tower-api-key-qs-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}", path.display());
+    let first = start(&[("DATABASE_URL", url.as_str())]);
+    assert!(first
+        .stdout
+        .iter()
+        .any(|l| l.starts_with("admin key (shown once")));
+    drop(first);
+    let second = start(&[("DATABASE_URL", url.as_str())]);
+    assert!(
+        !second
+            .stdout
+            .iter()
+            .any(|l| l.starts_with("admin key (shown once")),
+        "{:?}",
+        second.stdout
+    );
+    drop(second);
+    let _ = std::fs::remove_file(&path);
 }
 
 #[test]

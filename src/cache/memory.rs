@@ -35,6 +35,10 @@ const STRIPES: usize = 1024;
 ///   generation inside the same lock, so it either lands before the removal
 ///   or sees the bump and stores nothing. [`invalidate_all`](KeyCache::invalidate_all)
 ///   bumps the epoch, which every entry records and every read checks.
+///   Generations are kept per stripe (1,024 of them), not per key, so memory
+///   stays fixed: invalidating one key also skips the cache write of a lookup
+///   that is in flight at that moment for another key of its stripe (that
+///   answer is still served, just not cached). Safe, and rare.
 ///
 /// `Clone` shares the same cache.
 ///
