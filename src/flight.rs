@@ -143,6 +143,16 @@ mod tests {
     use futures_util::future::{pending, ready};
     use std::future::Future;
 
+    /// A flight that never finishes.
+    fn stuck(guard: FlightGuard<(), u32>) -> BoxFuture<'static, Outcome<()>> {
+        async move {
+            let _guard = guard;
+            pending::<()>().await;
+            Outcome::Invalid
+        }
+        .boxed()
+    }
+
     #[tokio::test]
     async fn equal_tokens_join_and_finished_flights_unregister() {
         let flights = Arc::new(Flights::<(), u32>::new());
@@ -166,14 +176,7 @@ mod tests {
     async fn a_newer_token_starts_its_own_flight() {
         let flights = Arc::new(Flights::<(), u32>::new());
         let h = KeyHash::of("a");
-        let (_old, _) = flights.join_or_start(h, Some(1), true, |g| {
-            async move {
-                let _g = g;
-                pending::<()>().await;
-                Outcome::Invalid
-            }
-            .boxed()
-        });
+        let (_old, _) = flights.join_or_start(h, Some(1), true, stuck);
         let (new, joined) = flights.join_or_start(h, Some(2), true, |g| {
             async move {
                 let _g = g;
@@ -189,14 +192,7 @@ mod tests {
     async fn a_request_that_may_not_join_starts_its_own_flight() {
         let flights = Arc::new(Flights::<(), u32>::new());
         let h = KeyHash::of("a");
-        let (_old, _) = flights.join_or_start(h, Some(1), true, |g| {
-            async move {
-                let _g = g;
-                pending::<()>().await;
-                Outcome::Invalid
-            }
-            .boxed()
-        });
+        let (_old, _) = flights.join_or_start(h, Some(1), true, stuck);
         let (fresh, joined) = flights.join_or_start(h, Some(1), false, |g| {
             async move {
                 let _g = g;

@@ -40,20 +40,11 @@ async fn positive_entries_expire_after_the_positive_ttl() {
     let store = KeyStore::new();
     store.create("alice", SECRET, None);
     let app = app(layer(&store).positive_ttl(Duration::from_millis(200)));
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     assert_eq!(store.lookups(), 1);
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     assert_eq!(store.lookups(), 2, "expired entry was looked up again");
 }
 
@@ -75,18 +66,11 @@ async fn negative_entries_have_their_own_ttl_and_expire() {
     // until its TTL runs out, then the key works.
     store.create("late", "sk_unknown", None);
     assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_unknown"))
-            .await
-            .status,
+        status(&app, "/me", "sk_unknown").await,
         StatusCode::UNAUTHORIZED
     );
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_unknown"))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", "sk_unknown").await, StatusCode::OK);
     assert_eq!(store.lookups(), 2);
 }
 
@@ -96,9 +80,7 @@ async fn creating_a_key_and_invalidating_its_hash_beats_the_negative_entry() {
     let auth = layer(&store).negative_ttl(Duration::from_secs(60));
     let app = app(auth.clone());
     assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_new"))
-            .await
-            .status,
+        status(&app, "/me", "sk_new").await,
         StatusCode::UNAUTHORIZED
     );
     store.create("new", "sk_new", None);
@@ -115,16 +97,10 @@ async fn revocation_takes_effect_on_the_next_request() {
     let id = store.create("alice", SECRET, None);
     let auth = layer(&store).positive_ttl(Duration::from_secs(600));
     let app = app(auth.clone());
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     store.revoke(id);
     auth.invalidate(&KeyHash::of(SECRET)).await.unwrap();
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::UNAUTHORIZED);
     assert_eq!(store.lookups(), 2);
 }
 
@@ -151,14 +127,8 @@ async fn a_positive_entry_never_outlives_the_keys_expiry() {
     let store = KeyStore::new();
     store.create("short-lived", SECRET, Some(now_ms() + 300));
     let app = app(layer(&store).positive_ttl(Duration::from_secs(600)));
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     assert_eq!(store.lookups(), 1);
     tokio::time::sleep(Duration::from_millis(450)).await;
     let res = send(app.clone(), get_with_key("/me", SECRET)).await;
@@ -170,10 +140,7 @@ async fn a_positive_entry_never_outlives_the_keys_expiry() {
         "the capped entry expired and the lookup said expired"
     );
     // The expired key is now a negative entry.
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::UNAUTHORIZED);
     assert_eq!(store.lookups(), 2);
 }
 
@@ -205,10 +172,7 @@ async fn a_lookup_error_is_503_with_retry_after_and_never_cached() {
     assert_eq!(store.lookups(), 3, "errors are not cached");
     assert_eq!(auth.stats().lookup_errors, 3);
     store.fail.store(false, Ordering::SeqCst);
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -216,31 +180,19 @@ async fn cached_keys_keep_working_while_the_store_is_down() {
     let store = KeyStore::new();
     store.create("alice", SECRET, None);
     let app = app(layer(&store));
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_bad"))
-            .await
-            .status,
+        status(&app, "/me", "sk_bad").await,
         StatusCode::UNAUTHORIZED
     );
     store.fail.store(true, Ordering::SeqCst);
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_bad"))
-            .await
-            .status,
+        status(&app, "/me", "sk_bad").await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_uncached"))
-            .await
-            .status,
+        status(&app, "/me", "sk_uncached").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
@@ -251,32 +203,19 @@ async fn bypass_routes_always_ask_the_lookup_and_refresh_the_cache() {
     let id = store.create("alice", SECRET, None);
     let auth = layer(&store).bypass_cache("/admin/keys");
     let app = app(auth.clone());
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     for _ in 0..3 {
-        assert_eq!(
-            send(app.clone(), get_with_key("/admin/keys", SECRET))
-                .await
-                .status,
-            StatusCode::OK
-        );
+        assert_eq!(status(&app, "/admin/keys", SECRET).await, StatusCode::OK);
     }
     assert_eq!(store.lookups(), 4);
     // Revoked in the table but not invalidated: the bypass route sees it at
     // once, and its answer replaces the cached positive entry.
     store.revoke(id);
     assert_eq!(
-        send(app.clone(), get_with_key("/admin/keys", SECRET))
-            .await
-            .status,
+        status(&app, "/admin/keys", SECRET).await,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::UNAUTHORIZED);
     assert_eq!(store.lookups(), 5);
 }
 
@@ -308,10 +247,7 @@ async fn a_flood_of_unknown_keys_does_not_evict_valid_ones() {
     let auth = ApiKeyAuthLayer::new(cache, store.lookup());
     let app = app(auth.clone());
     for k in &valid {
-        assert_eq!(
-            send(app.clone(), get_with_key("/me", k)).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(status(&app, "/me", k).await, StatusCode::OK);
     }
     for i in 0..2_000 {
         send(app.clone(), get_with_key("/me", &format!("sk_random_{i}"))).await;
@@ -325,10 +261,7 @@ async fn a_flood_of_unknown_keys_does_not_evict_valid_ones() {
     assert_eq!(auth.cache().positive_count(), 50);
     let before = store.lookups();
     for k in &valid {
-        assert_eq!(
-            send(app.clone(), get_with_key("/me", k)).await.status,
-            StatusCode::OK
-        );
+        assert_eq!(status(&app, "/me", k).await, StatusCode::OK);
     }
     assert_eq!(store.lookups(), before, "every valid key was still cached");
 }

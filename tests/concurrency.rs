@@ -106,7 +106,7 @@ where
     let old = in_flight.await.unwrap().status;
     let during = during.await.unwrap().status;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let after = send(app.clone(), get_with_key("/me", SECRET)).await.status;
+    let after = status(&app, "/me", SECRET).await;
     Race {
         old,
         during,
@@ -207,10 +207,7 @@ async fn a_cached_principal_past_its_expiry_is_rejected_even_if_the_cache_keeps_
     store.create("short", SECRET, Some(now_ms() + 200));
     let auth = ApiKeyAuthLayer::new(NaiveCache::new(), store.lookup());
     let app = app(auth.clone());
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let res = send(app.clone(), get_with_key("/me", SECRET)).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
@@ -255,20 +252,12 @@ async fn a_failing_cache_degrades_to_the_lookup() {
     store.create("alice", SECRET, None);
     let auth = ApiKeyAuthLayer::new(BrokenCache, store.lookup());
     let app = app(auth.clone());
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", "sk_bad"))
-            .await
-            .status,
+        status(&app, "/me", "sk_bad").await,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        send(app.clone(), get_with_key("/me", SECRET)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
     assert_eq!(store.lookups(), 3);
     assert_eq!(auth.stats().cache_errors, 3);
     assert!(auth.invalidate(&KeyHash::of(SECRET)).await.is_err());

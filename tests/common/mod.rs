@@ -237,6 +237,11 @@ where
     }
 }
 
+/// The status of `GET path` with `key` as a bearer token.
+pub async fn status(app: &Router, path: &str, key: &str) -> StatusCode {
+    send(app.clone(), get_with_key(path, key)).await.status
+}
+
 pub fn get_with_key(path: &str, key: &str) -> Request<Body> {
     Request::get(path)
         .header("authorization", format!("Bearer {key}"))
