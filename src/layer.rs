@@ -385,6 +385,7 @@ where
                 if let Ok(CacheRead {
                     verdict: Some(verdict),
                     token: now,
+                    ..
                 }) = self.cache.get(&hash).await
                 {
                     if now == *token {

@@ -205,14 +205,19 @@ where
     L: Lookup<C::Principal>,
 {
     let counters = &layer.core.counters;
+    if let Ok(CacheRead {
+        degraded: Some(error),
+        ..
+    }) = &read
+    {
+        layer.core.note_cache_error("get", error);
+    }
     match read {
-        Ok(CacheRead { verdict, token }) if bypass => {
-            drop(verdict);
-            Decision::Lookup(Some(token))
-        }
+        Ok(CacheRead { token, .. }) if bypass => Decision::Lookup(Some(token)),
         Ok(CacheRead {
             verdict: Some(Verdict::Valid(principal)),
             token,
+            ..
         }) => {
             // The TTL is capped by the expiry already; this also covers a
             // backend whose clock or TTL granularity runs late.
@@ -235,6 +240,7 @@ where
         Ok(CacheRead {
             verdict: None,
             token,
+            ..
         }) => Decision::Lookup(Some(token)),
         Err(error) => {
             layer.core.note_cache_error("get", &error);

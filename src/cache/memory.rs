@@ -217,7 +217,10 @@ impl<P: Principal> MemoryCache<P> {
                 .filter(current)
                 .map(|entry| entry.verdict),
         };
-        CacheRead { verdict, token }
+        match verdict {
+            Some(verdict) => CacheRead::hit(verdict, token),
+            None => CacheRead::miss(token),
+        }
     }
 
     fn write(&self, hash: KeyHash, token: MemoryToken, verdict: Verdict<P>, ttl: Duration) {

@@ -8,6 +8,7 @@
 //! can be swapped without touching the layer.
 //!
 //! - [`MemoryCache`]: in-process, on moka (feature `memory`, on by default).
+//! - `RedisCache`: shared by every instance, on fred (feature `redis`).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -18,9 +19,16 @@ use crate::KeyHash;
 
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryCache, MemoryCacheBuilder, MemoryToken};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{
+    RedisCache, RedisCacheBuilder, RedisToken, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX,
+};
 
 /// What the layer knows about a principal, the value your lookup returns for
 /// a valid key (a client, an account, a service identity).
@@ -77,6 +85,40 @@ pub struct CacheRead<P, T> {
     /// Taken at the read: an invalidation after this point makes a `put`
     /// with this token a no-op.
     pub token: T,
+    /// The backend answered, but something was wrong with what it held (a
+    /// value it could not decode, say): the layer counts it in
+    /// [`Stats::cache_errors`](crate::Stats::cache_errors) and logs it, and the
+    /// read counts as the miss it is, so the lookup's answer overwrites it.
+    pub degraded: Option<CacheError>,
+}
+
+impl<P, T> CacheRead<P, T> {
+    /// A cached verdict.
+    pub fn hit(verdict: Verdict<P>, token: T) -> Self {
+        Self {
+            verdict: Some(verdict),
+            token,
+            degraded: None,
+        }
+    }
+
+    /// Nothing cached.
+    pub fn miss(token: T) -> Self {
+        Self {
+            verdict: None,
+            token,
+            degraded: None,
+        }
+    }
+
+    /// Nothing usable cached, because of `error`.
+    pub fn degraded_miss(token: T, error: CacheError) -> Self {
+        Self {
+            verdict: None,
+            token,
+            degraded: Some(error),
+        }
+    }
 }
 
 /// A cache backend failed (unreachable, timed out, returned garbage).

@@ -2,6 +2,9 @@
 //! axum app, and a one-call HTTP helper.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +22,7 @@ use tower_api_key::{
     lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Lookup, MemoryCache, Principal,
 };
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Client {
     pub id: i64,
     pub name: String,
@@ -251,4 +254,53 @@ pub fn get_with_key(path: &str, key: &str) -> Request<Body> {
 
 pub fn get_anon(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
+}
+
+/// The race, step by step: a lookup reads the (still valid) row, the key is
+/// revoked and invalidated, a new request arrives, then the old lookup
+/// returns.
+pub async fn revocation_race<C>(cache: C) -> Race
+where
+    C: tower_api_key::KeyCache<Principal = Client>,
+    C::Get: Unpin,
+{
+    let secret = "sk_test_race";
+    let store = KeyStore::new();
+    let id = store.create("alice", secret, None);
+    let auth = ApiKeyAuthLayer::new(cache, store.lookup()).positive_ttl(Duration::from_secs(600));
+    let app = app(auth.clone());
+
+    let gate = store.arm_gate();
+    let in_flight = tokio::spawn(send(app.clone(), get_with_key("/me", secret)));
+    gate.row_read.notified().await; // the lookup has read the valid row
+
+    store.revoke(id);
+    auth.invalidate(&KeyHash::of(secret)).await.unwrap();
+
+    // Arrives after the revocation while the stale lookup is still out: it
+    // must not share it (and so must not wait for it).
+    let during = tokio::spawn(send(app.clone(), get_with_key("/me", secret)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during_answered_before_release = during.is_finished();
+
+    gate.release.notify_one(); // the stale lookup returns "valid"
+    let old = in_flight.await.unwrap().status;
+    let during = during.await.unwrap().status;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after = status(&app, "/me", secret).await;
+    Race {
+        old,
+        during,
+        during_answered_before_release,
+        after,
+        lookups: store.lookups(),
+    }
+}
+
+pub struct Race {
+    pub old: StatusCode,
+    pub during: StatusCode,
+    pub during_answered_before_release: bool,
+    pub after: StatusCode,
+    pub lookups: usize,
 }

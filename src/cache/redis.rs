@@ -1,0 +1,536 @@
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Pool;
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::config::Options;
+use fred::types::Value;
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{CacheError, CacheRead, KeyCache, Principal, Verdict};
+use crate::KeyHash;
+
+/// Default per-command timeout: a hung Redis costs a request this, not seconds.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "apikey:";
+
+/// Stores a verdict unless the key's version moved since the read.
+/// KEYS: entry, version. ARGV: version seen ('' for none), value, ttl ms.
+const PUT_SCRIPT: &str = r"
+local seen = redis.call('GET', KEYS[2])
+if (seen or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Moves the key's version (so in-flight lookups can't write) and drops the
+/// entry, atomically. KEYS: entry, version. ARGV: version ttl ms.
+const INVALIDATE_SCRIPT: &str = r"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// The shared cache: Redis through a fred connection pool, so every instance
+/// of a service sees the same verdicts (feature `redis`).
+///
+/// - **Keys** are the prefix plus the hex of the [`KeyHash`] in a hash tag,
+///   `apikey:{3f2a…}`, never the plaintext; a key's version lives beside it,
+///   `apikey:{3f2a…}:v`, in the same cluster slot.
+/// - **Values** are a small versioned JSON envelope,
+///   `{"v":1,"kind":"valid","principal":{…}}` or `{"v":1,"kind":"invalid"}`,
+///   written with `SET … PX` so Redis expires them; the layer picks the TTL
+///   (positive, negative, capped by the key's expiry). A value that doesn't
+///   decode (corrupt, or from another version) is a miss: the layer counts and
+///   logs it, looks the key up, and the answer overwrites it.
+/// - **Revocation can't be undone by an in-flight lookup.** A read returns the
+///   key's version with the entry (one `MGET`); [`invalidate`](KeyCache::invalidate)
+///   bumps the version and deletes the entry in one script; a `put` is a script
+///   that writes only if the version is still the one read. The version key
+///   expires after [`version_ttl`](RedisCacheBuilder::version_ttl) (one hour),
+///   far beyond any lookup.
+/// - **`invalidate_all`** scans the prefix in batches (`SCAN … COUNT 500`, on
+///   every master of a cluster) and `UNLINK`s each entry: Redis never blocks,
+///   and reads stay one command. (A generation number in the prefix would make
+///   it O(1), but every read would then need the generation first: a second
+///   key, in another cluster slot, or a local copy that can be stale.) It is
+///   exact against lookups in flight in this process, which carry an epoch
+///   that it bumps; a lookup in flight on another instance at that moment may
+///   still write its entry, which then lives until its TTL. To revoke one key,
+///   use `invalidate`, which is exact everywhere.
+/// - **Failures degrade.** Commands fail fast while disconnected and time out
+///   after [`command_timeout`](RedisCacheBuilder::command_timeout) (100 ms);
+///   the layer then answers from the lookup. The pool reconnects by itself
+///   with exponential backoff (fred's default never reconnects).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tower_api_key::CacheError> {
+/// use std::time::Duration;
+/// use tower_api_key::cache::RedisCache;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Client { id: u64 }
+/// impl tower_api_key::Principal for Client {}
+///
+/// let cache: RedisCache<Client> = RedisCache::builder("redis://127.0.0.1:6379")
+///     .prefix("myapp:apikey:")
+///     .command_timeout(Duration::from_millis(50))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisCache<P> {
+    inner: Arc<Inner>,
+    principal: PhantomData<fn() -> P>,
+}
+
+struct Inner {
+    pool: Pool,
+    prefix: String,
+    options: Options,
+    version_ttl: Duration,
+    epoch: AtomicU64,
+}
+
+/// The token of [`RedisCache`]: this process's epoch and the key's version,
+/// as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisToken {
+    epoch: u64,
+    version: Option<String>,
+}
+
+enum Connection {
+    Url(String),
+    Config(Box<Config>),
+    Pool(Pool),
+}
+
+/// Builder for [`RedisCache`].
+pub struct RedisCacheBuilder<P> {
+    connection: Connection,
+    prefix: String,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    version_ttl: Duration,
+    principal: PhantomData<fn() -> P>,
+}
+
+impl<P> fmt::Debug for RedisCacheBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheBuilder")
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("version_ttl", &self.version_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, P> {
+    v: u8,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<&'a P>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn<P> {
+    v: u8,
+    kind: String,
+    principal: Option<P>,
+}
+
+const ENVELOPE_VERSION: u8 = 1;
+
+fn decode<P: DeserializeOwned>(raw: &str) -> Result<Verdict<P>, String> {
+    let envelope: EnvelopeIn<P> = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    if envelope.v != ENVELOPE_VERSION {
+        return Err(format!(
+            "envelope version {} (this build reads {ENVELOPE_VERSION})",
+            envelope.v
+        ));
+    }
+    match (envelope.kind.as_str(), envelope.principal) {
+        ("valid", Some(p)) => Ok(Verdict::Valid(Arc::new(p))),
+        ("invalid", None) => Ok(Verdict::Invalid),
+        (kind, _) => Err(format!("unexpected envelope kind {kind:?}")),
+    }
+}
+
+fn encode<P: Serialize>(verdict: &Verdict<P>) -> Result<String, serde_json::Error> {
+    let envelope = match verdict {
+        Verdict::Valid(p) => EnvelopeOut {
+            v: ENVELOPE_VERSION,
+            kind: "valid",
+            principal: Some(&**p),
+        },
+        Verdict::Invalid => EnvelopeOut {
+            v: ENVELOPE_VERSION,
+            kind: "invalid",
+            principal: None,
+        },
+    };
+    serde_json::to_string(&envelope)
+}
+
+fn is_valid_prefix(prefix: &str) -> bool {
+    // Braces would move the hash tag; glob characters would widen the SCAN.
+    !prefix.contains(['{', '}', '*', '?', '[', ']', '\\'])
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl<P> RedisCacheBuilder<P> {
+    fn new(connection: Connection) -> Self {
+        Self {
+            connection,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            pool_size: 4,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: Duration::from_secs(2),
+            version_ttl: Duration::from_secs(3600),
+            principal: PhantomData,
+        }
+    }
+
+    /// The prefix of every key (default `apikey:`). It may not contain
+    /// braces, glob characters or backslashes.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Connections in the pool (default 4). Ignored for [`RedisCache::from_pool`].
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// How long one command may take before the layer gives up on Redis for
+    /// that request and asks the lookup (default 100 ms). A command issued
+    /// while the pool is disconnected fails at once.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long [`build`](Self::build) waits for the first connection, and
+    /// the timeout of each connection attempt (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a key's version outlives its last invalidation (default one
+    /// hour): longer than any lookup can take.
+    pub fn version_ttl(mut self, ttl: Duration) -> Self {
+        self.version_ttl = ttl;
+        self
+    }
+
+    /// Connects and returns the cache. An unreachable Redis is not an error:
+    /// the pool keeps reconnecting in the background and the layer answers
+    /// from the lookup meanwhile (a warning is logged). Errors are for a bad
+    /// URL or configuration.
+    pub async fn build(mut self) -> Result<RedisCache<P>, CacheError> {
+        if !is_valid_prefix(&self.prefix) {
+            return Err(CacheError::new(format!(
+                "invalid Redis key prefix {:?}: no braces, glob characters or backslashes",
+                self.prefix
+            )));
+        }
+        let connection = std::mem::replace(&mut self.connection, Connection::Url(String::new()));
+        let pool = match connection {
+            Connection::Pool(pool) => pool,
+            Connection::Url(url) => {
+                let config = Config::from_url(&url).map_err(CacheError::new)?;
+                self.build_pool(config)?
+            }
+            Connection::Config(config) => self.build_pool(*config)?,
+        };
+        if !pool.is_connected() {
+            pool.connect_pool();
+            let wait = tokio::time::timeout(self.connect_timeout, pool.wait_for_connect()).await;
+            if !matches!(wait, Ok(Ok(()))) {
+                tracing::warn!(
+                    "Redis is not reachable yet; the API key cache answers from the lookup until it is"
+                );
+            }
+        }
+        Ok(RedisCache {
+            inner: Arc::new(Inner {
+                pool,
+                prefix: self.prefix,
+                options: Options {
+                    timeout: Some(self.command_timeout),
+                    fail_fast: true,
+                    max_attempts: Some(1),
+                    ..Options::default()
+                },
+                version_ttl: self.version_ttl,
+                epoch: AtomicU64::new(0),
+            }),
+            principal: PhantomData,
+        })
+    }
+
+    fn build_pool(&self, mut config: Config) -> Result<Pool, CacheError> {
+        // Keep reconnecting after a failed first attempt, instead of failing.
+        config.fail_fast = false;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = self.connect_timeout;
+                c.internal_command_timeout = self.connect_timeout;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|c| {
+                c.default_command_timeout = self.command_timeout;
+            })
+            // fred's default never reconnects: retry forever, 50 ms doubling to 2 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        builder.build_pool(self.pool_size).map_err(CacheError::new)
+    }
+}
+
+impl<P> RedisCache<P> {
+    /// A builder connecting to `url`: `redis://host:port/db`,
+    /// `rediss://…` (feature `redis-tls`), or
+    /// `redis-cluster://host:port?node=host:port…`.
+    pub fn builder(url: impl Into<String>) -> RedisCacheBuilder<P> {
+        RedisCacheBuilder::new(Connection::Url(url.into()))
+    }
+
+    /// A builder from a fred [`Config`] you already have (it gets this crate's
+    /// timeouts and reconnect policy).
+    pub fn from_config(config: Config) -> RedisCacheBuilder<P> {
+        RedisCacheBuilder::new(Connection::Config(Box::new(config)))
+    }
+
+    /// A builder around a fred [`Pool`] you already have, as it is configured.
+    /// Give it a reconnect policy and a command timeout: fred's defaults
+    /// never reconnect and wait forever.
+    pub fn from_pool(pool: Pool) -> RedisCacheBuilder<P> {
+        RedisCacheBuilder::new(Connection::Pool(pool))
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The Redis key holding `hash`'s verdict.
+    pub fn redis_key(&self, hash: &KeyHash) -> String {
+        format!("{}{{{}}}", self.inner.prefix, hash.to_hex())
+    }
+
+    fn version_key(&self, hash: &KeyHash) -> String {
+        format!("{}{{{}}}:v", self.inner.prefix, hash.to_hex())
+    }
+}
+
+impl<P> Clone for RedisCache<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            principal: PhantomData,
+        }
+    }
+}
+
+impl<P> fmt::Debug for RedisCache<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("prefix", &self.inner.prefix)
+            .field("connected", &self.inner.pool.is_connected())
+            .field("command_timeout", &self.inner.options.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        other => other.into_string(),
+    }
+}
+
+impl<P> KeyCache for RedisCache<P>
+where
+    P: Principal + Serialize + DeserializeOwned,
+{
+    type Principal = P;
+    type Token = RedisToken;
+    type Get = BoxFuture<'static, Result<CacheRead<P, RedisToken>, CacheError>>;
+
+    fn get(&self, hash: &KeyHash) -> Self::Get {
+        let this = self.clone();
+        let keys = vec![self.redis_key(hash), self.version_key(hash)];
+        async move {
+            // Taken before the read, so an invalidate_all during it wins.
+            let epoch = this.inner.epoch.load(Ordering::Acquire);
+            let values: Vec<Value> = this
+                .inner
+                .pool
+                .with_options(&this.inner.options)
+                .mget(keys)
+                .await
+                .map_err(CacheError::new)?;
+            let mut values = values.into_iter();
+            let entry = values.next().and_then(text);
+            let version = values.next().and_then(text);
+            let token = RedisToken { epoch, version };
+            let Some(raw) = entry else {
+                return Ok(CacheRead::miss(token));
+            };
+            match decode(&raw) {
+                Ok(verdict) => Ok(CacheRead::hit(verdict, token)),
+                Err(why) => Ok(CacheRead::degraded_miss(
+                    token,
+                    CacheError::new(format!("undecodable cached value: {why}")),
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn put(
+        &self,
+        hash: KeyHash,
+        token: RedisToken,
+        verdict: Verdict<P>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send {
+        let keys = vec![self.redis_key(&hash), self.version_key(&hash)];
+        let inner = Arc::clone(&self.inner);
+        async move {
+            if inner.epoch.load(Ordering::Acquire) != token.epoch {
+                return Ok(()); // invalidate_all since the read
+            }
+            let value = encode(&verdict).map_err(CacheError::new)?;
+            let args = vec![
+                token.version.unwrap_or_default(),
+                value,
+                millis(ttl).to_string(),
+            ];
+            let _: i64 = inner
+                .pool
+                .with_options(&inner.options)
+                .eval(PUT_SCRIPT, keys, args)
+                .await
+                .map_err(CacheError::new)?;
+            Ok(())
+        }
+    }
+
+    fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
+        let keys = vec![self.redis_key(hash), self.version_key(hash)];
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let _: i64 = inner
+                .pool
+                .with_options(&inner.options)
+                .eval(
+                    INVALIDATE_SCRIPT,
+                    keys,
+                    vec![millis(inner.version_ttl).to_string()],
+                )
+                .await
+                .map_err(CacheError::new)?;
+            Ok(())
+        }
+    }
+
+    fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            inner.epoch.fetch_add(1, Ordering::AcqRel);
+            let client = inner.pool.next().clone();
+            let pattern = format!("{}*", inner.prefix);
+            let keys = if client.is_clustered() {
+                client
+                    .scan_cluster_buffered(pattern, Some(500), None)
+                    .boxed()
+            } else {
+                client.scan_buffered(pattern, Some(500), None).boxed()
+            };
+            let mut batches = keys.chunks(500);
+            while let Some(batch) = batches.next().await {
+                let mut entries = Vec::with_capacity(batch.len());
+                for key in batch {
+                    let key = key.map_err(CacheError::new)?;
+                    // Versions stay: they guard lookups still in flight.
+                    if !key.as_bytes().ends_with(b"}:v") {
+                        entries.push(key);
+                    }
+                }
+                // One UNLINK per key: a batch spans cluster slots.
+                let results = join_all(entries.into_iter().map(|key| {
+                    let client = client.with_options(&inner.options);
+                    async move { client.unlink::<i64, _>(key).await }
+                }))
+                .await;
+                for result in results {
+                    result.map_err(CacheError::new)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct P {
+        id: u32,
+    }
+    impl Principal for P {}
+
+    #[test]
+    fn envelopes_round_trip_and_refuse_other_versions() {
+        let valid = encode(&Verdict::Valid(Arc::new(P { id: 7 }))).unwrap();
+        assert_eq!(valid, r#"{"v":1,"kind":"valid","principal":{"id":7}}"#);
+        assert!(matches!(decode::<P>(&valid), Ok(Verdict::Valid(p)) if p.id == 7));
+        let invalid = encode::<P>(&Verdict::Invalid).unwrap();
+        assert_eq!(invalid, r#"{"v":1,"kind":"invalid"}"#);
+        assert!(matches!(decode::<P>(&invalid), Ok(Verdict::Invalid)));
+        for bad in [
+            r#"{"v":2,"kind":"invalid"}"#,
+            r#"{"v":1,"kind":"valid"}"#,
+            r#"{"v":1,"kind":"valid","principal":{"name":"x"}}"#,
+            "not json",
+            "",
+        ] {
+            assert!(decode::<P>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes_that_would_break_keys_are_refused() {
+        assert!(is_valid_prefix("apikey:"));
+        for bad in ["a{b", "a}", "a*", "a?", "a[b]", "a\\"] {
+            assert!(!is_valid_prefix(bad), "{bad}");
+        }
+    }
+}
