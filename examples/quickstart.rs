@@ -13,7 +13,9 @@
 //! | `PORT` | `3000` | listen on `127.0.0.1:$PORT` (`0` picks a free port) |
 //! | `DATABASE_URL` | in memory | SQLite file for the key table (`sqlite://path` or a path) |
 //! | `DEMO_API_KEY` | random | the admin key's secret; a random one is printed once otherwise |
-//! | `APIKEY_CACHE_BACKEND` | `memory` | the cache backend (`memory`) |
+//! | `APIKEY_CACHE_BACKEND` | `memory` | `memory`, or `redis` (built with `--features redis`) |
+//! | `REDIS_URL` | | the Redis for `redis`: `redis://127.0.0.1:6379`, `redis-cluster://…` |
+//! | `APIKEY_REDIS_PREFIX` | `apikey:` | prefix of the Redis keys |
 //! | `APIKEY_POSITIVE_TTL` | `300` | seconds a valid key stays cached |
 //! | `APIKEY_NEGATIVE_TTL` | `30` | seconds an unknown key stays cached |
 //! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
@@ -35,10 +37,10 @@ use axum::{Json, Router};
 use rand::distr::{Alphanumeric, SampleString};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use tower_api_key::{ApiKeyAuthLayer, Authenticated, KeyHash, MemoryCache, Principal};
+use tower_api_key::{ApiKeyAuthLayer, Authenticated, KeyHash, Principal};
 
 /// A row of the key table, as the handlers see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ApiClient {
     id: i64,
     name: String,
@@ -225,7 +227,49 @@ impl tower::Service<KeyHash> for DbLookup {
     }
 }
 
-type Auth = ApiKeyAuthLayer<MemoryCache<ApiClient>, DbLookup>;
+/// The cache: memory, or (built with `--features redis`) whatever
+/// `APIKEY_CACHE_BACKEND` picks.
+#[cfg(feature = "redis")]
+type Cache = tower_api_key::cache::AnyCache<ApiClient>;
+#[cfg(not(feature = "redis"))]
+type Cache = tower_api_key::MemoryCache<ApiClient>;
+
+type Auth = ApiKeyAuthLayer<Cache, DbLookup>;
+
+#[cfg(feature = "redis")]
+async fn build_cache() -> Result<(Cache, &'static str), String> {
+    use tower_api_key::cache::{AnyCache, CacheSettings};
+    let settings = CacheSettings::from_env();
+    if !matches!(settings.backend.as_str(), "memory" | "redis") {
+        return Err(format!(
+            "APIKEY_CACHE_BACKEND={:?} is not supported; use `memory` or `redis`",
+            settings.backend
+        ));
+    }
+    // Redis without REDIS_URL: a loud warning and the in-process cache.
+    let cache = AnyCache::from_settings(settings).await;
+    let backend = cache.backend();
+    Ok((cache, backend))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn build_cache() -> Result<(Cache, &'static str), String> {
+    let backend = std::env::var("APIKEY_CACHE_BACKEND").unwrap_or_default();
+    match backend.trim().to_ascii_lowercase().as_str() {
+        "" | "memory" => Ok((
+            tower_api_key::MemoryCache::builder()
+                .max_capacity(100_000)
+                .build(),
+            "memory",
+        )),
+        "redis" => Err("APIKEY_CACHE_BACKEND=redis needs the `redis` feature: \
+             cargo run --example quickstart --features redis"
+            .to_owned()),
+        other => Err(format!(
+            "APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory` or `redis`"
+        )),
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
@@ -425,15 +469,7 @@ async fn run() -> Result<(), String> {
         std::env::var("QUICKSTART_LOOKUP_FAIL").as_deref(),
         Ok("1" | "true" | "yes")
     );
-    let backend = std::env::var("APIKEY_CACHE_BACKEND").unwrap_or_default();
-    let cache = match backend.trim().to_ascii_lowercase().as_str() {
-        "" | "memory" => MemoryCache::builder().max_capacity(100_000).build(),
-        other => {
-            return Err(format!(
-                "APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory`"
-            ))
-        }
-    };
+    let (cache, backend) = build_cache().await?;
 
     let database_url = std::env::var("DATABASE_URL").ok();
     let db = Db::open(database_url.as_deref()).map_err(|e| e.to_string())?;
@@ -504,7 +540,7 @@ async fn run() -> Result<(), String> {
     };
     println!("tower-api-key quickstart listening on {base}");
     println!(
-        "cache: memory, positive TTL {}s, negative TTL {}s",
+        "cache: {backend}, positive TTL {}s, negative TTL {}s",
         positive_ttl.as_secs(),
         negative_ttl.as_secs()
     );

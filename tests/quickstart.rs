@@ -62,7 +62,7 @@ fn start(envs: &[(&str, &str)]) -> Quickstart {
     let base = loop {
         let line = lines
             .next()
-            .expect("quickstart exited before listening")
+            .expect("quickstart exited before listening (built without the features this test needs? cargo build --example quickstart --all-features)")
             .expect("read stdout");
         seen.push(line.clone());
         if let Some(rest) = line.split("listening on ").nth(1) {
@@ -373,4 +373,117 @@ fn quickstart_prints_a_random_admin_key_once_and_rejects_bad_config() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("APIKEY_CACHE_BACKEND"));
+}
+
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod redis_servers;
+
+#[cfg(feature = "redis")]
+mod shared_redis {
+    use super::*;
+
+    use super::redis_servers as redis;
+
+    /// Two quickstart processes, one key table (a SQLite file), one Redis:
+    /// a key looked up by one is a hit for the other, and a key revoked
+    /// through one is rejected by the other on its next request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_share_verdicts_and_revocations_through_redis() {
+        use reqwest::Method;
+        let server = redis::RedisServer::start();
+        let db =
+            std::env::temp_dir().join(format!("tower-api-key-qs-shared-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&db);
+        let db_url = format!("sqlite://{}", db.display());
+        let url = server.url();
+        let env = [
+            ("DEMO_API_KEY", ADMIN),
+            ("DATABASE_URL", db_url.as_str()),
+            ("APIKEY_CACHE_BACKEND", "redis"),
+            ("REDIS_URL", url.as_str()),
+        ];
+        let a = start(&env);
+        let b = start(&env);
+        assert!(
+            a.stdout.iter().any(|l| l.starts_with("cache: redis")),
+            "{:?}",
+            a.stdout
+        );
+        let (s, created) = call(
+            Method::POST,
+            &format!("{}/v1/keys", a.base),
+            Some(ADMIN),
+            Some(json!({"name": "shared"})),
+        )
+        .await;
+        assert_eq!(s, 201);
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        let id = created["id"].as_i64().unwrap();
+
+        assert_eq!(
+            call(
+                Method::GET,
+                &format!("{}/v1/me", a.base),
+                Some(&secret),
+                None
+            )
+            .await
+            .0,
+            200
+        );
+        assert_eq!(
+            call(
+                Method::GET,
+                &format!("{}/v1/me", b.base),
+                Some(&secret),
+                None
+            )
+            .await
+            .0,
+            200
+        );
+        let (_, stats_b) = call(
+            Method::GET,
+            &format!("{}/v1/stats", b.base),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+        assert_eq!(
+            stats_b["lookups"], 0,
+            "instance B answered from Redis: {stats_b}"
+        );
+        assert!(stats_b["hits"].as_u64().unwrap() >= 2, "{stats_b}");
+
+        let revoke = format!("{}/v1/keys/{id}", a.base);
+        assert_eq!(
+            call(Method::DELETE, &revoke, Some(ADMIN), None).await.0,
+            204
+        );
+        assert_eq!(
+            call(
+                Method::GET,
+                &format!("{}/v1/me", b.base),
+                Some(&secret),
+                None
+            )
+            .await
+            .0,
+            401
+        );
+        drop((a, b));
+        let _ = std::fs::remove_file(&db);
+    }
+
+    #[test]
+    fn redis_asked_for_without_a_url_still_authenticates_from_memory() {
+        let qs = start(&[("DEMO_API_KEY", ADMIN), ("APIKEY_CACHE_BACKEND", "redis")]);
+        assert!(
+            qs.stdout.iter().any(|l| l.starts_with("cache: memory")),
+            "{:?}",
+            qs.stdout
+        );
+    }
 }

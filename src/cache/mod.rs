@@ -9,6 +9,8 @@
 //!
 //! - [`MemoryCache`]: in-process, on moka (feature `memory`, on by default).
 //! - `RedisCache`: shared by every instance, on fred (feature `redis`).
+//! - `AnyCache`: one of the two, picked at deploy time from `CacheSettings`
+//!   (`APIKEY_CACHE_BACKEND`, `REDIS_URL`).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -17,10 +19,15 @@ use std::time::{Duration, SystemTime};
 
 use crate::KeyHash;
 
+#[cfg(all(feature = "memory", feature = "redis"))]
+mod any;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(all(feature = "memory", feature = "redis"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "memory", feature = "redis"))))]
+pub use any::{AnyCache, AnyGet, AnyToken, BackendError, CacheSettings};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryCache, MemoryCacheBuilder, MemoryToken};
