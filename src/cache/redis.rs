@@ -9,7 +9,6 @@ use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
-use fred::types::Value;
 use futures_util::future::{join_all, BoxFuture};
 use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
@@ -53,12 +52,14 @@ return 1
 ///   (positive, negative, capped by the key's expiry). A value that doesn't
 ///   decode (corrupt, or from another version) is a miss: the layer counts and
 ///   logs it, looks the key up, and the answer overwrites it.
-/// - **Revocation can't be undone by an in-flight lookup.** A read returns the
-///   key's version with the entry (one `MGET`); [`invalidate`](KeyCache::invalidate)
-///   bumps the version and deletes the entry in one script; a `put` is a script
-///   that writes only if the version is still the one read. The version key
-///   expires after [`version_ttl`](RedisCacheBuilder::version_ttl) (one hour),
-///   far beyond any lookup.
+/// - **Revocation can't be undone by an in-flight lookup.** A hit is one
+///   `GET`; a miss also reads the key's version, before the lookup starts;
+///   [`invalidate`](KeyCache::invalidate) bumps the version and deletes the
+///   entry in one script; a `put` is a script that writes only if the version
+///   is still the one read. The version key expires after
+///   [`version_ttl`](RedisCacheBuilder::version_ttl) (one hour), far beyond
+///   any lookup. (So a cache-bypass route's fresh lookup refreshes a missing
+///   entry but leaves an existing one to its TTL or to `invalidate`.)
 /// - **`invalidate_all`** scans the prefix in batches (`SCAN … COUNT 500`, on
 ///   every master of a cluster) and `UNLINK`s each entry: Redis never blocks,
 ///   and reads stay one command. (A generation number in the prefix would make
@@ -99,7 +100,11 @@ pub struct RedisCache<P> {
 struct Inner {
     pool: Pool,
     prefix: String,
+    /// Fail fast while disconnected, one attempt. The timeout is ours
+    /// (`tokio::time::timeout`): fred's per-command timeout costs a third of
+    /// the throughput under load (measured in benches/redis_hit.rs).
     options: Options,
+    timeout: Duration,
     version_ttl: Duration,
     epoch: AtomicU64,
 }
@@ -109,7 +114,16 @@ struct Inner {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisToken {
     epoch: u64,
-    version: Option<String>,
+    version: Version,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Version {
+    /// Read with the miss (`None`: never invalidated, or long ago).
+    Read(Option<String>),
+    /// Not read: the read was a hit, which needs no fill. A `put` with it
+    /// stores nothing.
+    NotRead,
 }
 
 enum Connection {
@@ -280,11 +294,11 @@ impl<P> RedisCacheBuilder<P> {
                 pool,
                 prefix: self.prefix,
                 options: Options {
-                    timeout: Some(self.command_timeout),
                     fail_fast: true,
                     max_attempts: Some(1),
                     ..Options::default()
                 },
+                timeout: self.command_timeout,
                 version_ttl: self.version_ttl,
                 epoch: AtomicU64::new(0),
             }),
@@ -301,9 +315,6 @@ impl<P> RedisCacheBuilder<P> {
                 c.connection_timeout = self.connect_timeout;
                 c.internal_command_timeout = self.connect_timeout;
                 c.max_command_attempts = 1;
-            })
-            .with_performance_config(|c| {
-                c.default_command_timeout = self.command_timeout;
             })
             // fred's default never reconnects: retry forever, 50 ms doubling to 2 s.
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
@@ -361,15 +372,28 @@ impl<P> fmt::Debug for RedisCache<P> {
         f.debug_struct("RedisCache")
             .field("prefix", &self.inner.prefix)
             .field("connected", &self.inner.pool.is_connected())
-            .field("command_timeout", &self.inner.options.timeout)
+            .field("command_timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
 }
 
-fn text(value: Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        other => other.into_string(),
+impl Inner {
+    fn client(&self) -> fred::clients::WithOptions<Pool> {
+        self.pool.with_options(&self.options)
+    }
+
+    /// One command, bounded by the command timeout.
+    async fn run<T>(
+        &self,
+        command: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, CacheError> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(result) => result.map_err(CacheError::new),
+            Err(_) => Err(CacheError::new(format!(
+                "Redis command timed out after {:?}",
+                self.timeout
+            ))),
+        }
     }
 }
 
@@ -382,29 +406,35 @@ where
     type Get = BoxFuture<'static, Result<CacheRead<P, RedisToken>, CacheError>>;
 
     fn get(&self, hash: &KeyHash) -> Self::Get {
-        let this = self.clone();
-        let keys = vec![self.redis_key(hash), self.version_key(hash)];
+        let inner = Arc::clone(&self.inner);
+        let entry = self.redis_key(hash);
+        let version = self.version_key(hash);
         async move {
             // Taken before the read, so an invalidate_all during it wins.
-            let epoch = this.inner.epoch.load(Ordering::Acquire);
-            let values: Vec<Value> = this
-                .inner
-                .pool
-                .with_options(&this.inner.options)
-                .mget(keys)
-                .await
-                .map_err(CacheError::new)?;
-            let mut values = values.into_iter();
-            let entry = values.next().and_then(text);
-            let version = values.next().and_then(text);
-            let token = RedisToken { epoch, version };
-            let Some(raw) = entry else {
-                return Ok(CacheRead::miss(token));
+            let epoch = inner.epoch.load(Ordering::Acquire);
+            // A hit is one GET. Only a miss, which goes on to a lookup, reads
+            // the version its fill must match (before the lookup starts).
+            let raw: Option<String> = inner.run(inner.client().get(entry)).await?;
+            let read_version = || async {
+                let seen: Option<String> = inner.run(inner.client().get(version)).await?;
+                Ok::<_, CacheError>(RedisToken {
+                    epoch,
+                    version: Version::Read(seen),
+                })
+            };
+            let Some(raw) = raw else {
+                return Ok(CacheRead::miss(read_version().await?));
             };
             match decode(&raw) {
-                Ok(verdict) => Ok(CacheRead::hit(verdict, token)),
+                Ok(verdict) => Ok(CacheRead::hit(
+                    verdict,
+                    RedisToken {
+                        epoch,
+                        version: Version::NotRead,
+                    },
+                )),
                 Err(why) => Ok(CacheRead::degraded_miss(
-                    token,
+                    read_version().await?,
                     CacheError::new(format!("undecodable cached value: {why}")),
                 )),
             }
@@ -422,21 +452,17 @@ where
         let keys = vec![self.redis_key(&hash), self.version_key(&hash)];
         let inner = Arc::clone(&self.inner);
         async move {
+            let Version::Read(seen) = token.version else {
+                return Ok(()); // a hit's token: nothing to fill
+            };
             if inner.epoch.load(Ordering::Acquire) != token.epoch {
                 return Ok(()); // invalidate_all since the read
             }
             let value = encode(&verdict).map_err(CacheError::new)?;
-            let args = vec![
-                token.version.unwrap_or_default(),
-                value,
-                millis(ttl).to_string(),
-            ];
+            let args = vec![seen.unwrap_or_default(), value, millis(ttl).to_string()];
             let _: i64 = inner
-                .pool
-                .with_options(&inner.options)
-                .eval(PUT_SCRIPT, keys, args)
-                .await
-                .map_err(CacheError::new)?;
+                .run(inner.client().eval(PUT_SCRIPT, keys, args))
+                .await?;
             Ok(())
         }
     }
@@ -445,16 +471,10 @@ where
         let keys = vec![self.redis_key(hash), self.version_key(hash)];
         let inner = Arc::clone(&self.inner);
         async move {
+            let ttl = vec![millis(inner.version_ttl).to_string()];
             let _: i64 = inner
-                .pool
-                .with_options(&inner.options)
-                .eval(
-                    INVALIDATE_SCRIPT,
-                    keys,
-                    vec![millis(inner.version_ttl).to_string()],
-                )
-                .await
-                .map_err(CacheError::new)?;
+                .run(inner.client().eval(INVALIDATE_SCRIPT, keys, ttl))
+                .await?;
             Ok(())
         }
     }
@@ -485,11 +505,12 @@ where
                 // One UNLINK per key: a batch spans cluster slots.
                 let results = join_all(entries.into_iter().map(|key| {
                     let client = client.with_options(&inner.options);
-                    async move { client.unlink::<i64, _>(key).await }
+                    let inner = &inner;
+                    async move { inner.run(client.unlink::<i64, _>(key)).await }
                 }))
                 .await;
                 for result in results {
-                    result.map_err(CacheError::new)?;
+                    result?;
                 }
             }
             Ok(())

@@ -1,0 +1,252 @@
+//! Load script: a cached key through the layer with `RedisCache`, against a
+//! bare fred `GET` of the same Redis key, each driven by 64 concurrent tasks
+//! on one private `redis-server` (started here on a free loopback port).
+//! Rounds alternate between the two; prints throughput and p50/p99 latency
+//! of each, and the ratios.
+//!
+//! ```sh
+//! cargo bench --bench redis_hit --features redis
+//! ```
+
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::prelude::{Builder, Config};
+use http::{header::AUTHORIZATION, HeaderValue, Request, Response};
+use http_body_util::Full;
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower_api_key::cache::RedisCache;
+use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
+
+const SECRET: &str = "sk_live_51HxBenchmarkKey0123456789abcdef";
+const TASKS: usize = 64;
+const ROUND: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 3;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Client {
+    id: u64,
+    name: String,
+}
+impl Principal for Client {}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> (Server, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    std::thread::sleep(Duration::from_millis(300));
+    (Server(child), port)
+}
+
+fn request() -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = http::Uri::from_static("/v1/invoices");
+    req.headers_mut().insert(
+        AUTHORIZATION,
+        HeaderValue::from_static("Bearer sk_live_51HxBenchmarkKey0123456789abcdef"),
+    );
+    req
+}
+
+struct Run {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Runs `op` in `TASKS` concurrent loops for `ROUND`.
+async fn load<F, Fut>(op: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(100_000);
+                while start.elapsed() < ROUND {
+                    let t = Instant::now();
+                    op().await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    Run {
+        ops_per_sec: all.len() as f64 / secs,
+        p50: all[all.len() / 2],
+        p99: all[all.len() * 99 / 100],
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return; // `cargo bench --no-run`-style probes and `cargo test --benches`
+    }
+    let (_server, port) = start_redis();
+    let url = format!("redis://127.0.0.1:{port}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let cache: RedisCache<Client> = RedisCache::builder(&url).build().await.expect("cache");
+        let redis_key = cache.redis_key(&KeyHash::of(SECRET));
+        let auth = ApiKeyAuthLayer::new(
+            cache,
+            lookup_fn(|hash: KeyHash| async move {
+                Ok::<_, Infallible>((hash == KeyHash::of(SECRET)).then(|| Client {
+                    id: 1,
+                    name: "bench".into(),
+                }))
+            }),
+        );
+        let svc = ServiceBuilder::new()
+            .layer(auth.clone())
+            .service(service_fn(|_: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }));
+        assert_eq!(svc.clone().oneshot(request()).await.unwrap().status(), 200);
+
+        // The bare baseline: a pool like the cache's (4 connections), GET of
+        // the very key the layer reads.
+        let pool = Builder::from_config(Config::from_url(&url).expect("url"))
+            .build_pool(4)
+            .expect("pool");
+        pool.init().await.expect("connect");
+        let pool = Arc::new(pool);
+
+        let mut bare = Vec::new();
+        let mut layer = Vec::new();
+        for _ in 0..ROUNDS {
+            let p = pool.clone();
+            let k = redis_key.clone();
+            bare.push(
+                load(move || {
+                    let (p, k) = (p.clone(), k.clone());
+                    async move {
+                        let v: Option<String> = p.get(k).await.expect("GET");
+                        assert!(v.is_some());
+                    }
+                })
+                .await,
+            );
+            let s = svc.clone();
+            layer.push(
+                load(move || {
+                    let s = s.clone();
+                    async move {
+                        let res = s.oneshot(request()).await.expect("infallible");
+                        assert_eq!(res.status(), 200);
+                    }
+                })
+                .await,
+            );
+        }
+        // REDIS_HIT_VARIANTS=1: why RedisCache bounds commands with
+        // tokio's timeout rather than fred's per-command one.
+        if std::env::var_os("REDIS_HIT_VARIANTS").is_some() {
+            for fred_timeout in [false, true] {
+                let (p, k) = (pool.clone(), redis_key.clone());
+                let run = load(move || {
+                    let (p, k) = (p.clone(), k.clone());
+                    async move {
+                        let v: Option<String> = if fred_timeout {
+                            let opts = fred::types::config::Options {
+                                timeout: Some(Duration::from_millis(100)),
+                                ..Default::default()
+                            };
+                            p.with_options(&opts).get(k).await.expect("GET")
+                        } else {
+                            tokio::time::timeout(Duration::from_millis(100), p.get(k))
+                                .await
+                                .expect("in time")
+                                .expect("GET")
+                        };
+                        assert!(v.is_some());
+                    }
+                })
+                .await;
+                let how = if fred_timeout {
+                    "fred's timeout "
+                } else {
+                    "tokio::timeout "
+                };
+                println!(
+                    "GET with {how}:  {:>9.0} ops/s  p99 {:?}",
+                    run.ops_per_sec, run.p99
+                );
+            }
+        }
+        let stats = auth.stats();
+        assert_eq!(
+            stats.lookups, 1,
+            "every benchmarked request was a Redis hit"
+        );
+        assert_eq!(stats.cache_errors, 0);
+
+        let summarize = |runs: &[Run]| {
+            (
+                median(runs.iter().map(|r| r.ops_per_sec).collect()),
+                median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e6).collect()),
+                median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e6).collect()),
+            )
+        };
+        let (b_ops, b_p50, b_p99) = summarize(&bare);
+        let (l_ops, l_p50, l_p99) = summarize(&layer);
+        println!(
+            "{TASKS} concurrent tasks, {ROUNDS} alternating rounds of {ROUND:?} each, medians:"
+        );
+        println!(
+            "bare fred GET:          {b_ops:>9.0} ops/s  p50 {b_p50:>7.1} µs  p99 {b_p99:>7.1} µs"
+        );
+        println!(
+            "layer, Redis hit:       {l_ops:>9.0} ops/s  p50 {l_p50:>7.1} µs  p99 {l_p99:>7.1} µs"
+        );
+        println!(
+            "throughput ratio layer/bare: {:.2}  (target >= 0.80)",
+            l_ops / b_ops
+        );
+        println!(
+            "p99 ratio layer/bare:        {:.2}  (target <= 1.50)",
+            l_p99 / b_p99
+        );
+        let _ = pool.quit().await;
+    });
+}
