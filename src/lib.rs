@@ -57,6 +57,10 @@
 //! - `memory` (default): [`MemoryCache`].
 //! - `axum` (default): [`Authenticated`], `IntoResponse` for
 //!   [`AuthRejection`], and route policies by `MatchedPath`.
+//! - `redis`: `cache::RedisCache`, shared by every instance through Redis (on
+//!   fred), and with `memory`, `cache::AnyCache` / `cache::CacheSettings` to
+//!   pick the backend from the environment.
+//! - `redis-tls`: `rediss://` URLs.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code, unreachable_pub)]
