@@ -166,8 +166,15 @@ struct EnvelopeOut<'a, P> {
 #[derive(Deserialize)]
 struct EnvelopeIn<P> {
     v: u8,
-    kind: String,
+    kind: Kind,
     principal: Option<P>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Valid,
+    Invalid,
 }
 
 const ENVELOPE_VERSION: u8 = 1;
@@ -180,10 +187,11 @@ fn decode<P: DeserializeOwned>(raw: &str) -> Result<Verdict<P>, String> {
             envelope.v
         ));
     }
-    match (envelope.kind.as_str(), envelope.principal) {
-        ("valid", Some(p)) => Ok(Verdict::Valid(Arc::new(p))),
-        ("invalid", None) => Ok(Verdict::Invalid),
-        (kind, _) => Err(format!("unexpected envelope kind {kind:?}")),
+    match (envelope.kind, envelope.principal) {
+        (Kind::Valid, Some(p)) => Ok(Verdict::Valid(Arc::new(p))),
+        (Kind::Invalid, None) => Ok(Verdict::Invalid),
+        (Kind::Valid, None) => Err("a valid entry without its principal".to_owned()),
+        (Kind::Invalid, Some(_)) => Err("an invalid entry with a principal".to_owned()),
     }
 }
 
@@ -408,7 +416,8 @@ where
     fn get(&self, hash: &KeyHash) -> Self::Get {
         let inner = Arc::clone(&self.inner);
         let entry = self.redis_key(hash);
-        let version = self.version_key(hash);
+        let this = self.clone();
+        let hash = *hash;
         async move {
             // Taken before the read, so an invalidate_all during it wins.
             let epoch = inner.epoch.load(Ordering::Acquire);
@@ -416,6 +425,7 @@ where
             // the version its fill must match (before the lookup starts).
             let raw: Option<String> = inner.run(inner.client().get(entry)).await?;
             let read_version = || async {
+                let version = this.version_key(&hash);
                 let seen: Option<String> = inner.run(inner.client().get(version)).await?;
                 Ok::<_, CacheError>(RedisToken {
                     epoch,
@@ -540,6 +550,8 @@ mod tests {
             r#"{"v":2,"kind":"invalid"}"#,
             r#"{"v":1,"kind":"valid"}"#,
             r#"{"v":1,"kind":"valid","principal":{"name":"x"}}"#,
+            r#"{"v":1,"kind":"maybe"}"#,
+            r#"{"v":1,"kind":"invalid","principal":{"id":1}}"#,
             "not json",
             "",
         ] {
