@@ -108,6 +108,11 @@ async fn call(
     )
 }
 
+/// The status of a `GET`, with a bearer key or none.
+async fn get_status(url: &str, key: Option<&str>) -> u16 {
+    call(reqwest::Method::GET, url, key, None).await.0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_end_to_end() {
     let qs = start(&[("DEMO_API_KEY", ADMIN), ("APIKEY_NEGATIVE_TTL", "60")]);
@@ -123,12 +128,7 @@ async fn quickstart_end_to_end() {
         "a given DEMO_API_KEY is not echoed"
     );
 
-    assert_eq!(
-        call(Method::GET, &format!("{b}/health"), None, None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(get_status(&format!("{b}/health"), None).await, 200);
     let (s, hello) = call(Method::GET, &format!("{b}/v1/hello"), None, None).await;
     assert_eq!(s, 200);
     assert!(hello["message"].as_str().unwrap().contains("anonymous"));
@@ -185,9 +185,7 @@ async fn quickstart_end_to_end() {
         403
     );
     assert_eq!(
-        call(Method::GET, &format!("{b}/v1/stats"), Some(&secret), None)
-            .await
-            .0,
+        get_status(&format!("{b}/v1/stats"), Some(&secret)).await,
         403
     );
     let (s, _) = call(
@@ -234,19 +232,9 @@ async fn quickstart_end_to_end() {
     )
     .await;
     let short = short["secret"].as_str().unwrap().to_owned();
-    assert_eq!(
-        call(Method::GET, &format!("{b}/v1/me"), Some(&short), None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(get_status(&format!("{b}/v1/me"), Some(&short)).await, 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        call(Method::GET, &format!("{b}/v1/me"), Some(&short), None)
-            .await
-            .0,
-        401
-    );
+    assert_eq!(get_status(&format!("{b}/v1/me"), Some(&short)).await, 401);
 
     let (s, stats) = call(Method::GET, &format!("{b}/v1/stats"), Some(ADMIN), None).await;
     assert_eq!(s, 200);
@@ -317,17 +305,7 @@ async fn quickstart_with_a_failing_key_store_answers_503_not_401() {
         .unwrap();
     assert_eq!(res.status(), 503);
     assert!(res.headers().contains_key("retry-after"));
-    assert_eq!(
-        call(
-            reqwest::Method::GET,
-            &format!("{}/health", qs.base),
-            None,
-            None
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(get_status(&format!("{}/health", qs.base), None).await, 200);
 }
 
 #[test]
@@ -423,25 +401,11 @@ mod shared_redis {
         let id = created["id"].as_i64().unwrap();
 
         assert_eq!(
-            call(
-                Method::GET,
-                &format!("{}/v1/me", a.base),
-                Some(&secret),
-                None
-            )
-            .await
-            .0,
+            get_status(&format!("{}/v1/me", a.base), Some(&secret)).await,
             200
         );
         assert_eq!(
-            call(
-                Method::GET,
-                &format!("{}/v1/me", b.base),
-                Some(&secret),
-                None
-            )
-            .await
-            .0,
+            get_status(&format!("{}/v1/me", b.base), Some(&secret)).await,
             200
         );
         let (_, stats_b) = call(
@@ -463,14 +427,7 @@ mod shared_redis {
             204
         );
         assert_eq!(
-            call(
-                Method::GET,
-                &format!("{}/v1/me", b.base),
-                Some(&secret),
-                None
-            )
-            .await
-            .0,
+            get_status(&format!("{}/v1/me", b.base), Some(&secret)).await,
             401
         );
         drop((a, b));
