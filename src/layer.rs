@@ -380,21 +380,20 @@ where
             let _guard = guard;
             // A request that missed just before another flight stored its
             // answer (and left the registry) finds that answer here instead
-            // of looking the key up a second time.
-            if let (Some(token), false) = (&token, bypass) {
+            // of looking the key up a second time. Any entry found is good:
+            // a backend only stores a fill whose token was still current, so
+            // it is at least as fresh as the read that missed.
+            if token.is_some() && !bypass {
                 if let Ok(CacheRead {
                     verdict: Some(verdict),
-                    token: now,
                     ..
                 }) = self.cache.get(&hash).await
                 {
-                    if now == *token {
-                        self.counters.coalesced.incr();
-                        return match verdict {
-                            Verdict::Valid(p) if !is_expired(&*p) => Outcome::Valid(p),
-                            _ => Outcome::Invalid,
-                        };
-                    }
+                    self.counters.coalesced.incr();
+                    return match verdict {
+                        Verdict::Valid(p) if !is_expired(&*p) => Outcome::Valid(p),
+                        _ => Outcome::Invalid,
+                    };
                 }
             }
             self.counters.lookups.incr();
