@@ -128,19 +128,20 @@ where
         let config = &*self.layer.config;
 
         let route = config.routes.resolve(&req);
-        if route.policy == RoutePolicy::Public {
+        // Public, or anonymous on an optional route: no principal, but a mark
+        // that the layer ran, for the extractor.
+        let mut pass = |mut req: Request<ReqB>| {
             req.extensions_mut()
                 .insert(Passed(Arc::clone(&config.rejection)));
-            return ResponseFuture::inner(inner.call(req));
+            ResponseFuture::inner(inner.call(req))
+        };
+        if route.policy == RoutePolicy::Public {
+            return pass(req);
         }
 
         let hash = match config.source.extract(&RequestHead::of(&req)) {
             Ok(Some(secret)) => config.hasher.hash(&secret),
-            Ok(None) if route.policy == RoutePolicy::Optional => {
-                req.extensions_mut()
-                    .insert(Passed(Arc::clone(&config.rejection)));
-                return ResponseFuture::inner(inner.call(req));
-            }
+            Ok(None) if route.policy == RoutePolicy::Optional => return pass(req),
             Ok(None) => return self.reject(RejectionKind::MissingKey),
             Err(malformed) => return self.reject(RejectionKind::MalformedKey(malformed)),
         };
@@ -148,6 +149,15 @@ where
         // An in-process cache answers on the first poll: decide here, so a
         // hit costs no state machine, no clone of the layer, no allocation
         // beyond the extension.
+        let pending = |req, inner| {
+            Box::new(Pending {
+                req,
+                inner,
+                hash,
+                bypass: route.bypass_cache,
+                layer: self.layer.clone(),
+            })
+        };
         let mut get = self.layer.core.cache.get(&hash);
         let mut cx = Context::from_waker(noop_waker_ref());
         match Pin::new(&mut get).poll(&mut cx) {
@@ -157,27 +167,14 @@ where
                     ResponseFuture::inner(inner.call(req))
                 }
                 Decision::Reject(kind) => self.reject(kind),
-                Decision::Lookup(token) => ResponseFuture::waiting(
-                    Pending {
-                        req,
-                        inner,
-                        hash,
-                        bypass: route.bypass_cache,
-                        layer: self.layer.clone(),
-                    },
-                    token,
-                ),
+                Decision::Lookup(token) => ResponseFuture {
+                    state: State::waiting(pending(req, inner), token),
+                },
             },
             Poll::Pending => ResponseFuture {
                 state: State::Reading {
                     get,
-                    pending: Some(Box::new(Pending {
-                        req,
-                        inner,
-                        hash,
-                        bypass: route.bypass_cache,
-                        layer: self.layer.clone(),
-                    })),
+                    pending: Some(pending(req, inner)),
                 },
             },
         }
@@ -189,10 +186,9 @@ impl<S, C: KeyCache, L> ApiKeyAuth<S, C, L> {
     where
         S: Service<Request<ReqB>>,
     {
-        ResponseFuture::rejected(AuthRejection::new(
-            kind,
-            Arc::clone(&self.layer.config.rejection),
-        ))
+        ResponseFuture {
+            state: State::rejected(&self.layer, kind),
+        }
     }
 }
 
@@ -308,30 +304,34 @@ where
             state: State::Inner { future },
         }
     }
-
-    fn rejected(rejection: AuthRejection) -> Self {
-        Self {
-            state: State::Rejected {
-                rejection: Some(rejection),
-            },
-        }
-    }
 }
 
-impl<S, C, L, ReqB> ResponseFuture<S, C, L, ReqB>
+impl<S, C, L, ReqB> State<S, C, L, ReqB>
 where
     S: Service<Request<ReqB>>,
     C: KeyCache,
-    L: Lookup<C::Principal>,
 {
-    fn waiting(pending: Pending<S, C, L, ReqB>, token: Option<C::Token>) -> Self {
-        let core = &pending.layer.core;
-        let flight = core.flight(&pending.layer.config, pending.hash, token, pending.bypass);
-        Self {
-            state: State::Waiting {
-                flight,
-                pending: Some(Box::new(pending)),
-            },
+    fn rejected(layer: &ApiKeyAuthLayer<C, L>, kind: RejectionKind) -> Self {
+        State::Rejected {
+            rejection: Some(AuthRejection::new(
+                kind,
+                Arc::clone(&layer.config.rejection),
+            )),
+        }
+    }
+
+    /// Joins or starts this key's lookup.
+    fn waiting(pending: Box<Pending<S, C, L, ReqB>>, token: Option<C::Token>) -> Self
+    where
+        L: Lookup<C::Principal>,
+    {
+        let layer = &pending.layer;
+        let flight = layer
+            .core
+            .flight(&layer.config, pending.hash, token, pending.bypass);
+        State::Waiting {
+            flight,
+            pending: Some(pending),
         }
     }
 }
@@ -359,24 +359,8 @@ where
                         Decision::Accept(principal) => State::Inner {
                             future: pending.forward(principal),
                         },
-                        Decision::Reject(kind) => State::Rejected {
-                            rejection: Some(AuthRejection::new(
-                                kind,
-                                Arc::clone(&pending.layer.config.rejection),
-                            )),
-                        },
-                        Decision::Lookup(token) => {
-                            let flight = pending.layer.core.flight(
-                                &pending.layer.config,
-                                pending.hash,
-                                token,
-                                pending.bypass,
-                            );
-                            State::Waiting {
-                                flight,
-                                pending: Some(pending),
-                            }
-                        }
+                        Decision::Reject(kind) => State::rejected(&pending.layer, kind),
+                        Decision::Lookup(token) => State::waiting(pending, token),
                     }
                 }
                 StateProj::Waiting { flight, pending } => {
@@ -384,20 +368,16 @@ where
                     let Some(pending) = pending.take() else {
                         return Poll::Pending;
                     };
-                    let kind = match outcome {
-                        Outcome::Valid(principal) => {
-                            let future = pending.forward(principal);
-                            this.state.set(State::Inner { future });
-                            continue;
+                    match outcome {
+                        Outcome::Valid(principal) => State::Inner {
+                            future: pending.forward(principal),
+                        },
+                        Outcome::Invalid => {
+                            State::rejected(&pending.layer, RejectionKind::InvalidKey)
                         }
-                        Outcome::Invalid => RejectionKind::InvalidKey,
-                        Outcome::Failed => RejectionKind::LookupUnavailable,
-                    };
-                    State::Rejected {
-                        rejection: Some(AuthRejection::new(
-                            kind,
-                            Arc::clone(&pending.layer.config.rejection),
-                        )),
+                        Outcome::Failed => {
+                            State::rejected(&pending.layer, RejectionKind::LookupUnavailable)
+                        }
                     }
                 }
                 StateProj::Inner { future } => return future.poll(cx),
