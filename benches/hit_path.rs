@@ -14,12 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
 use futures_util::FutureExt;
-use http::{header::AUTHORIZATION, HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder};
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, MemoryCache, Principal};
 
-const SECRET: &str = "sk_live_51HxBenchmarkKey0123456789abcdef";
+mod common;
+use common::{request, SECRET};
 
 struct Client {
     #[allow(dead_code)]
@@ -38,16 +39,6 @@ impl moka::Expiry<KeyHash, (Arc<Client>, Duration)> for PerEntryTtl {
     ) -> Option<Duration> {
         Some(value.1)
     }
-}
-
-fn request() -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(Bytes::new()));
-    *req.uri_mut() = http::Uri::from_static("/v1/invoices");
-    req.headers_mut().insert(
-        AUTHORIZATION,
-        HeaderValue::from_static("Bearer sk_live_51HxBenchmarkKey0123456789abcdef"),
-    );
-    req
 }
 
 /// Calls a service whose future is ready at once (everything here is

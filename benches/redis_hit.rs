@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::prelude::{Builder, Config};
-use http::{header::AUTHORIZATION, HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_api_key::cache::RedisCache;
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
-const SECRET: &str = "sk_live_51HxBenchmarkKey0123456789abcdef";
+mod common;
+use common::{request, SECRET};
 const TASKS: usize = 64;
 const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
@@ -57,16 +58,6 @@ fn start_redis() -> (Server, u16) {
         .expect("redis-server");
     std::thread::sleep(Duration::from_millis(300));
     (Server(child), port)
-}
-
-fn request() -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(Bytes::new()));
-    *req.uri_mut() = http::Uri::from_static("/v1/invoices");
-    req.headers_mut().insert(
-        AUTHORIZATION,
-        HeaderValue::from_static("Bearer sk_live_51HxBenchmarkKey0123456789abcdef"),
-    );
-    req
 }
 
 struct Run {

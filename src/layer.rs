@@ -149,6 +149,18 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
         Arc::make_mut(&mut self.config)
     }
 
+    /// Applies a route rule, panicking on a bad template as axum's
+    /// `Router::route` does.
+    fn with_route(
+        mut self,
+        rule: impl FnOnce(&mut RouteTable) -> Result<(), crate::InvalidRoute>,
+    ) -> Self {
+        if let Err(e) = rule(&mut self.config_mut().routes) {
+            panic!("{e}");
+        }
+        self
+    }
+
     /// How long a valid key stays cached (default five minutes). A key that
     /// reports its own expiry ([`Principal::expires_at`]) is never cached past
     /// it. `Duration::ZERO` disables positive caching.
@@ -196,11 +208,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// When `template` is not a route template (it must start with `/`;
     /// parameters are whole segments, `{name}` or a final `{*name}`), like
     /// axum's `Router::route`.
-    pub fn route_policy(mut self, template: &str, policy: RoutePolicy) -> Self {
-        if let Err(e) = self.config_mut().routes.set_policy(None, template, policy) {
-            panic!("{e}");
-        }
-        self
+    pub fn route_policy(self, template: &str, policy: RoutePolicy) -> Self {
+        self.with_route(|routes| routes.set_policy(None, template, policy))
     }
 
     /// Sets the route's policy for one method (`GET` rules cover `HEAD`
@@ -209,15 +218,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// # Panics
     ///
     /// As [`route_policy`](Self::route_policy).
-    pub fn method_policy(mut self, method: Method, template: &str, policy: RoutePolicy) -> Self {
-        if let Err(e) = self
-            .config_mut()
-            .routes
-            .set_policy(Some(method), template, policy)
-        {
-            panic!("{e}");
-        }
-        self
+    pub fn method_policy(self, method: Method, template: &str, policy: RoutePolicy) -> Self {
+        self.with_route(|routes| routes.set_policy(Some(method), template, policy))
     }
 
     /// Shorthand for `route_policy(template, RoutePolicy::Public)`.
@@ -238,11 +240,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// # Panics
     ///
     /// As [`route_policy`](Self::route_policy).
-    pub fn bypass_cache(mut self, template: &str) -> Self {
-        if let Err(e) = self.config_mut().routes.set_bypass(None, template) {
-            panic!("{e}");
-        }
-        self
+    pub fn bypass_cache(self, template: &str) -> Self {
+        self.with_route(|routes| routes.set_bypass(None, template))
     }
 
     /// [`bypass_cache`](Self::bypass_cache) for one method of the route.
@@ -250,11 +249,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// # Panics
     ///
     /// As [`route_policy`](Self::route_policy).
-    pub fn method_bypass_cache(mut self, method: Method, template: &str) -> Self {
-        if let Err(e) = self.config_mut().routes.set_bypass(Some(method), template) {
-            panic!("{e}");
-        }
-        self
+    pub fn method_bypass_cache(self, method: Method, template: &str) -> Self {
+        self.with_route(|routes| routes.set_bypass(Some(method), template))
     }
 
     /// The `realm` of the `WWW-Authenticate` challenge (default `api`).
