@@ -26,8 +26,8 @@ use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 mod common;
 use common::{request, SECRET};
 const TASKS: usize = 64;
-const ROUND: Duration = Duration::from_secs(3);
-const ROUNDS: usize = 3;
+const ROUND: Duration = Duration::from_secs(2);
+const ROUNDS: usize = 5;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Client {

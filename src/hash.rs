@@ -76,11 +76,16 @@ impl KeyHash {
     /// The whole digest as 64 lowercase hex characters.
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 0xf) as usize] as char);
-        }
+        self.push_hex(&mut s);
         s
+    }
+
+    /// Appends the 64 hex characters to `out`.
+    pub(crate) fn push_hex(&self, out: &mut String) {
+        for b in self.0 {
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        }
     }
 
     /// A short, non-identifying prefix for logs: the first 4 bytes in hex.

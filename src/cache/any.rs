@@ -4,14 +4,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    CacheError, CacheRead, KeyCache, MemoryCache, MemoryToken, Principal, RedisCache, RedisToken,
-    Verdict,
+    CacheError, CacheRead, KeyCache, MemoryCache, MemoryToken, Principal, RedisCache, RedisGet,
+    RedisToken, Verdict,
 };
 use crate::KeyHash;
 
@@ -207,7 +207,7 @@ pub enum AnyGet<P> {
     /// Memory: already answered.
     Memory(Ready<Read<P, MemoryToken>>),
     /// Redis: one round trip.
-    Redis(BoxFuture<'static, Read<P, RedisToken>>),
+    Redis(RedisGet<P>),
 }
 
 fn map_token<P, T>(read: Read<P, T>, f: impl FnOnce(T) -> AnyToken) -> Read<P, AnyToken> {
@@ -218,7 +218,7 @@ fn map_token<P, T>(read: Read<P, T>, f: impl FnOnce(T) -> AnyToken) -> Read<P, A
     })
 }
 
-impl<P> Future for AnyGet<P> {
+impl<P: DeserializeOwned> Future for AnyGet<P> {
     type Output = Read<P, AnyToken>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

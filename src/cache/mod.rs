@@ -34,7 +34,7 @@ pub use memory::{MemoryCache, MemoryCacheBuilder, MemoryToken};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{
-    RedisCache, RedisCacheBuilder, RedisToken, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX,
+    RedisCache, RedisCacheBuilder, RedisGet, RedisToken, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX,
 };
 
 /// What the layer knows about a principal, the value your lookup returns for

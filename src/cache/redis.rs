@@ -1,16 +1,20 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
-use futures_util::future::{join_all, BoxFuture};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -179,8 +183,8 @@ enum Kind {
 
 const ENVELOPE_VERSION: u8 = 1;
 
-fn decode<P: DeserializeOwned>(raw: &str) -> Result<Verdict<P>, String> {
-    let envelope: EnvelopeIn<P> = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+fn decode<P: DeserializeOwned>(raw: &[u8]) -> Result<Verdict<P>, String> {
+    let envelope: EnvelopeIn<P> = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
     if envelope.v != ENVELOPE_VERSION {
         return Err(format!(
             "envelope version {} (this build reads {ENVELOPE_VERSION})",
@@ -358,11 +362,23 @@ impl<P> RedisCache<P> {
 
     /// The Redis key holding `hash`'s verdict.
     pub fn redis_key(&self, hash: &KeyHash) -> String {
-        format!("{}{{{}}}", self.inner.prefix, hash.to_hex())
+        self.key(hash, "")
     }
 
     fn version_key(&self, hash: &KeyHash) -> String {
-        format!("{}{{{}}}:v", self.inner.prefix, hash.to_hex())
+        self.key(hash, ":v")
+    }
+
+    /// `prefix{hex}suffix`, in one allocation.
+    fn key(&self, hash: &KeyHash, suffix: &str) -> String {
+        let prefix = &self.inner.prefix;
+        let mut key = String::with_capacity(prefix.len() + 66 + suffix.len());
+        key.push_str(prefix);
+        key.push('{');
+        hash.push_hex(&mut key);
+        key.push('}');
+        key.push_str(suffix);
+        key
     }
 }
 
@@ -397,10 +413,146 @@ impl Inner {
     ) -> Result<T, CacheError> {
         match tokio::time::timeout(self.timeout, command).await {
             Ok(result) => result.map_err(CacheError::new),
-            Err(_) => Err(CacheError::new(format!(
-                "Redis command timed out after {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(timed_out(self.timeout)),
+        }
+    }
+
+    /// One command of the read path, bounded by the command timeout, built
+    /// straight into its box: fred's command futures are kilobytes, and
+    /// moving them (into an async block, a timeout, a box) was the largest
+    /// cost of a Redis hit (benches/redis_hit.rs).
+    #[inline(always)]
+    fn bounded<T, F>(&self, command: impl FnOnce() -> F) -> Command<T>
+    where
+        F: Future<Output = Result<T, fred::error::Error>> + Send + 'static,
+    {
+        let bounded = Box::write(
+            Box::new_uninit(),
+            Bounded {
+                command: command(),
+                deadline: tokio::time::sleep(self.timeout),
+                timeout: self.timeout,
+            },
+        );
+        Box::into_pin(bounded)
+    }
+}
+
+fn timed_out(timeout: Duration) -> CacheError {
+    CacheError::new(format!("Redis command timed out after {timeout:?}"))
+}
+
+/// A boxed, bounded Redis command.
+type Command<T> = Pin<Box<dyn Future<Output = Result<T, CacheError>> + Send>>;
+
+pin_project! {
+    /// A command racing its deadline.
+    struct Bounded<F> {
+        #[pin]
+        command: F,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        timeout: Duration,
+    }
+}
+
+impl<T, F> Future for Bounded<F>
+where
+    F: Future<Output = Result<T, fred::error::Error>>,
+{
+    type Output = Result<T, CacheError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.command.poll(cx) {
+            return Poll::Ready(result.map_err(CacheError::new));
+        }
+        match this.deadline.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(timed_out(*this.timeout))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The `get` future of [`RedisCache`]: one `GET` for a hit; a miss also
+/// reads the key's version (the fill's guard) before it answers.
+pub struct RedisGet<P> {
+    cache: RedisCache<P>,
+    hash: KeyHash,
+    epoch: u64,
+    state: GetState,
+}
+
+enum GetState {
+    Entry(Command<Option<Bytes>>),
+    /// A miss reading the version its fill must match; with why, when the
+    /// entry was there but undecodable.
+    Version(Command<Option<String>>, Option<CacheError>),
+    Done,
+}
+
+impl<P> fmt::Debug for RedisGet<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisGet")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: DeserializeOwned> Future for RedisGet<P> {
+    type Output = Result<CacheRead<P, RedisToken>, CacheError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                GetState::Entry(command) => {
+                    let raw = match ready!(command.as_mut().poll(cx)) {
+                        Ok(raw) => raw,
+                        Err(error) => {
+                            this.state = GetState::Done;
+                            return Poll::Ready(Err(error));
+                        }
+                    };
+                    let degraded = match raw.as_deref().map(decode::<P>) {
+                        Some(Ok(verdict)) => {
+                            this.state = GetState::Done;
+                            let token = RedisToken {
+                                epoch: this.epoch,
+                                version: Version::NotRead,
+                            };
+                            return Poll::Ready(Ok(CacheRead::hit(verdict, token)));
+                        }
+                        Some(Err(why)) => {
+                            Some(CacheError::new(format!("undecodable cached value: {why}")))
+                        }
+                        None => None,
+                    };
+                    // A miss goes on to a lookup: read the version its fill
+                    // must match, before the lookup starts.
+                    let version = this.cache.version_key(&this.hash);
+                    let client = this.cache.inner.client();
+                    let command = this
+                        .cache
+                        .inner
+                        .bounded(move || async move { client.get(version).await });
+                    this.state = GetState::Version(command, degraded);
+                }
+                GetState::Version(command, degraded) => {
+                    let seen = ready!(command.as_mut().poll(cx));
+                    let degraded = degraded.take();
+                    this.state = GetState::Done;
+                    let token = RedisToken {
+                        epoch: this.epoch,
+                        version: Version::Read(seen?),
+                    };
+                    return Poll::Ready(Ok(match degraded {
+                        Some(error) => CacheRead::degraded_miss(token, error),
+                        None => CacheRead::miss(token),
+                    }));
+                }
+                GetState::Done => return Poll::Pending,
+            }
         }
     }
 }
@@ -411,45 +563,22 @@ where
 {
     type Principal = P;
     type Token = RedisToken;
-    type Get = BoxFuture<'static, Result<CacheRead<P, RedisToken>, CacheError>>;
+    type Get = RedisGet<P>;
 
     fn get(&self, hash: &KeyHash) -> Self::Get {
-        let inner = Arc::clone(&self.inner);
+        // Taken before the read, so an invalidate_all during it wins.
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
         let entry = self.redis_key(hash);
-        let this = self.clone();
-        let hash = *hash;
-        async move {
-            // Taken before the read, so an invalidate_all during it wins.
-            let epoch = inner.epoch.load(Ordering::Acquire);
-            // A hit is one GET. Only a miss, which goes on to a lookup, reads
-            // the version its fill must match (before the lookup starts).
-            let raw: Option<String> = inner.run(inner.client().get(entry)).await?;
-            let read_version = || async {
-                let version = this.version_key(&hash);
-                let seen: Option<String> = inner.run(inner.client().get(version)).await?;
-                Ok::<_, CacheError>(RedisToken {
-                    epoch,
-                    version: Version::Read(seen),
-                })
-            };
-            let Some(raw) = raw else {
-                return Ok(CacheRead::miss(read_version().await?));
-            };
-            match decode(&raw) {
-                Ok(verdict) => Ok(CacheRead::hit(
-                    verdict,
-                    RedisToken {
-                        epoch,
-                        version: Version::NotRead,
-                    },
-                )),
-                Err(why) => Ok(CacheRead::degraded_miss(
-                    read_version().await?,
-                    CacheError::new(format!("undecodable cached value: {why}")),
-                )),
-            }
+        let client = self.inner.client();
+        let command = self
+            .inner
+            .bounded(move || async move { client.get::<Option<Bytes>, _>(entry).await });
+        RedisGet {
+            cache: self.clone(),
+            hash: *hash,
+            epoch,
+            state: GetState::Entry(command),
         }
-        .boxed()
     }
 
     fn put(
@@ -542,10 +671,13 @@ mod tests {
     fn envelopes_round_trip_and_refuse_other_versions() {
         let valid = encode(&Verdict::Valid(Arc::new(P { id: 7 }))).unwrap();
         assert_eq!(valid, r#"{"v":1,"kind":"valid","principal":{"id":7}}"#);
-        assert!(matches!(decode::<P>(&valid), Ok(Verdict::Valid(p)) if p.id == 7));
+        assert!(matches!(decode::<P>(valid.as_bytes()), Ok(Verdict::Valid(p)) if p.id == 7));
         let invalid = encode::<P>(&Verdict::Invalid).unwrap();
         assert_eq!(invalid, r#"{"v":1,"kind":"invalid"}"#);
-        assert!(matches!(decode::<P>(&invalid), Ok(Verdict::Invalid)));
+        assert!(matches!(
+            decode::<P>(invalid.as_bytes()),
+            Ok(Verdict::Invalid)
+        ));
         for bad in [
             r#"{"v":2,"kind":"invalid"}"#,
             r#"{"v":1,"kind":"valid"}"#,
@@ -555,7 +687,7 @@ mod tests {
             "not json",
             "",
         ] {
-            assert!(decode::<P>(bad).is_err(), "{bad}");
+            assert!(decode::<P>(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
