@@ -320,6 +320,15 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
         self.core.cache.invalidate_all().await
     }
 
+    /// Drops every cached key of one [`owner`](crate::Principal::owner) (a
+    /// tenant, an organisation, a user): call it after you suspend the owner
+    /// or revoke all its keys in your table. As [`invalidate`](Self::invalidate),
+    /// a lookup already in flight can't write its stale answer back. The
+    /// backend must support it (all of this crate's do).
+    pub async fn invalidate_owner(&self, owner: &str) -> Result<(), CacheError> {
+        self.core.cache.invalidate_owner(owner).await
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.core.counters.snapshot()

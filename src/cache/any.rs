@@ -4,19 +4,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::Either;
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
     CacheError, CacheRead, KeyCache, MemoryCache, MemoryToken, Principal, RedisCache, RedisGet,
-    RedisToken, Verdict,
+    RedisToken, TieredCache, TieredGet, TieredToken, Verdict,
 };
 use crate::KeyHash;
 
 /// A cache backend chosen at deploy time (features `memory` + `redis`): what
-/// [`CacheSettings`] (and so `APIKEY_CACHE_BACKEND`) selects.
+/// [`CacheSettings`] (and so `APIKEY_CACHE_BACKEND`: `memory`, `redis` or
+/// `tiered`) selects.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tower_api_key::cache::BackendError> {
@@ -38,12 +38,15 @@ pub enum AnyCache<P> {
     Memory(MemoryCache<P>),
     /// Shared through Redis.
     Redis(RedisCache<P>),
+    /// In-process in front of Redis, invalidations broadcast.
+    Tiered(TieredCache<P>),
 }
 
 /// Where [`AnyCache`] comes from: read from the environment, or built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheSettings {
-    /// `memory` or `redis` (`APIKEY_CACHE_BACKEND`, default `memory`).
+    /// `memory`, `redis` or `tiered` (`APIKEY_CACHE_BACKEND`, default
+    /// `memory`).
     pub backend: String,
     /// `REDIS_URL`.
     pub redis_url: Option<String>,
@@ -51,8 +54,11 @@ pub struct CacheSettings {
     pub redis_prefix: String,
     /// `APIKEY_REDIS_TIMEOUT_MS`, the per-command timeout (default 100 ms).
     pub redis_command_timeout: Duration,
-    /// `APIKEY_MEMORY_CAPACITY`, valid keys kept in memory (default 100,000).
+    /// `APIKEY_MEMORY_CAPACITY`, valid keys kept in memory (default 100,000),
+    /// also the tiered cache's L1 capacity.
     pub memory_capacity: u64,
+    /// `APIKEY_L1_TTL_MS`, the tiered cache's longest L1 life (default 30 s).
+    pub l1_ttl: Duration,
 }
 
 /// Why [`AnyCache::from_settings_strict`] refused the settings.
@@ -60,10 +66,10 @@ pub struct CacheSettings {
 #[non_exhaustive]
 pub enum BackendError {
     /// `APIKEY_CACHE_BACKEND` names no backend.
-    #[error("APIKEY_CACHE_BACKEND={0:?} is not a cache backend (use memory or redis)")]
+    #[error("APIKEY_CACHE_BACKEND={0:?} is not a cache backend (use memory, redis or tiered)")]
     UnknownBackend(String),
-    /// Redis was asked for without `REDIS_URL`.
-    #[error("APIKEY_CACHE_BACKEND=redis needs REDIS_URL")]
+    /// Redis (or tiered) was asked for without `REDIS_URL`.
+    #[error("APIKEY_CACHE_BACKEND=redis or tiered needs REDIS_URL")]
     MissingRedisUrl,
     /// The Redis configuration is unusable (bad URL or prefix).
     #[error("Redis cache configuration: {0}")]
@@ -78,14 +84,15 @@ impl Default for CacheSettings {
             redis_prefix: super::DEFAULT_PREFIX.to_owned(),
             redis_command_timeout: super::DEFAULT_COMMAND_TIMEOUT,
             memory_capacity: 100_000,
+            l1_ttl: Duration::from_secs(30),
         }
     }
 }
 
 impl CacheSettings {
     /// Reads `APIKEY_CACHE_BACKEND`, `REDIS_URL`, `APIKEY_REDIS_PREFIX`,
-    /// `APIKEY_REDIS_TIMEOUT_MS` and `APIKEY_MEMORY_CAPACITY`; unset or
-    /// unparsable numbers keep their defaults.
+    /// `APIKEY_REDIS_TIMEOUT_MS`, `APIKEY_MEMORY_CAPACITY` and
+    /// `APIKEY_L1_TTL_MS`; unset or unparsable numbers keep their defaults.
     pub fn from_env() -> Self {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -111,6 +118,10 @@ impl CacheSettings {
             memory_capacity: get("APIKEY_MEMORY_CAPACITY")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.memory_capacity),
+            l1_ttl: get("APIKEY_L1_TTL_MS")
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.l1_ttl),
         }
     }
 }
@@ -132,6 +143,21 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
                     .build()
                     .await
                     .map(Self::Redis)
+                    .map_err(BackendError::Redis)
+            }
+            "tiered" => {
+                let url = settings
+                    .redis_url
+                    .as_deref()
+                    .ok_or(BackendError::MissingRedisUrl)?;
+                TieredCache::builder(url)
+                    .prefix(settings.redis_prefix.clone())
+                    .command_timeout(settings.redis_command_timeout)
+                    .l1_capacity(settings.memory_capacity)
+                    .l1_ttl(settings.l1_ttl)
+                    .build()
+                    .await
+                    .map(Self::Tiered)
                     .map_err(BackendError::Redis)
             }
             other => Err(BackendError::UnknownBackend(other.to_owned())),
@@ -164,11 +190,12 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
         )
     }
 
-    /// `"memory"` or `"redis"`.
+    /// `"memory"`, `"redis"` or `"tiered"`.
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Memory(_) => "memory",
             Self::Redis(_) => "redis",
+            Self::Tiered(_) => "tiered",
         }
     }
 }
@@ -178,6 +205,7 @@ impl<P> Clone for AnyCache<P> {
         match self {
             Self::Memory(c) => Self::Memory(c.clone()),
             Self::Redis(c) => Self::Redis(c.clone()),
+            Self::Tiered(c) => Self::Tiered(c.clone()),
         }
     }
 }
@@ -187,6 +215,7 @@ impl<P> fmt::Debug for AnyCache<P> {
         match self {
             Self::Memory(c) => f.debug_tuple("AnyCache::Memory").field(c).finish(),
             Self::Redis(c) => f.debug_tuple("AnyCache::Redis").field(c).finish(),
+            Self::Tiered(c) => f.debug_tuple("AnyCache::Tiered").field(c).finish(),
         }
     }
 }
@@ -198,6 +227,8 @@ pub enum AnyToken {
     Memory(MemoryToken),
     /// From the Redis backend.
     Redis(RedisToken),
+    /// From the tiered backend.
+    Tiered(TieredToken),
 }
 
 type Read<P, T> = Result<CacheRead<P, T>, CacheError>;
@@ -208,6 +239,8 @@ pub enum AnyGet<P> {
     Memory(Ready<Read<P, MemoryToken>>),
     /// Redis: one round trip.
     Redis(RedisGet<P>),
+    /// Tiered: ready at once on an L1 hit.
+    Tiered(TieredGet<P>),
 }
 
 fn map_token<P, T>(read: Read<P, T>, f: impl FnOnce(T) -> AnyToken) -> Read<P, AnyToken> {
@@ -225,6 +258,7 @@ impl<P: DeserializeOwned> Future for AnyGet<P> {
         match self.get_mut() {
             Self::Memory(f) => Pin::new(f).poll(cx).map(|r| map_token(r, AnyToken::Memory)),
             Self::Redis(f) => f.poll_unpin(cx).map(|r| map_token(r, AnyToken::Redis)),
+            Self::Tiered(f) => f.poll_unpin(cx).map(|r| map_token(r, AnyToken::Tiered)),
         }
     }
 }
@@ -241,6 +275,7 @@ where
         match self {
             Self::Memory(c) => AnyGet::Memory(c.get(hash)),
             Self::Redis(c) => AnyGet::Redis(c.get(hash)),
+            Self::Tiered(c) => AnyGet::Tiered(c.get(hash)),
         }
     }
 
@@ -254,22 +289,42 @@ where
         match (self, token) {
             (Self::Memory(c), AnyToken::Memory(t)) => c.put(hash, t, verdict, ttl).boxed(),
             (Self::Redis(c), AnyToken::Redis(t)) => c.put(hash, t, verdict, ttl).boxed(),
+            (Self::Tiered(c), AnyToken::Tiered(t)) => c.put(hash, t, verdict, ttl).boxed(),
             // A token from the other backend can't be current: store nothing.
             _ => futures_util::future::ready(Ok(())).boxed(),
         }
     }
 
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
-        match self {
-            Self::Memory(c) => Either::Left(c.invalidate(hash)),
-            Self::Redis(c) => Either::Right(c.invalidate(hash)),
+        let (cache, hash) = (self.clone(), *hash);
+        async move {
+            match &cache {
+                Self::Memory(c) => c.invalidate(&hash).await,
+                Self::Redis(c) => c.invalidate(&hash).await,
+                Self::Tiered(c) => c.invalidate(&hash).await,
+            }
         }
     }
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
-        match self {
-            Self::Memory(c) => Either::Left(c.invalidate_all()),
-            Self::Redis(c) => Either::Right(c.invalidate_all()),
+        let cache = self.clone();
+        async move {
+            match &cache {
+                Self::Memory(c) => c.invalidate_all().await,
+                Self::Redis(c) => c.invalidate_all().await,
+                Self::Tiered(c) => c.invalidate_all().await,
+            }
+        }
+    }
+
+    fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
+        let (cache, owner) = (self.clone(), owner.to_owned());
+        async move {
+            match &cache {
+                Self::Memory(c) => c.invalidate_owner(&owner).await,
+                Self::Redis(c) => c.invalidate_owner(&owner).await,
+                Self::Tiered(c) => c.invalidate_owner(&owner).await,
+            }
         }
     }
 }

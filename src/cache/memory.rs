@@ -2,7 +2,7 @@ use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
@@ -65,12 +65,18 @@ struct Inner<P> {
     negative: Cache<KeyHash, Entry<P>>,
     epoch: AtomicU64,
     generations: Box<[AtomicU64]>,
+    /// Bumped by `invalidate_owner`, under `owner_lock`'s write side; a put
+    /// of an owned principal checks it under the read side, so it either
+    /// lands before the owner's entries are swept or sees the bump.
+    owner_epoch: AtomicU64,
+    owner_lock: RwLock<()>,
 }
 
 struct Entry<P> {
     verdict: Verdict<P>,
     epoch: u64,
     ttl: Duration,
+    filled: Instant,
 }
 
 impl<P> Clone for Entry<P> {
@@ -79,6 +85,7 @@ impl<P> Clone for Entry<P> {
             verdict: self.verdict.clone(),
             epoch: self.epoch,
             ttl: self.ttl,
+            filled: self.filled,
         }
     }
 }
@@ -88,6 +95,7 @@ impl<P> Clone for Entry<P> {
 pub struct MemoryToken {
     epoch: u64,
     generation: u64,
+    owner_epoch: u64,
 }
 
 struct PerEntryTtl;
@@ -154,6 +162,8 @@ impl<P: Principal> MemoryCacheBuilder<P> {
                 negative: build(self.max_negative_capacity),
                 epoch: AtomicU64::new(0),
                 generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                owner_epoch: AtomicU64::new(0),
+                owner_lock: RwLock::new(()),
             }),
         }
     }
@@ -203,12 +213,24 @@ impl<P: Principal> MemoryCache<P> {
     }
 
     fn read(&self, hash: &KeyHash) -> CacheRead<P, MemoryToken> {
+        self.read_since(hash, None)
+    }
+
+    /// Reads `hash`, ignoring an entry filled before `not_before` (the
+    /// tiered cache's bound while its subscriber is down).
+    pub(crate) fn read_since(
+        &self,
+        hash: &KeyHash,
+        not_before: Option<Instant>,
+    ) -> CacheRead<P, MemoryToken> {
         let inner = &*self.inner;
         let token = MemoryToken {
             epoch: inner.epoch.load(Ordering::Acquire),
             generation: self.generation(hash).load(Ordering::Acquire),
+            owner_epoch: inner.owner_epoch.load(Ordering::Acquire),
         };
-        let current = |e: &Entry<P>| e.epoch == token.epoch;
+        let current =
+            |e: &Entry<P>| e.epoch == token.epoch && not_before.is_none_or(|t| e.filled >= t);
         let verdict = match inner.positive.get(hash).filter(current) {
             Some(entry) => Some(entry.verdict),
             None => inner
@@ -223,15 +245,29 @@ impl<P: Principal> MemoryCache<P> {
         }
     }
 
-    fn write(&self, hash: KeyHash, token: MemoryToken, verdict: Verdict<P>, ttl: Duration) {
+    pub(crate) fn write(
+        &self,
+        hash: KeyHash,
+        token: MemoryToken,
+        verdict: Verdict<P>,
+        ttl: Duration,
+    ) {
         let inner = &*self.inner;
         let generation = self.generation(&hash);
+        let owned = matches!(&verdict, Verdict::Valid(p) if p.owner().is_some());
+        let _owner_guard = owned.then(|| {
+            inner
+                .owner_lock
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+        });
         // Checked inside moka's per-key lock, which `invalidate` also takes
         // after bumping the generation: a put either lands before the removal
         // or sees the bump.
         let fresh = || {
             generation.load(Ordering::Acquire) == token.generation
                 && inner.epoch.load(Ordering::Acquire) == token.epoch
+                && (!owned || inner.owner_epoch.load(Ordering::Acquire) == token.owner_epoch)
         };
         let (target, other) = match verdict {
             Verdict::Valid(_) => (&inner.positive, &inner.negative),
@@ -241,6 +277,7 @@ impl<P: Principal> MemoryCache<P> {
             verdict,
             epoch: token.epoch,
             ttl,
+            filled: Instant::now(),
         };
         let stored =
             target
@@ -260,17 +297,38 @@ impl<P: Principal> MemoryCache<P> {
         }
     }
 
-    fn remove(&self, hash: &KeyHash) {
+    pub(crate) fn remove(&self, hash: &KeyHash) {
         self.generation(hash).fetch_add(1, Ordering::AcqRel);
         for cache in [&self.inner.positive, &self.inner.negative] {
             cache.entry(*hash).and_compute_with(|_| Op::Remove);
         }
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
         self.inner.positive.invalidate_all();
         self.inner.negative.invalidate_all();
+    }
+
+    /// Drops every valid key of `owner`: a sweep of the valid entries (an
+    /// in-process cache holds no index to keep in step), after a bump that
+    /// stops in-flight fills of owned principals.
+    pub(crate) fn remove_owner(&self, owner: &str) {
+        {
+            let _bump = self
+                .inner
+                .owner_lock
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.inner.owner_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        for (hash, entry) in self.inner.positive.iter() {
+            if let Verdict::Valid(p) = &entry.verdict {
+                if p.owner().as_deref() == Some(owner) {
+                    self.remove(&hash);
+                }
+            }
+        }
     }
 }
 
@@ -329,6 +387,11 @@ impl<P: Principal> KeyCache for MemoryCache<P> {
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
         self.clear();
+        ready(Ok(()))
+    }
+
+    fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
+        self.remove_owner(owner);
         ready(Ok(()))
     }
 }

@@ -9,9 +9,12 @@
 //!
 //! - [`MemoryCache`]: in-process, on moka (feature `memory`, on by default).
 //! - `RedisCache`: shared by every instance, on fred (feature `redis`).
-//! - `AnyCache`: one of the two, picked at deploy time from `CacheSettings`
+//! - `TieredCache`: moka in front of Redis, invalidations broadcast to every
+//!   instance over Redis pub/sub (features `memory` + `redis`).
+//! - `AnyCache`: one of the three, picked at deploy time from `CacheSettings`
 //!   (`APIKEY_CACHE_BACKEND`, `REDIS_URL`).
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +29,8 @@ mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(all(feature = "memory", feature = "redis"))]
+mod tiered;
+#[cfg(all(feature = "memory", feature = "redis"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "memory", feature = "redis"))))]
 pub use any::{AnyCache, AnyGet, AnyToken, BackendError, CacheSettings};
 #[cfg(feature = "memory")]
@@ -36,6 +41,9 @@ pub use memory::{MemoryCache, MemoryCacheBuilder, MemoryToken};
 pub use redis::{
     RedisCache, RedisCacheBuilder, RedisGet, RedisToken, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX,
 };
+#[cfg(all(feature = "memory", feature = "redis"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "memory", feature = "redis"))))]
+pub use tiered::{TieredCache, TieredCacheBuilder, TieredGet, TieredStats, TieredToken};
 
 /// What the layer knows about a principal, the value your lookup returns for
 /// a valid key (a client, an account, a service identity).
@@ -61,6 +69,27 @@ pub use redis::{
 pub trait Principal: Send + Sync + 'static {
     /// When the key stops being valid, if it ever does.
     fn expires_at(&self) -> Option<SystemTime> {
+        None
+    }
+
+    /// Who owns the key (a tenant, an organisation, a user), if anyone:
+    /// [`KeyCache::invalidate_owner`] drops every cached key of one owner at
+    /// once, on every instance with the tiered cache.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use tower_api_key::Principal;
+    ///
+    /// struct Client { org: String }
+    ///
+    /// impl Principal for Client {
+    ///     fn owner(&self) -> Option<Cow<'_, str>> {
+    ///         Some(Cow::Borrowed(&self.org))
+    ///     }
+    /// }
+    /// # let _ = Client { org: "acme".into() }.owner();
+    /// ```
+    fn owner(&self) -> Option<Cow<'_, str>> {
         None
     }
 }
@@ -198,4 +227,14 @@ pub trait KeyCache: Send + Sync + 'static {
 
     /// Drops every entry.
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send;
+
+    /// Drops every valid key whose principal reports this
+    /// [`owner`](Principal::owner), and makes in-flight lookups unable to
+    /// write one back. Backends that can't answer with an error (the default).
+    fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
+        let _ = owner;
+        std::future::ready(Err(CacheError::new(
+            "this cache backend can't invalidate by owner",
+        )))
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::Pool;
-use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, PubsubInterface, SetsInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
 use futures_util::future::join_all;
@@ -32,6 +32,17 @@ const PUT_SCRIPT: &str = r"
 local seen = redis.call('GET', KEYS[2])
 if (seen or '') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Lists a key in its owner's set, whose TTL is stretched to the longest
+/// entry's (so the set never outlives its keys by more than that).
+/// KEYS: set. ARGV: member, ttl ms.
+const OWNER_ADD_SCRIPT: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 1
 ";
 
@@ -123,8 +134,12 @@ pub struct RedisToken {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Version {
-    /// Read with the miss (`None`: never invalidated, or long ago).
-    Read(Option<String>),
+    /// Read with the miss (`None`: never invalidated, or long ago): the
+    /// key's version and the owners' epoch (see `invalidate_owner`).
+    Read {
+        key: Option<String>,
+        owners: Option<String>,
+    },
     /// Not read: the read was a hit, which needs no fill. A `put` with it
     /// stores nothing.
     NotRead,
@@ -318,20 +333,27 @@ impl<P> RedisCacheBuilder<P> {
         })
     }
 
-    fn build_pool(&self, mut config: Config) -> Result<Pool, CacheError> {
-        // Keep reconnecting after a failed first attempt, instead of failing.
-        config.fail_fast = false;
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = self.connect_timeout;
-                c.internal_command_timeout = self.connect_timeout;
-                c.max_command_attempts = 1;
-            })
-            // fred's default never reconnects: retry forever, 50 ms doubling to 2 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-        builder.build_pool(self.pool_size).map_err(CacheError::new)
+    fn build_pool(&self, config: Config) -> Result<Pool, CacheError> {
+        client_builder(config, self.connect_timeout)
+            .build_pool(self.pool_size)
+            .map_err(CacheError::new)
     }
+}
+
+/// A fred builder with this crate's connection settings: keep reconnecting
+/// (also after a failed first attempt), forever, 50 ms doubling to 2 s
+/// (fred's default never reconnects); bounded connection attempts.
+pub(crate) fn client_builder(mut config: Config, connect_timeout: Duration) -> Builder {
+    config.fail_fast = false;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+            c.max_command_attempts = 1;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    builder
 }
 
 impl<P> RedisCache<P> {
@@ -379,6 +401,185 @@ impl<P> RedisCache<P> {
         key.push('}');
         key.push_str(suffix);
         key
+    }
+}
+
+/// What a fill did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    Stored,
+    /// The key (or its owner, or everything) was invalidated since the read.
+    Refused,
+    /// A hit's token: there was nothing to fill.
+    NotRead,
+}
+
+impl<P> RedisCache<P> {
+    /// The Redis key of the set of `owner`'s cached keys.
+    fn owner_key(&self, owner: &str) -> String {
+        self.key(&KeyHash::of(owner), "").replacen('{', "{o:", 1)
+    }
+
+    /// The owners' epoch, moved by every `invalidate_owner`. It ends like a
+    /// version key so that `invalidate_all` keeps it.
+    fn owners_key(&self) -> String {
+        format!("{}{{owners}}:v", self.inner.prefix)
+    }
+
+    /// Reads the key's version and the owners' epoch, bounded.
+    fn read_version(&self, hash: &KeyHash) -> Command<Version> {
+        let (key, owners) = (self.version_key(hash), self.owners_key());
+        let client = self.inner.client();
+        self.inner.bounded(move || async move {
+            let (key, owners) =
+                futures_util::future::try_join(client.get(key), client.get(owners)).await?;
+            Ok(Version::Read { key, owners })
+        })
+    }
+
+    /// Stores `verdict` unless something was invalidated since the read that
+    /// produced `token`, and says which.
+    pub(crate) async fn fill(
+        &self,
+        hash: KeyHash,
+        token: RedisToken,
+        verdict: &Verdict<P>,
+        ttl: Duration,
+    ) -> Result<Fill, CacheError>
+    where
+        P: Principal + Serialize,
+    {
+        let inner = &*self.inner;
+        let Version::Read { key, owners } = token.version else {
+            return Ok(Fill::NotRead);
+        };
+        if inner.epoch.load(Ordering::Acquire) != token.epoch {
+            return Ok(Fill::Refused); // invalidate_all since the read
+        }
+        let value = encode(verdict).map_err(CacheError::new)?;
+        let ttl_ms = millis(ttl).to_string();
+        if let Verdict::Valid(principal) = verdict {
+            if let Some(owner) = principal.owner() {
+                // Listed first, checked second: an `invalidate_owner` that
+                // bumps the epoch after this check reads the set after this
+                // add, and invalidates the key (so its version refuses the
+                // SET below, or its DEL removes it).
+                let set = self.owner_key(&owner);
+                let member = vec![hash.to_hex(), ttl_ms.clone()];
+                let _: i64 = inner
+                    .run(inner.client().eval(OWNER_ADD_SCRIPT, vec![set], member))
+                    .await?;
+                let now: Option<String> = inner.run(inner.client().get(self.owners_key())).await?;
+                if now != owners {
+                    return Ok(Fill::Refused);
+                }
+            }
+        }
+        let keys = vec![self.redis_key(&hash), self.version_key(&hash)];
+        let args = vec![key.unwrap_or_default(), value, ttl_ms];
+        let stored: i64 = inner
+            .run(inner.client().eval(PUT_SCRIPT, keys, args))
+            .await?;
+        Ok(if stored == 1 {
+            Fill::Stored
+        } else {
+            Fill::Refused
+        })
+    }
+
+    /// `invalidate_owner`: moves the owners' epoch (in-flight fills of owned
+    /// keys stop), then invalidates each key listed in the owner's set, then
+    /// takes those (and only those) out of the set.
+    async fn remove_owner(&self, set: String) -> Result<(), CacheError> {
+        let inner = &*self.inner;
+        let _: i64 = inner.run(inner.client().incr(self.owners_key())).await?;
+        let members: Vec<String> = inner.run(inner.client().smembers(&set)).await?;
+        for batch in members.chunks(256) {
+            let results = join_all(
+                batch
+                    .iter()
+                    .filter_map(|m| KeyHash::from_hex(m))
+                    .map(|hash| self.remove(hash)),
+            )
+            .await;
+            results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            let _: i64 = inner.run(inner.client().srem(&set, batch.to_vec())).await?;
+        }
+        Ok(())
+    }
+
+    /// `invalidate`: bumps the key's version and deletes its entry.
+    async fn remove(&self, hash: KeyHash) -> Result<(), CacheError> {
+        let inner = &*self.inner;
+        let keys = vec![self.redis_key(&hash), self.version_key(&hash)];
+        let ttl = vec![millis(inner.version_ttl).to_string()];
+        let _: i64 = inner
+            .run(inner.client().eval(INVALIDATE_SCRIPT, keys, ttl))
+            .await?;
+        Ok(())
+    }
+
+    /// A read that also says how long the entry has left (`PTTL`, in the
+    /// same round trip), for a tier in front of this one.
+    pub(crate) async fn get_with_ttl(
+        &self,
+        hash: &KeyHash,
+    ) -> Result<(CacheRead<P, RedisToken>, Option<Duration>), CacheError>
+    where
+        P: DeserializeOwned,
+    {
+        let inner = &*self.inner;
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        let entry = self.redis_key(hash);
+        let pipeline = inner.pool.next().pipeline().with_options(&inner.options);
+        let (raw, pttl): (Option<Bytes>, i64) = inner
+            .run(async {
+                let _: () = pipeline.get(&entry).await?;
+                let _: () = pipeline.pttl(&entry).await?;
+                pipeline.all().await
+            })
+            .await?;
+        let degraded = match raw.as_deref().map(decode::<P>) {
+            Some(Ok(verdict)) => {
+                let token = RedisToken {
+                    epoch,
+                    version: Version::NotRead,
+                };
+                let left = u64::try_from(pttl).ok().map(Duration::from_millis);
+                return Ok((CacheRead::hit(verdict, token), left));
+            }
+            Some(Err(why)) => Some(CacheError::new(format!("undecodable cached value: {why}"))),
+            None => None,
+        };
+        let token = RedisToken {
+            epoch,
+            version: self.read_version(hash).await?,
+        };
+        let read = match degraded {
+            Some(error) => CacheRead::degraded_miss(token, error),
+            None => CacheRead::miss(token),
+        };
+        Ok((read, None))
+    }
+
+    /// Publishes `message` on `channel`, bounded.
+    pub(crate) async fn publish(&self, channel: &str, message: String) -> Result<(), CacheError> {
+        let inner = &*self.inner;
+        let _: i64 = inner
+            .run(
+                inner
+                    .pool
+                    .next()
+                    .with_options(&inner.options)
+                    .publish(channel, message),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The prefix of every key.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.inner.prefix
     }
 }
 
@@ -485,9 +686,9 @@ pub struct RedisGet<P> {
 
 enum GetState {
     Entry(Command<Option<Bytes>>),
-    /// A miss reading the version its fill must match; with why, when the
+    /// A miss reading the versions its fill must match; with why, when the
     /// entry was there but undecodable.
-    Version(Command<Option<String>>, Option<CacheError>),
+    Version(Command<Version>, Option<CacheError>),
     Done,
 }
 
@@ -528,23 +729,18 @@ impl<P: DeserializeOwned> Future for RedisGet<P> {
                         }
                         None => None,
                     };
-                    // A miss goes on to a lookup: read the version its fill
+                    // A miss goes on to a lookup: read the versions its fill
                     // must match, before the lookup starts.
-                    let version = this.cache.version_key(&this.hash);
-                    let client = this.cache.inner.client();
-                    let command = this
-                        .cache
-                        .inner
-                        .bounded(move || async move { client.get(version).await });
+                    let command = this.cache.read_version(&this.hash);
                     this.state = GetState::Version(command, degraded);
                 }
                 GetState::Version(command, degraded) => {
-                    let seen = ready!(command.as_mut().poll(cx));
+                    let version = ready!(command.as_mut().poll(cx));
                     let degraded = degraded.take();
                     this.state = GetState::Done;
                     let token = RedisToken {
                         epoch: this.epoch,
-                        version: Version::Read(seen?),
+                        version: version?,
                     };
                     return Poll::Ready(Ok(match degraded {
                         Some(error) => CacheRead::degraded_miss(token, error),
@@ -588,34 +784,20 @@ where
         verdict: Verdict<P>,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
-        let keys = vec![self.redis_key(&hash), self.version_key(&hash)];
-        let inner = Arc::clone(&self.inner);
-        async move {
-            let Version::Read(seen) = token.version else {
-                return Ok(()); // a hit's token: nothing to fill
-            };
-            if inner.epoch.load(Ordering::Acquire) != token.epoch {
-                return Ok(()); // invalidate_all since the read
-            }
-            let value = encode(&verdict).map_err(CacheError::new)?;
-            let args = vec![seen.unwrap_or_default(), value, millis(ttl).to_string()];
-            let _: i64 = inner
-                .run(inner.client().eval(PUT_SCRIPT, keys, args))
-                .await?;
-            Ok(())
-        }
+        let this = self.clone();
+        async move { this.fill(hash, token, &verdict, ttl).await.map(drop) }
     }
 
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
-        let keys = vec![self.redis_key(hash), self.version_key(hash)];
-        let inner = Arc::clone(&self.inner);
-        async move {
-            let ttl = vec![millis(inner.version_ttl).to_string()];
-            let _: i64 = inner
-                .run(inner.client().eval(INVALIDATE_SCRIPT, keys, ttl))
-                .await?;
-            Ok(())
-        }
+        let this = self.clone();
+        let hash = *hash;
+        async move { this.remove(hash).await }
+    }
+
+    fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
+        let this = self.clone();
+        let set = self.owner_key(owner);
+        async move { this.remove_owner(set).await }
     }
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
