@@ -13,8 +13,9 @@
 //! | `PORT` | `3000` | listen on `127.0.0.1:$PORT` (`0` picks a free port) |
 //! | `DATABASE_URL` | in memory | SQLite file for the key table (`sqlite://path` or a path) |
 //! | `DEMO_API_KEY` | random | the admin key's secret; a random one is printed once otherwise |
-//! | `APIKEY_CACHE_BACKEND` | `memory` | `memory`, or `redis` (built with `--features redis`) |
-//! | `REDIS_URL` | | the Redis for `redis`: `redis://127.0.0.1:6379`, `redis-cluster://…` |
+//! | `APIKEY_CACHE_BACKEND` | `memory` | `memory`, or `redis` / `tiered` (built with `--features redis`) |
+//! | `REDIS_URL` | | the Redis for `redis` and `tiered`: `redis://127.0.0.1:6379`, `redis-cluster://…` |
+//! | `APIKEY_L1_TTL_MS` | `30000` | `tiered`: longest life of an in-process entry (revocations are broadcast) |
 //! | `APIKEY_REDIS_PREFIX` | `apikey:` | prefix of the Redis keys |
 //! | `APIKEY_POSITIVE_TTL` | `300` | seconds a valid key stays cached |
 //! | `APIKEY_NEGATIVE_TTL` | `30` | seconds an unknown key stays cached |
@@ -240,9 +241,9 @@ type Auth = ApiKeyAuthLayer<Cache, DbLookup>;
 async fn build_cache() -> Result<(Cache, &'static str), String> {
     use tower_api_key::cache::{AnyCache, CacheSettings};
     let settings = CacheSettings::from_env();
-    if !matches!(settings.backend.as_str(), "memory" | "redis") {
+    if !matches!(settings.backend.as_str(), "memory" | "redis" | "tiered") {
         return Err(format!(
-            "APIKEY_CACHE_BACKEND={:?} is not supported; use `memory` or `redis`",
+            "APIKEY_CACHE_BACKEND={:?} is not supported; use `memory`, `redis` or `tiered`",
             settings.backend
         ));
     }
@@ -262,11 +263,12 @@ async fn build_cache() -> Result<(Cache, &'static str), String> {
                 .build(),
             "memory",
         )),
-        "redis" => Err("APIKEY_CACHE_BACKEND=redis needs the `redis` feature: \
+        backend @ ("redis" | "tiered") => Err(format!(
+            "APIKEY_CACHE_BACKEND={backend} needs the `redis` feature: \
              cargo run --example quickstart --features redis"
-            .to_owned()),
+        )),
         other => Err(format!(
-            "APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory` or `redis`"
+            "APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory`, `redis` or `tiered`"
         )),
     }
 }
@@ -430,9 +432,33 @@ async fn revoke_key(
 async fn stats(
     State(state): State<AppState>,
     Authenticated(client): Authenticated<ApiClient>,
-) -> Result<Json<tower_api_key::Stats>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&client)?;
-    Ok(Json(state.auth.stats()))
+    let mut body = serde_json::to_value(state.auth.stats()).unwrap_or_default();
+    if let Some(tiered) = tiered_stats(state.auth.cache()) {
+        body["tiered"] = tiered;
+    }
+    Ok(Json(body))
+}
+
+/// The tiered cache's own counters: broadcasts received, L1 flushes.
+#[cfg(feature = "redis")]
+fn tiered_stats(cache: &Cache) -> Option<serde_json::Value> {
+    let tower_api_key::cache::AnyCache::Tiered(cache) = cache else {
+        return None;
+    };
+    let s = cache.stats();
+    Some(serde_json::json!({
+        "l2_hits": s.l2_hits,
+        "broadcasts_received": s.broadcasts_received,
+        "l1_flushes": s.l1_flushes,
+        "subscribed": s.subscribed,
+    }))
+}
+
+#[cfg(not(feature = "redis"))]
+fn tiered_stats(_: &Cache) -> Option<serde_json::Value> {
+    None
 }
 
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {

@@ -369,23 +369,38 @@ mod shared_redis {
     /// through one is rejected by the other on its next request.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_instances_share_verdicts_and_revocations_through_redis() {
+        two_instances_share_verdicts_and_revocations("redis").await;
+    }
+
+    /// The same with the tiered cache: B answers from its own L1, and A's
+    /// revocation reaches B's L1 by broadcast.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_share_verdicts_and_revocations_through_the_tiered_cache() {
+        two_instances_share_verdicts_and_revocations("tiered").await;
+    }
+
+    async fn two_instances_share_verdicts_and_revocations(backend: &str) {
         use reqwest::Method;
         let server = redis::RedisServer::start();
-        let db =
-            std::env::temp_dir().join(format!("tower-api-key-qs-shared-{}.db", std::process::id()));
+        let db = std::env::temp_dir().join(format!(
+            "tower-api-key-qs-shared-{backend}-{}.db",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&db);
         let db_url = format!("sqlite://{}", db.display());
         let url = server.url();
         let env = [
             ("DEMO_API_KEY", ADMIN),
             ("DATABASE_URL", db_url.as_str()),
-            ("APIKEY_CACHE_BACKEND", "redis"),
+            ("APIKEY_CACHE_BACKEND", backend),
             ("REDIS_URL", url.as_str()),
         ];
         let a = start(&env);
         let b = start(&env);
         assert!(
-            a.stdout.iter().any(|l| l.starts_with("cache: redis")),
+            a.stdout
+                .iter()
+                .any(|l| l.starts_with(&format!("cache: {backend}"))),
             "{:?}",
             a.stdout
         );
@@ -404,28 +419,55 @@ mod shared_redis {
             get_status(&format!("{}/v1/me", a.base), Some(&secret)).await,
             200
         );
-        assert_eq!(
-            get_status(&format!("{}/v1/me", b.base), Some(&secret)).await,
-            200
-        );
-        let (_, stats_b) = call(
-            Method::GET,
-            &format!("{}/v1/stats", b.base),
-            Some(ADMIN),
-            None,
-        )
-        .await;
+        for _ in 0..2 {
+            assert_eq!(
+                get_status(&format!("{}/v1/me", b.base), Some(&secret)).await,
+                200
+            );
+        }
+        let b_stats = || async {
+            call(
+                Method::GET,
+                &format!("{}/v1/stats", b.base),
+                Some(ADMIN),
+                None,
+            )
+            .await
+            .1
+        };
+        let stats_b = b_stats().await;
         assert_eq!(
             stats_b["lookups"], 0,
             "instance B answered from Redis: {stats_b}"
         );
-        assert!(stats_b["hits"].as_u64().unwrap() >= 2, "{stats_b}");
+        assert!(stats_b["hits"].as_u64().unwrap() >= 3, "{stats_b}");
+        if backend == "tiered" {
+            // The admin key and the new one, each read from Redis once;
+            // then B's own L1 answered.
+            assert_eq!(stats_b["tiered"]["l2_hits"], 2, "{stats_b}");
+        }
 
         let revoke = format!("{}/v1/keys/{id}", a.base);
         assert_eq!(
             call(Method::DELETE, &revoke, Some(ADMIN), None).await.0,
             204
         );
+        if backend == "tiered" {
+            // The order that matters: once B has the broadcast, its next
+            // request is rejected (A's key creation sent one too).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while b_stats().await["tiered"]["broadcasts_received"]
+                .as_u64()
+                .unwrap_or(0)
+                < 2
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no broadcast reached B"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         assert_eq!(
             get_status(&format!("{}/v1/me", b.base), Some(&secret)).await,
             401
