@@ -58,8 +58,9 @@
 //! - `axum` (default): [`Authenticated`], `IntoResponse` for
 //!   [`AuthRejection`], and route policies by `MatchedPath`.
 //! - `redis`: `cache::RedisCache`, shared by every instance through Redis (on
-//!   fred), and with `memory`, `cache::AnyCache` / `cache::CacheSettings` to
-//!   pick the backend from the environment.
+//!   fred), and with `memory`, `cache::TieredCache` (moka in front of Redis,
+//!   invalidations broadcast to every instance) and `cache::AnyCache` /
+//!   `cache::CacheSettings` to pick the backend from the environment.
 //! - `redis-tls`: `rediss://` URLs.
 
 #![warn(missing_docs)]

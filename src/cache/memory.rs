@@ -39,6 +39,12 @@ const STRIPES: usize = 1024;
 ///   stays fixed: invalidating one key also skips the cache write of a lookup
 ///   that is in flight at that moment for another key of its stripe (that
 ///   answer is still served, just not cached). Safe, and rare.
+/// - **Owner-wide invalidation.** [`invalidate_owner`](KeyCache::invalidate_owner)
+///   sweeps the valid entries for principals whose
+///   [`owner`](Principal::owner) matches (an in-process cache keeps no index
+///   to get out of step), after bumping an owner epoch that in-flight fills
+///   of owned principals check under a lock the sweep's bump also takes: a
+///   fill either lands before the sweep or stores nothing.
 ///
 /// `Clone` shares the same cache.
 ///
@@ -471,6 +477,67 @@ mod tests {
         std::thread::sleep(Duration::from_millis(120));
         assert_eq!(read(&c, &a).0, None);
         assert_eq!(read(&c, &b).0, Some(true));
+    }
+
+    struct Owned(&'static str);
+    impl Principal for Owned {
+        fn owner(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+    }
+
+    fn owned(c: &MemoryCache<Owned>, key: &str, owner: &'static str) -> KeyHash {
+        let h = KeyHash::of(key);
+        let t = c.read(&h).token;
+        c.write(
+            h,
+            t,
+            Verdict::Valid(Arc::new(Owned(owner))),
+            Duration::from_secs(60),
+        );
+        h
+    }
+
+    #[test]
+    fn invalidate_owner_drops_that_owners_keys_only() {
+        let c = MemoryCache::<Owned>::new();
+        let (a1, a2) = (owned(&c, "a1", "acme"), owned(&c, "a2", "acme"));
+        let g = owned(&c, "g", "globex");
+        c.remove_owner("acme");
+        assert!(c.read(&a1).verdict.is_none());
+        assert!(c.read(&a2).verdict.is_none());
+        assert!(c.read(&g).verdict.is_some());
+    }
+
+    #[test]
+    fn an_owned_fill_read_before_invalidate_owner_is_refused() {
+        let c = MemoryCache::<Owned>::new();
+        let h = KeyHash::of("a");
+        let before = c.read(&h).token;
+        c.remove_owner("acme");
+        c.write(
+            h,
+            before,
+            Verdict::Valid(Arc::new(Owned("acme"))),
+            Duration::from_secs(60),
+        );
+        assert!(c.read(&h).verdict.is_none(), "the in-flight fill lost");
+        // A read after it fills again.
+        owned(&c, "a", "acme");
+        assert!(c.read(&h).verdict.is_some());
+    }
+
+    #[test]
+    fn read_since_ignores_older_fills() {
+        let c = MemoryCache::<P>::new();
+        let h = KeyHash::of("a");
+        c.write(h, read(&c, &h).1, valid(), Duration::from_secs(60));
+        let after = Instant::now() + Duration::from_millis(1);
+        assert!(c.read_since(&h, Some(after)).verdict.is_none());
+        assert!(c
+            .read_since(&h, Some(after - Duration::from_secs(1)))
+            .verdict
+            .is_some());
     }
 
     #[test]

@@ -75,6 +75,16 @@ return 1
 ///   [`version_ttl`](RedisCacheBuilder::version_ttl) (one hour), far beyond
 ///   any lookup. (So a cache-bypass route's fresh lookup refreshes a missing
 ///   entry but leaves an existing one to its TTL or to `invalidate`.)
+/// - **Owner-wide invalidation.** A valid entry whose principal reports an
+///   [`owner`](Principal::owner) is also listed (by hash) in the owner's set,
+///   `apikey:{o:<sha256 of the owner>}`, whose TTL is stretched to its
+///   longest entry's, so it never outlives its keys.
+///   [`invalidate_owner`](KeyCache::invalidate_owner) reads that set and
+///   invalidates each key as `invalidate` does: no scan of the keyspace. An
+///   owners' epoch (`apikey:{owners}:v`), read with every miss and moved by
+///   every `invalidate_owner`, stops a lookup that was in flight from writing
+///   an owned key back (the fill lists the key in the set first and checks
+///   the epoch second, so either the check fails or the sweep sees the key).
 /// - **`invalidate_all`** scans the prefix in batches (`SCAN … COUNT 500`, on
 ///   every master of a cluster) and `UNLINK`s each entry: Redis never blocks,
 ///   and reads stay one command. (A generation number in the prefix would make
