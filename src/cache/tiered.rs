@@ -108,16 +108,16 @@ struct Shared<P> {
     disconnected_l1_ttl: Duration,
     signals: Arc<Signals>,
     subscriber: Client,
-    tasks: Vec<JoinHandle<()>>,
+    listener: JoinHandle<()>,
+    connection: JoinHandle<Result<(), fred::error::Error>>,
 }
 
 impl<P> Drop for Shared<P> {
     fn drop(&mut self) {
-        // The subscriber task holds the subscriber and L1: stop it, and the
+        // The listener holds the subscriber and L1: stop it, and the
         // subscriber's connection with it.
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.listener.abort();
+        self.connection.abort();
     }
 }
 
@@ -335,11 +335,8 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
             reconnects: subscriber.reconnect_rx(),
             errors: subscriber.error_rx(),
         };
-        let listening = tokio::spawn(listener.run());
+        let listener = tokio::spawn(listener.run());
         let connection = subscriber.connect();
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let deadline = Instant::now() + self.connect_timeout;
         while !signals.subscribed.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -360,7 +357,8 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
                 disconnected_l1_ttl: self.disconnected_l1_ttl,
                 signals,
                 subscriber,
-                tasks: vec![listening, connection],
+                listener,
+                connection,
             }),
         })
     }
