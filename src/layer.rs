@@ -401,6 +401,19 @@ where
                     };
                 }
             }
+            // A fresh lookup replaces whatever is cached: take a token that
+            // can, before the lookup starts.
+            let token = if bypass {
+                match self.cache.refresh_token(&hash).await {
+                    Ok(token) => Some(token),
+                    Err(error) => {
+                        self.note_cache_error("refresh", &error);
+                        None
+                    }
+                }
+            } else {
+                token
+            };
             self.counters.lookups.incr();
             let mut lookup = self.lookup.clone();
             let ready: Result<(), BoxError> =

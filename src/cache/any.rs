@@ -295,6 +295,20 @@ where
         }
     }
 
+    fn refresh_token(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<AnyToken, CacheError>> + Send {
+        let (cache, hash) = (self.clone(), *hash);
+        async move {
+            match &cache {
+                Self::Memory(c) => c.refresh_token(&hash).await.map(AnyToken::Memory),
+                Self::Redis(c) => c.refresh_token(&hash).await.map(AnyToken::Redis),
+                Self::Tiered(c) => c.refresh_token(&hash).await.map(AnyToken::Tiered),
+            }
+        }
+    }
+
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
         let (cache, hash) = (self.clone(), *hash);
         async move {

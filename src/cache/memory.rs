@@ -222,6 +222,16 @@ impl<P: Principal> MemoryCache<P> {
         self.read_since(hash, None)
     }
 
+    /// Where `hash` stands in invalidations now.
+    pub(crate) fn token(&self, hash: &KeyHash) -> MemoryToken {
+        let inner = &*self.inner;
+        MemoryToken {
+            epoch: inner.epoch.load(Ordering::Acquire),
+            generation: self.generation(hash).load(Ordering::Acquire),
+            owner_epoch: inner.owner_epoch.load(Ordering::Acquire),
+        }
+    }
+
     /// Reads `hash`, ignoring an entry filled before `not_before` (the
     /// tiered cache's bound while its subscriber is down).
     pub(crate) fn read_since(
@@ -230,11 +240,7 @@ impl<P: Principal> MemoryCache<P> {
         not_before: Option<Instant>,
     ) -> CacheRead<P, MemoryToken> {
         let inner = &*self.inner;
-        let token = MemoryToken {
-            epoch: inner.epoch.load(Ordering::Acquire),
-            generation: self.generation(hash).load(Ordering::Acquire),
-            owner_epoch: inner.owner_epoch.load(Ordering::Acquire),
-        };
+        let token = self.token(hash);
         let current =
             |e: &Entry<P>| e.epoch == token.epoch && not_before.is_none_or(|t| e.filled >= t);
         let verdict = match inner.positive.get(hash).filter(current) {

@@ -221,6 +221,21 @@ pub trait KeyCache: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
 
+    /// A token for a fill that must replace whatever is cached for `hash`:
+    /// a cache-bypass route's fresh lookup. Taken before that lookup starts,
+    /// with the same guarantee as [`get`](Self::get)'s: an invalidation
+    /// after it makes the fill a no-op. The default reads the cache for its
+    /// token, which suits a backend whose every token can fill; one whose
+    /// hit tokens can't (Redis reads a key's version only on a miss)
+    /// overrides it.
+    fn refresh_token(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<Self::Token, CacheError>> + Send {
+        let read = self.get(hash);
+        async move { read.await.map(|read| read.token) }
+    }
+
     /// Drops whatever is cached for `hash` (positive or negative), and makes
     /// in-flight lookups for it unable to write.
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send;

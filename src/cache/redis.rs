@@ -73,8 +73,8 @@ return 1
 ///   entry in one script; a `put` is a script that writes only if the version
 ///   is still the one read. The version key expires after
 ///   [`version_ttl`](RedisCacheBuilder::version_ttl) (one hour), far beyond
-///   any lookup. (So a cache-bypass route's fresh lookup refreshes a missing
-///   entry but leaves an existing one to its TTL or to `invalidate`.)
+///   any lookup. A cache-bypass route's fresh lookup reads the version
+///   first too, so its answer replaces the entry.
 /// - **Owner-wide invalidation.** A valid entry whose principal reports an
 ///   [`owner`](Principal::owner) is also listed (by hash) in the owner's set,
 ///   `apikey:{o:<sha256 of the owner>}`, whose TTL is stretched to its
@@ -796,6 +796,20 @@ where
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         let this = self.clone();
         async move { this.fill(hash, token, &verdict, ttl).await.map(drop) }
+    }
+
+    fn refresh_token(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<RedisToken, CacheError>> + Send {
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        let version = self.read_version(hash);
+        async move {
+            Ok(RedisToken {
+                epoch,
+                version: version.await?,
+            })
+        }
     }
 
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {

@@ -546,6 +546,19 @@ where
         }
     }
 
+    fn refresh_token(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<TieredToken, CacheError>> + Send {
+        let l1 = self.shared.l1.token(hash);
+        let l2 = self.shared.l2.refresh_token(hash);
+        async move {
+            // Redis down: the fresh answer refreshes L1 alone.
+            let l2 = l2.await.map_or(L2Read::Unavailable, L2Read::Miss);
+            Ok(TieredToken { l1, l2 })
+        }
+    }
+
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
         let this = self.clone();
         let hash = *hash;

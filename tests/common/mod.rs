@@ -5,6 +5,7 @@
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,12 +28,19 @@ pub struct Client {
     pub id: i64,
     pub name: String,
     pub expires_at: Option<u64>,
+    /// The tenant the key belongs to, for owner-wide invalidation.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl Principal for Client {
     fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    fn owner(&self) -> Option<Cow<'_, str>> {
+        self.owner.as_deref().map(Cow::Borrowed)
     }
 }
 
@@ -81,6 +89,7 @@ impl KeyStore {
                 name TEXT NOT NULL,
                 key_hash BLOB NOT NULL UNIQUE,
                 expires_at INTEGER,
+                owner TEXT,
                 revoked INTEGER NOT NULL DEFAULT 0
             );",
         )
@@ -99,13 +108,29 @@ impl KeyStore {
     }
 
     pub fn create_hashed(&self, name: &str, hash: KeyHash, expires_at_ms: Option<u64>) -> i64 {
+        self.insert(name, hash, expires_at_ms, None)
+    }
+
+    /// A key that belongs to `owner` (a tenant).
+    pub fn create_owned(&self, name: &str, secret: &str, owner: &str) -> i64 {
+        self.insert(name, KeyHash::of(secret), None, Some(owner))
+    }
+
+    fn insert(
+        &self,
+        name: &str,
+        hash: KeyHash,
+        expires_at_ms: Option<u64>,
+        owner: Option<&str>,
+    ) -> i64 {
         let conn = self.conn.lock().unwrap();
         conn.execute(
-            "INSERT INTO api_keys (name, key_hash, expires_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO api_keys (name, key_hash, expires_at, owner) VALUES (?1, ?2, ?3, ?4)",
             params![
                 name,
                 hash.as_bytes().as_slice(),
-                expires_at_ms.map(|v| v as i64)
+                expires_at_ms.map(|v| v as i64),
+                owner
             ],
         )
         .expect("insert");
@@ -118,16 +143,24 @@ impl KeyStore {
             .expect("revoke");
     }
 
+    /// Revokes every key of `owner` (the tenant is suspended).
+    pub fn revoke_owner(&self, owner: &str) {
+        let conn = self.conn.lock().unwrap();
+        conn.execute("UPDATE api_keys SET revoked = 1 WHERE owner = ?1", [owner])
+            .expect("revoke owner");
+    }
+
     pub fn find(&self, hash: &KeyHash) -> Option<Client> {
         let conn = self.conn.lock().unwrap();
         conn.query_row(
-            "SELECT id, name, expires_at FROM api_keys WHERE key_hash = ?1 AND revoked = 0",
+            "SELECT id, name, expires_at, owner FROM api_keys WHERE key_hash = ?1 AND revoked = 0",
             [hash.as_bytes().as_slice()],
             |row| {
                 Ok(Client {
                     id: row.get(0)?,
                     name: row.get(1)?,
                     expires_at: row.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    owner: row.get(3)?,
                 })
             },
         )

@@ -177,3 +177,74 @@ pub fn dump(port: u16) -> Vec<(String, String)> {
         .map(|k| (k.to_owned(), cli(port, &["get", k]).trim_end().to_owned()))
         .collect()
 }
+
+/// Every key on one server with its value whatever its type (a string's
+/// value, a set's or a list's members, a hash's fields and values), one
+/// string per key.
+pub fn dump_all(port: u16) -> Vec<(String, String)> {
+    let keys = cli(port, &["--scan", "--pattern", "*"]);
+    keys.lines()
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            let value = match cli(port, &["type", k]).trim() {
+                "set" => cli(port, &["smembers", k]),
+                "zset" => cli(port, &["zrange", k, "0", "-1", "withscores"]),
+                "hash" => cli(port, &["hgetall", k]),
+                "list" => cli(port, &["lrange", k, "0", "-1"]),
+                _ => cli(port, &["get", k]),
+            };
+            (k.to_owned(), value.trim_end().to_owned())
+        })
+        .collect()
+}
+
+/// `redis-cli MONITOR` on one server, written to a file: every command any
+/// client sends from now on, with its arguments (values and pub/sub
+/// payloads included).
+pub struct Monitor {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Monitor {
+    pub fn start(port: u16) -> Self {
+        let file = std::env::temp_dir().join(format!(
+            "tower-api-key-monitor-{}-{port}-{}.log",
+            std::process::id(),
+            free_port()
+        ));
+        let out = std::fs::File::create(&file).expect("monitor log");
+        let child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "monitor"])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli monitor");
+        // MONITOR answers OK first: wait for it, so nothing sent after
+        // `start` returns is missed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains("OK")
+        {
+            assert!(Instant::now() < deadline, "redis-cli monitor did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, file }
+    }
+
+    /// Stops monitoring; everything seen.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.file).unwrap_or_default()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}

@@ -1,0 +1,721 @@
+//! `TieredCache` against real `redis-server` processes that the tests start,
+//! two "instances" per test (two caches, each with its own fred pool and
+//! subscriber, each in its own layer over one key table): a verdict shared
+//! through L2 and then served from L1, revocation reaching the other
+//! instance on its next request after the broadcast, owner-wide
+//! invalidation, a killed subscriber, Redis down and back, L1 lifetimes
+//! capped by L2's, no plaintext in Redis or on the wire, and the same on a
+//! 3-master cluster. Also `invalidate_owner` on `MemoryCache` and
+//! `RedisCache` alone.
+//!
+//! Every wait is a poll with a deadline: the tests assert the order of
+//! events, never how fast they happen.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use common::redis::{cli, dump_all, Monitor, RedisCluster, RedisServer};
+use common::*;
+use http::StatusCode;
+use tower_api_key::cache::{RedisCache, TieredCache, TieredCacheBuilder};
+use tower_api_key::{ApiKeyAuthLayer, KeyCache, KeyHash, Lookup, MemoryCache};
+
+/// Every secret here carries this marker, so a dump can be searched for it.
+const MARK: &str = "TIEREDSECRET";
+const SECRET: &str = "sk_live_TIEREDSECRET_alice";
+const KEEP: &str = "sk_live_TIEREDSECRET_bob";
+const ACME_1: &str = "sk_live_TIEREDSECRET_acme_1";
+const ACME_2: &str = "sk_live_TIEREDSECRET_acme_2";
+const GLOBEX: &str = "sk_live_TIEREDSECRET_globex";
+const UNKNOWN: &str = "sk_live_TIEREDSECRET_nobody";
+
+/// How long a broadcast may take to arrive before a test fails: generous,
+/// a loopback hop takes well under a millisecond.
+const BROADCAST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a reconnect may take (fred's reconnect policy, a Redis restart).
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
+const OK: StatusCode = StatusCode::OK;
+const UNAUTHORIZED: StatusCode = StatusCode::UNAUTHORIZED;
+
+fn builder(url: &str, prefix: &str) -> TieredCacheBuilder<Client> {
+    TieredCache::builder(url)
+        .prefix(prefix)
+        .pool_size(2)
+        .connect_timeout(Duration::from_millis(500))
+}
+
+/// A tiered cache (its own pool and subscriber), once its subscriber is
+/// listening.
+async fn tiered(builder: TieredCacheBuilder<Client>) -> TieredCache<Client> {
+    let cache = builder.build().await.expect("tiered cache");
+    wait_until("the subscriber is listening", BROADCAST_DEADLINE, || {
+        cache.is_subscribed()
+    })
+    .await;
+    cache
+}
+
+/// One instance: a tiered cache in a layer over `store`, and the app behind
+/// it.
+async fn instance(
+    builder: TieredCacheBuilder<Client>,
+    store: &KeyStore,
+) -> (
+    ApiKeyAuthLayer<TieredCache<Client>, impl Lookup<Client>>,
+    Router,
+) {
+    let auth = ApiKeyAuthLayer::new(tiered(builder).await, store.lookup());
+    let app = app(auth.clone());
+    (auth, app)
+}
+
+/// Polls `done` until it holds; fails the test after `deadline`.
+async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < deadline,
+            "not within {deadline:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether an instance's L1 holds an entry (valid or negative) for `secret`.
+async fn l1_holds(cache: &TieredCache<Client>, secret: &str) -> bool {
+    KeyCache::get(cache.l1(), &KeyHash::of(secret))
+        .await
+        .expect("an in-process read")
+        .verdict
+        .is_some()
+}
+
+fn heard(cache: &TieredCache<Client>) -> u64 {
+    cache.stats().broadcasts_received
+}
+
+/// Where a test reads Redis back from: one server, or every master.
+enum Target<'a> {
+    Single(&'a RedisServer),
+    Cluster(&'a RedisCluster),
+}
+
+impl Target<'_> {
+    fn url(&self) -> String {
+        match self {
+            Target::Single(s) => s.url(),
+            Target::Cluster(c) => c.url(),
+        }
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        match self {
+            Target::Single(s) => vec![s.port],
+            Target::Cluster(c) => c.nodes.iter().map(|n| n.port).collect(),
+        }
+    }
+
+    /// Every key and value, whatever its type, on every node.
+    fn dump(&self) -> Vec<(String, String)> {
+        self.ports().into_iter().flat_map(dump_all).collect()
+    }
+
+    /// Whether Redis holds `key`, on whichever node owns it.
+    fn holds(&self, key: &str) -> bool {
+        self.ports().into_iter().any(|p| {
+            cli(p, &["--scan", "--pattern", key])
+                .lines()
+                .any(|k| k == key)
+        })
+    }
+
+    /// Drops every pub/sub connection on every node.
+    fn kill_subscribers(&self) {
+        for p in self.ports() {
+            cli(p, &["client", "kill", "type", "pubsub"]);
+        }
+    }
+
+    fn monitors(&self) -> Vec<Monitor> {
+        self.ports().into_iter().map(Monitor::start).collect()
+    }
+}
+
+/// A looked up by A is an L2 hit on B, then an L1 hit; revoked through A, B
+/// drops it when the broadcast arrives and rejects it on its next request.
+async fn revocation_reaches_the_other_instance(t: &Target<'_>, prefix: &str) {
+    let store = KeyStore::new();
+    let id = store.create("alice", SECRET, None);
+    let hash = KeyHash::of(SECRET);
+    let (a_auth, a) = instance(builder(&t.url(), prefix), &store).await;
+    let (b_auth, b) = instance(builder(&t.url(), prefix), &store).await;
+    let (ca, cb) = (a_auth.cache(), b_auth.cache());
+    assert_eq!(ca.channel(), cb.channel());
+    assert!(ca.channel().starts_with(prefix), "{}", ca.channel());
+
+    assert_eq!(status(&a, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 1);
+    assert!(t.holds(&ca.l2().redis_key(&hash)), "A filled L2");
+    let l2_hits = cb.stats().l2_hits;
+    assert_eq!(status(&b, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 1, "B found A's verdict in Redis");
+    assert_eq!(cb.stats().l2_hits, l2_hits + 1);
+    assert!(l1_holds(cb, SECRET).await, "the L2 hit filled B's L1");
+    for _ in 0..5 {
+        assert_eq!(status(&b, "/me", SECRET).await, OK);
+    }
+    assert_eq!(cb.stats().l2_hits, l2_hits + 1, "B answers from its L1");
+    assert_eq!(store.lookups(), 1);
+
+    store.revoke(id);
+    let (a_heard, b_heard) = (heard(ca), heard(cb));
+    let invalidated = Instant::now();
+    a_auth.invalidate(&hash).await.unwrap();
+    let returned = invalidated.elapsed();
+    // A's own tiers are clean when invalidate returns.
+    assert!(!l1_holds(ca, SECRET).await, "A's L1 still holds it");
+    assert!(!t.holds(&ca.l2().redis_key(&hash)), "Redis still holds it");
+
+    wait_until("B hears the invalidation", BROADCAST_DEADLINE, || {
+        heard(cb) > b_heard
+    })
+    .await;
+    let arrived = invalidated.elapsed();
+    assert!(
+        !l1_holds(cb, SECRET).await,
+        "B's L1 kept it after the broadcast"
+    );
+    assert_eq!(
+        status(&b, "/me", SECRET).await,
+        UNAUTHORIZED,
+        "B's very next request after the broadcast"
+    );
+    assert_eq!(status(&a, "/me", SECRET).await, UNAUTHORIZED);
+    wait_until("A hears its own invalidation", BROADCAST_DEADLINE, || {
+        heard(ca) > a_heard
+    })
+    .await;
+    eprintln!("invalidate returned after {returned:?}, B heard it after {arrived:?}");
+}
+
+/// `invalidate_all` on A empties B's L1 as well, and only this prefix in
+/// Redis.
+async fn invalidate_all_reaches_the_other_instance(t: &Target<'_>, prefix: &str) {
+    let store = KeyStore::new();
+    store.create("alice", SECRET, None);
+    store.create("bob", KEEP, None);
+    let (a_auth, a) = instance(builder(&t.url(), prefix), &store).await;
+    let (b_auth, b) = instance(builder(&t.url(), prefix), &store).await;
+    let (_, other) = instance(builder(&t.url(), &format!("other{prefix}")), &store).await;
+    let cb = b_auth.cache();
+    for key in [SECRET, KEEP] {
+        assert_eq!(status(&a, "/me", key).await, OK);
+        assert_eq!(status(&b, "/me", key).await, OK);
+        assert!(l1_holds(cb, key).await);
+    }
+    assert_eq!(status(&b, "/me", UNKNOWN).await, UNAUTHORIZED);
+    assert_eq!(status(&other, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 4);
+
+    let b_heard = heard(cb);
+    a_auth.invalidate_all().await.unwrap();
+    let ours = |all: &[(String, String)]| {
+        all.iter()
+            .filter(|(k, v)| k.starts_with(prefix) && v.contains("\"kind\""))
+            .count()
+    };
+    let all = t.dump();
+    assert_eq!(ours(&all), 0, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|(k, _)| k.starts_with(&format!("other{prefix}"))),
+        "another prefix's entries were dropped: {all:?}"
+    );
+    wait_until("B hears invalidate_all", BROADCAST_DEADLINE, || {
+        heard(cb) > b_heard
+    })
+    .await;
+    for key in [SECRET, KEEP, UNKNOWN] {
+        assert!(!l1_holds(cb, key).await, "B's L1 kept an entry");
+    }
+    assert_eq!(status(&b, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 5, "B's next request went to the lookup");
+}
+
+/// Two keys of acme and one of globex, cached on both instances; acme is
+/// dropped everywhere (both L1s and Redis) by one call on A; globex stays.
+async fn owner_invalidation_reaches_the_other_instance(t: &Target<'_>, prefix: &str) {
+    let store = KeyStore::new();
+    store.create_owned("acme-1", ACME_1, "acme");
+    store.create_owned("acme-2", ACME_2, "acme");
+    store.create_owned("globex-1", GLOBEX, "globex");
+    let (a_auth, a) = instance(builder(&t.url(), prefix), &store).await;
+    let (b_auth, b) = instance(builder(&t.url(), prefix), &store).await;
+    let (ca, cb) = (a_auth.cache(), b_auth.cache());
+    for key in [ACME_1, ACME_2, GLOBEX] {
+        assert_eq!(status(&a, "/me", key).await, OK);
+        assert_eq!(status(&b, "/me", key).await, OK);
+        assert!(l1_holds(ca, key).await && l1_holds(cb, key).await);
+    }
+    assert_eq!(store.lookups(), 3, "B's were L2 hits");
+    let redis_key = |k: &str| ca.l2().redis_key(&KeyHash::of(k));
+
+    store.revoke_owner("acme");
+    let b_heard = heard(cb);
+    a_auth.invalidate_owner("acme").await.unwrap();
+    for key in [ACME_1, ACME_2] {
+        assert!(!l1_holds(ca, key).await, "A's L1 kept an acme key");
+        assert!(!t.holds(&redis_key(key)), "Redis kept an acme key");
+    }
+    assert!(l1_holds(ca, GLOBEX).await, "A's L1 lost globex's key");
+    assert!(t.holds(&redis_key(GLOBEX)), "Redis lost globex's key");
+
+    wait_until("B hears the owner invalidation", BROADCAST_DEADLINE, || {
+        heard(cb) > b_heard
+    })
+    .await;
+    for key in [ACME_1, ACME_2] {
+        assert!(!l1_holds(cb, key).await, "B's L1 kept an acme key");
+    }
+    assert!(l1_holds(cb, GLOBEX).await, "B's L1 lost globex's key");
+    let (l2_hits, lookups) = (cb.stats().l2_hits, store.lookups());
+    assert_eq!(status(&b, "/me", GLOBEX).await, OK);
+    assert_eq!(
+        (cb.stats().l2_hits, store.lookups()),
+        (l2_hits, lookups),
+        "globex's key is still an L1 hit"
+    );
+    assert_eq!(status(&b, "/me", ACME_1).await, UNAUTHORIZED);
+    assert_eq!(status(&b, "/me", ACME_2).await, UNAUTHORIZED);
+    assert_eq!(status(&a, "/me", ACME_1).await, UNAUTHORIZED);
+}
+
+/// `CLIENT KILL TYPE pubsub`, then a revocation through A that B's
+/// subscriber may miss: B empties its L1 when it is back, so the revoked key
+/// is rejected and the valid one comes from L2, not the lookup.
+async fn a_killed_subscriber_empties_l1_on_reconnect(t: &Target<'_>, prefix: &str) {
+    let store = KeyStore::new();
+    let id = store.create("alice", SECRET, None);
+    store.create("bob", KEEP, None);
+    let (a_auth, a) = instance(builder(&t.url(), prefix), &store).await;
+    let (b_auth, b) = instance(builder(&t.url(), prefix), &store).await;
+    let (ca, cb) = (a_auth.cache(), b_auth.cache());
+    for key in [SECRET, KEEP] {
+        assert_eq!(status(&a, "/me", key).await, OK);
+        assert_eq!(status(&b, "/me", key).await, OK);
+        assert!(l1_holds(cb, key).await);
+    }
+    assert_eq!(store.lookups(), 2);
+    let (a_flushes, b_flushes) = (ca.stats().l1_flushes, cb.stats().l1_flushes);
+
+    t.kill_subscribers();
+    store.revoke(id);
+    a_auth.invalidate(&KeyHash::of(SECRET)).await.unwrap();
+
+    wait_until(
+        "B's subscriber is back and has emptied its L1",
+        RECONNECT_DEADLINE,
+        || cb.stats().l1_flushes > b_flushes && cb.is_subscribed(),
+    )
+    .await;
+    assert!(cb.stats().subscribed);
+    assert!(
+        !l1_holds(cb, KEEP).await,
+        "the flush left an entry in B's L1"
+    );
+    assert_eq!(status(&b, "/me", SECRET).await, UNAUTHORIZED);
+    let (l2_hits, lookups) = (cb.stats().l2_hits, store.lookups());
+    assert_eq!(status(&b, "/me", KEEP).await, OK);
+    assert_eq!(store.lookups(), lookups, "the valid key came from L2");
+    assert_eq!(cb.stats().l2_hits, l2_hits + 1);
+    wait_until("A's subscriber is back too", RECONNECT_DEADLINE, || {
+        ca.stats().l1_flushes > a_flushes && ca.is_subscribed()
+    })
+    .await;
+}
+
+/// The owner race: a lookup reads a still-valid owned row, the owner is
+/// suspended and invalidated, a request arrives, then the stale lookup
+/// returns. Neither the request that arrived after the invalidation nor a
+/// later one may be accepted.
+async fn owner_invalidation_race_is_closed<C>(cache: C)
+where
+    C: KeyCache<Principal = Client>,
+    C::Get: Unpin,
+{
+    let store = KeyStore::new();
+    store.create_owned("acme-1", ACME_1, "acme");
+    let auth = ApiKeyAuthLayer::new(cache, store.lookup()).positive_ttl(Duration::from_secs(600));
+    let app = app(auth.clone());
+
+    let gate = store.arm_gate();
+    let in_flight = tokio::spawn(send(app.clone(), get_with_key("/me", ACME_1)));
+    gate.row_read.notified().await;
+    store.revoke_owner("acme");
+    auth.invalidate_owner("acme").await.unwrap();
+    let during = tokio::spawn(send(app.clone(), get_with_key("/me", ACME_1)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.release.notify_one();
+    assert_eq!(in_flight.await.unwrap().status, OK, "the stale lookup");
+    assert_eq!(
+        during.await.unwrap().status,
+        UNAUTHORIZED,
+        "a request after invalidate_owner shared the stale lookup"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        status(&app, "/me", ACME_1).await,
+        UNAUTHORIZED,
+        "the stale lookup wrote its verdict after invalidate_owner"
+    );
+}
+
+/// The plaintext key appears nowhere in Redis, nor in any command sent to it
+/// (values, scripts' arguments, pub/sub payloads).
+fn assert_no_plaintext(t: &Target<'_>, monitors: Vec<Monitor>) {
+    let all = t.dump();
+    assert!(!all.is_empty());
+    for (k, v) in &all {
+        assert!(!k.contains(MARK) && !v.contains(MARK), "{k} = {v}");
+    }
+    for monitor in monitors {
+        let seen = monitor.stop();
+        assert!(
+            seen.to_ascii_lowercase().contains("\"publish\""),
+            "the monitor saw no broadcast"
+        );
+        if let Some(line) = seen.lines().find(|l| l.contains(MARK)) {
+            panic!("a secret was sent to Redis: {line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_the_other_instance_on_its_next_request() {
+    let server = RedisServer::start();
+    revocation_reaches_the_other_instance(&Target::Single(&server), "revoke:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_empties_every_instance() {
+    let server = RedisServer::start();
+    invalidate_all_reaches_the_other_instance(&Target::Single(&server), "all:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_invalidation_reaches_every_instance() {
+    let server = RedisServer::start();
+    owner_invalidation_reaches_the_other_instance(&Target::Single(&server), "owner:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_connection_empties_l1() {
+    let server = RedisServer::start();
+    a_killed_subscriber_empties_l1_on_reconnect(&Target::Single(&server), "killed:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_in_redis_or_in_commands() {
+    let server = RedisServer::start();
+    let t = Target::Single(&server);
+    let monitors = t.monitors();
+    revocation_reaches_the_other_instance(&t, "plain1:").await;
+    owner_invalidation_reaches_the_other_instance(&t, "plain2:").await;
+    invalidate_all_reaches_the_other_instance(&t, "plain3:").await;
+    assert_no_plaintext(&t, monitors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start();
+    let t = Target::Cluster(&cluster);
+    let monitors = t.monitors();
+    revocation_reaches_the_other_instance(&t, "c1:").await;
+    owner_invalidation_reaches_the_other_instance(&t, "c2:").await;
+    invalidate_all_reaches_the_other_instance(&t, "c3:").await;
+    a_killed_subscriber_empties_l1_on_reconnect(&t, "c4:").await;
+    owner_invalidation_race_is_closed(tiered(builder(&t.url(), "c5:")).await).await;
+    assert_no_plaintext(&t, monitors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_serves_l1_within_its_bound_then_the_lookup_and_recovers() {
+    let mut server = RedisServer::start();
+    let store = KeyStore::new();
+    store.create("alice", SECRET, None);
+    store.create("bob", KEEP, None);
+    let trust = Duration::from_millis(300);
+    let (auth, app) = instance(
+        builder(&server.url(), "down:")
+            .disconnected_l1_ttl(trust)
+            .command_timeout(Duration::from_millis(100)),
+        &store,
+    )
+    .await;
+    let c = auth.cache();
+    assert_eq!(status(&app, "/me", SECRET).await, OK);
+    let filled = Instant::now();
+    assert_eq!(store.lookups(), 1);
+    let flushes = c.stats().l1_flushes;
+
+    server.kill();
+    assert_eq!(status(&app, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 1, "a key held in L1 needs no lookup");
+    assert!(
+        filled.elapsed() < trust,
+        "too slow to check the trust window ({:?})",
+        filled.elapsed()
+    );
+    // Keys L1 doesn't hold: the lookup answers, never a 5xx.
+    assert_eq!(status(&app, "/me", KEEP).await, OK);
+    assert_eq!(status(&app, "/me", UNKNOWN).await, UNAUTHORIZED);
+    assert_eq!(store.lookups(), 3);
+    wait_until(
+        "the instance notices its subscriber is down",
+        RECONNECT_DEADLINE,
+        || !c.is_subscribed(),
+    )
+    .await;
+    assert!(!c.stats().subscribed);
+    assert!(auth.stats().cache_errors > 0, "the outage was noticed");
+
+    // Past the bound, the entry filled before the outage is not trusted.
+    tokio::time::sleep(
+        (filled + trust + Duration::from_millis(50)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let lookups = store.lookups();
+    assert_eq!(status(&app, "/me", SECRET).await, OK);
+    assert_eq!(
+        store.lookups(),
+        lookups + 1,
+        "an L1 entry older than disconnected_l1_ttl was served while unsubscribed"
+    );
+
+    server.restart();
+    wait_until(
+        "the subscriber reconnects by itself",
+        RECONNECT_DEADLINE,
+        || c.is_subscribed() && c.stats().l1_flushes > flushes,
+    )
+    .await;
+    // L2 is used again: once refilled, an L1 miss is an L2 hit, not a lookup.
+    let start = Instant::now();
+    loop {
+        KeyCache::invalidate(c.l1(), &KeyHash::of(KEEP))
+            .await
+            .unwrap();
+        let (l2_hits, lookups) = (c.stats().l2_hits, store.lookups());
+        assert_eq!(status(&app, "/me", KEEP).await, OK);
+        if store.lookups() == lookups && c.stats().l2_hits > l2_hits {
+            break;
+        }
+        assert!(
+            start.elapsed() < RECONNECT_DEADLINE,
+            "L2 hits never resumed after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&app, "/me", UNKNOWN).await, UNAUTHORIZED);
+}
+
+/// An L1 entry filled from L2 never outlives the L2 entry: a negative entry
+/// with a short TTL, and a positive one whose Redis key was `PEXPIRE`d.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l1_entry_never_outlives_its_l2_entry() {
+    let server = RedisServer::start();
+    let store = KeyStore::new();
+    store.create("alice", SECRET, None);
+    let prefix = "capped:";
+    let a_auth = ApiKeyAuthLayer::new(tiered(builder(&server.url(), prefix)).await, store.lookup())
+        .negative_ttl(Duration::from_millis(400));
+    let a = app(a_auth.clone());
+    let (b_auth, b) = instance(builder(&server.url(), prefix), &store).await;
+    let cb = b_auth.cache();
+    let redis_key = |k: &str| a_auth.cache().l2().redis_key(&KeyHash::of(k));
+
+    assert_eq!(status(&a, "/me", UNKNOWN).await, UNAUTHORIZED);
+    assert_eq!(status(&a, "/me", SECRET).await, OK);
+    assert_eq!(
+        server.cli(&["pexpire", &redis_key(SECRET), "300"]).trim(),
+        "1"
+    );
+    assert_eq!(status(&b, "/me", UNKNOWN).await, UNAUTHORIZED);
+    assert_eq!(status(&b, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 2, "B's answers came from L2");
+    assert_eq!(cb.stats().l2_hits, 2);
+    assert!(l1_holds(cb, UNKNOWN).await && l1_holds(cb, SECRET).await);
+
+    let start = Instant::now();
+    while [UNKNOWN, SECRET]
+        .iter()
+        .any(|k| server.cli(&["pttl", &redis_key(k)]).trim() != "-2")
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "Redis kept them");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Redis's clock read the PTTL a hair before B did.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !l1_holds(cb, UNKNOWN).await,
+        "B's L1 outlived the negative entry"
+    );
+    assert!(
+        !l1_holds(cb, SECRET).await,
+        "B's L1 outlived the PEXPIREd entry"
+    );
+    assert_eq!(status(&b, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 3);
+}
+
+/// `l1_ttl` bounds an L1 entry even when L2 keeps it longer: B goes back to
+/// L2, not to the lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_ttl_bounds_l1_entries() {
+    let server = RedisServer::start();
+    let store = KeyStore::new();
+    store.create("alice", SECRET, None);
+    let (_, a) = instance(builder(&server.url(), "l1ttl:"), &store).await;
+    let (b_auth, b) = instance(
+        builder(&server.url(), "l1ttl:").l1_ttl(Duration::from_millis(200)),
+        &store,
+    )
+    .await;
+    let cb = b_auth.cache();
+    assert_eq!(status(&a, "/me", SECRET).await, OK);
+    assert_eq!(status(&b, "/me", SECRET).await, OK);
+    assert_eq!(status(&b, "/me", SECRET).await, OK);
+    assert_eq!(cb.stats().l2_hits, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!l1_holds(cb, SECRET).await, "B's L1 outlived l1_ttl");
+    assert_eq!(status(&b, "/me", SECRET).await, OK);
+    assert_eq!(cb.stats().l2_hits, 2);
+    assert_eq!(store.lookups(), 1);
+}
+
+/// Caches three owned keys through a layer over `cache`, then drops acme's:
+/// acme's keys go back to the lookup, globex's stays cached.
+async fn owner_invalidation_alone<C>(cache: C) -> ApiKeyAuthLayer<C, impl Lookup<Client>>
+where
+    C: KeyCache<Principal = Client>,
+    C::Get: Unpin,
+{
+    let store = KeyStore::new();
+    store.create_owned("acme-1", ACME_1, "acme");
+    store.create_owned("acme-2", ACME_2, "acme");
+    store.create_owned("globex-1", GLOBEX, "globex");
+    let auth = ApiKeyAuthLayer::new(cache, store.lookup());
+    let app = app(auth.clone());
+    for _ in 0..2 {
+        for key in [ACME_1, ACME_2, GLOBEX] {
+            assert_eq!(status(&app, "/me", key).await, OK);
+        }
+    }
+    assert_eq!(store.lookups(), 3);
+    store.revoke_owner("acme");
+    auth.invalidate_owner("acme").await.unwrap();
+    let cached = |k: &'static str| {
+        let read = auth.cache().get(&KeyHash::of(k));
+        async move { read.await.unwrap().verdict.is_some() }
+    };
+    assert!(!cached(ACME_1).await && !cached(ACME_2).await);
+    assert!(cached(GLOBEX).await);
+    assert_eq!(status(&app, "/me", GLOBEX).await, OK);
+    assert_eq!(store.lookups(), 3, "globex's key stayed cached");
+    assert_eq!(status(&app, "/me", ACME_1).await, UNAUTHORIZED);
+    assert_eq!(status(&app, "/me", ACME_2).await, UNAUTHORIZED);
+    assert_eq!(store.lookups(), 5);
+    auth
+}
+
+#[tokio::test]
+async fn memory_cache_invalidates_by_owner() {
+    owner_invalidation_alone(MemoryCache::new()).await;
+    owner_invalidation_race_is_closed(MemoryCache::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_invalidates_by_owner() {
+    let server = RedisServer::start();
+    let cache = RedisCache::builder(server.url())
+        .prefix("alone:")
+        .pool_size(2)
+        .build()
+        .await
+        .unwrap();
+    let auth = owner_invalidation_alone(cache).await;
+    let globex = auth.cache().redis_key(&KeyHash::of(GLOBEX));
+    assert!(server.cli(&["get", &globex]).contains("\"valid\""));
+    // The owners' sets expire: they can't outlive the entries they list by
+    // more than an entry's TTL, whatever owners come and go.
+    let sets: Vec<(String, String)> = dump_all(server.port)
+        .into_iter()
+        .filter(|(k, _)| k.contains("{o:"))
+        .collect();
+    assert!(!sets.is_empty(), "no owner sets in Redis");
+    for (set, members) in &sets {
+        let pttl: i64 = server.cli(&["pttl", set]).trim().parse().unwrap();
+        assert!(pttl > 0, "{set} ({members}) has PTTL {pttl}");
+        assert!(!set.contains("acme") && !set.contains("globex"), "{set}");
+    }
+    // acme's keys were looked up again: negative entries now, not the old
+    // valid ones.
+    for key in [ACME_1, ACME_2] {
+        let redis_key = auth.cache().redis_key(&KeyHash::of(key));
+        let value = server.cli(&["get", &redis_key]);
+        assert!(!value.contains("\"valid\""), "{redis_key} = {value}");
+    }
+    let race = RedisCache::builder(server.url())
+        .prefix("race:")
+        .build()
+        .await
+        .unwrap();
+    owner_invalidation_race_is_closed(race).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_cache_owner_invalidation_race_is_closed() {
+    let server = RedisServer::start();
+    owner_invalidation_race_is_closed(tiered(builder(&server.url(), "race:")).await).await;
+}
+
+/// A cache-bypass route's answer replaces the cached verdict in both tiers,
+/// as it does with `MemoryCache` or `RedisCache` alone: a revocation seen
+/// there is neither undone when the L1 entry expires nor hidden from another
+/// instance that reads Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bypass_route_refreshes_redis_as_well_as_l1() {
+    let server = RedisServer::start();
+    let store = KeyStore::new();
+    let id = store.create("alice", SECRET, None);
+    let prefix = "bypass:";
+    let a_auth = ApiKeyAuthLayer::new(
+        tiered(builder(&server.url(), prefix).l1_ttl(Duration::from_millis(200))).await,
+        store.lookup(),
+    )
+    .bypass_cache("/admin/keys");
+    let a = app(a_auth.clone());
+    let redis_key = a_auth.cache().l2().redis_key(&KeyHash::of(SECRET));
+    assert_eq!(status(&a, "/me", SECRET).await, OK);
+    assert_eq!(status(&a, "/me", SECRET).await, OK);
+    assert_eq!(store.lookups(), 1);
+
+    // Revoked in the table, not invalidated: the bypass route sees it.
+    store.revoke(id);
+    assert_eq!(status(&a, "/admin/keys", SECRET).await, UNAUTHORIZED);
+    assert_eq!(status(&a, "/me", SECRET).await, UNAUTHORIZED);
+    let in_redis = server.cli(&["get", &redis_key]);
+    let (_, b) = instance(builder(&server.url(), prefix), &store).await;
+    let on_b = status(&b, "/me", SECRET).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let on_a_later = status(&a, "/me", SECRET).await;
+    assert!(
+        !in_redis.contains("\"valid\"") && on_b == UNAUTHORIZED && on_a_later == UNAUTHORIZED,
+        "the bypass answer reached L1 only: Redis holds {in_redis:?}, another instance \
+         answers {on_b}, A answers {on_a_later} once its L1 entry has expired"
+    );
+}
