@@ -82,10 +82,13 @@ impl KeyHash {
 
     /// Appends the 64 hex characters to `out`.
     pub(crate) fn push_hex(&self, out: &mut String) {
-        for b in self.0 {
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xf) as usize] as char);
+        let mut hex = [0u8; 64];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[(b >> 4) as usize];
+            pair[1] = HEX[(b & 0xf) as usize];
         }
+        // Always ASCII: the check can't fail.
+        out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     }
 
     /// A short, non-identifying prefix for logs: the first 4 bytes in hex.
