@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::Pool;
-use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, PubsubInterface, SetsInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, SetsInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
 use futures_util::future::join_all;
@@ -529,6 +529,7 @@ impl<P> RedisCache<P> {
         Ok(())
     }
 
+    #[cfg(feature = "memory")] // for the tiered cache
     /// A read that also says how long the entry has left (`PTTL`, in the
     /// same round trip), for a tier in front of this one.
     pub(crate) async fn get_with_ttl(
@@ -572,8 +573,10 @@ impl<P> RedisCache<P> {
         Ok((read, None))
     }
 
+    #[cfg(feature = "memory")] // for the tiered cache
     /// Publishes `message` on `channel`, bounded.
     pub(crate) async fn publish(&self, channel: &str, message: String) -> Result<(), CacheError> {
+        use fred::interfaces::PubsubInterface;
         let inner = &*self.inner;
         let _: i64 = inner
             .run(
@@ -587,6 +590,7 @@ impl<P> RedisCache<P> {
         Ok(())
     }
 
+    #[cfg(feature = "memory")] // for the tiered cache
     /// The prefix of every key.
     pub(crate) fn prefix(&self) -> &str {
         &self.inner.prefix
