@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::Pool;
-use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, SetsInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
 use futures_util::future::join_all;
@@ -35,16 +35,34 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// Lists a key in its owner's set, whose TTL is stretched to the longest
-/// entry's (so the set never outlives its keys by more than that).
-/// KEYS: set. ARGV: member, ttl ms.
+/// Lists a key in its owner's set, a sorted set scored by when the listing
+/// lapses (Redis's clock): lapsed members are dropped on every add, and the
+/// set's TTL is stretched to its longest member's, so it holds no more than
+/// the owner's live keys and goes with the last of them.
+/// KEYS: set. ARGV: member, ttl ms (the entry's, plus a margin).
 const OWNER_ADD_SCRIPT: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
 end
 return 1
 ";
+
+/// Takes an owner's set whole: its members, and the set gone, atomically.
+/// KEYS: set.
+const OWNER_TAKE_SCRIPT: &str = r"
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return members
+";
+
+/// How much longer an owner's listing of a key lasts than the key's entry:
+/// the listing is written first, so it must not lapse before the entry.
+const OWNER_LISTING_MARGIN: Duration = Duration::from_secs(1);
 
 /// Moves the key's version (so in-flight lookups can't write) and drops the
 /// entry, atomically. KEYS: entry, version. ARGV: version ttl ms.
@@ -77,23 +95,29 @@ return 1
 ///   first too, so its answer replaces the entry.
 /// - **Owner-wide invalidation.** A valid entry whose principal reports an
 ///   [`owner`](Principal::owner) is also listed (by hash) in the owner's set,
-///   `apikey:{o:<sha256 of the owner>}`, whose TTL is stretched to its
-///   longest entry's, so it never outlives its keys.
-///   [`invalidate_owner`](KeyCache::invalidate_owner) reads that set and
-///   invalidates each key as `invalidate` does: no scan of the keyspace. An
-///   owners' epoch (`apikey:{owners}:v`), read with every miss and moved by
-///   every `invalidate_owner`, stops a lookup that was in flight from writing
-///   an owned key back (the fill lists the key in the set first and checks
-///   the epoch second, so either the check fails or the sweep sees the key).
+///   `apikey:{o:<sha256 of the owner>}`: a sorted set scored by when each
+///   listing lapses (a second after its entry), pruned on every add, its TTL
+///   stretched to its longest listing's, so it holds only live keys and goes
+///   with the last of them. [`invalidate_owner`](KeyCache::invalidate_owner)
+///   takes that set whole (read and deleted in one script) and invalidates
+///   each key as `invalidate` does: no scan of the keyspace. An owners' epoch
+///   (`apikey:{owners}:v`), read with every miss and moved by every
+///   `invalidate_owner`, stops a lookup that was in flight from writing an
+///   owned key back (the fill lists the key first and checks the epoch
+///   second, so either the check fails or the sweep takes the listing).
 /// - **`invalidate_all`** scans the prefix in batches (`SCAN … COUNT 500`, on
 ///   every master of a cluster) and `UNLINK`s each entry: Redis never blocks,
 ///   and reads stay one command. (A generation number in the prefix would make
 ///   it O(1), but every read would then need the generation first: a second
 ///   key, in another cluster slot, or a local copy that can be stale.) It is
-///   exact against lookups in flight in this process, which carry an epoch
-///   that it bumps; a lookup in flight on another instance at that moment may
-///   still write its entry, which then lives until its TTL. To revoke one key,
-///   use `invalidate`, which is exact everywhere.
+///   exact against lookups in flight in this process: they carry an epoch
+///   that it bumps first, and a fill that finds the epoch moved after its
+///   write takes the write back. A lookup in flight on another instance at
+///   that moment may still write its entry, which then lives until its TTL
+///   (with `TieredCache` the other instances also
+///   bump their epoch when the broadcast arrives, which narrows that to the
+///   broadcast's flight time). To revoke one key or one owner, use
+///   `invalidate` or `invalidate_owner`, which are exact everywhere.
 /// - **Failures degrade.** Commands fail fast while disconnected and time out
 ///   after [`command_timeout`](RedisCacheBuilder::command_timeout) (100 ms);
 ///   the layer then answers from the lookup. The pool reconnects by itself
@@ -475,7 +499,8 @@ impl<P> RedisCache<P> {
                 // add, and invalidates the key (so its version refuses the
                 // SET below, or its DEL removes it).
                 let set = self.owner_key(&owner);
-                let member = vec![hash.to_hex(), ttl_ms.clone()];
+                let listed = millis(ttl.saturating_add(OWNER_LISTING_MARGIN));
+                let member = vec![hash.to_hex(), listed.to_string()];
                 let _: i64 = inner
                     .run(inner.client().eval(OWNER_ADD_SCRIPT, vec![set], member))
                     .await?;
@@ -490,6 +515,12 @@ impl<P> RedisCache<P> {
         let stored: i64 = inner
             .run(inner.client().eval(PUT_SCRIPT, keys, args))
             .await?;
+        if stored == 1 && inner.epoch.load(Ordering::Acquire) != token.epoch {
+            // An invalidate_all began while this was written, and its scan
+            // may already have passed the key: take the write back.
+            self.remove(hash).await?;
+            return Ok(Fill::Refused);
+        }
         Ok(if stored == 1 {
             Fill::Stored
         } else {
@@ -498,12 +529,16 @@ impl<P> RedisCache<P> {
     }
 
     /// `invalidate_owner`: moves the owners' epoch (in-flight fills of owned
-    /// keys stop), then invalidates each key listed in the owner's set, then
-    /// takes those (and only those) out of the set.
+    /// keys stop), then takes the owner's set whole, then invalidates each
+    /// key it listed. Taking it whole matters: a fill that lists a key after
+    /// this goes into a new set, never into one being swept and emptied.
     async fn remove_owner(&self, set: String) -> Result<(), CacheError> {
         let inner = &*self.inner;
         let _: i64 = inner.run(inner.client().incr(self.owners_key())).await?;
-        let members: Vec<String> = inner.run(inner.client().smembers(&set)).await?;
+        let no_args: Vec<String> = Vec::new();
+        let members: Vec<String> = inner
+            .run(inner.client().eval(OWNER_TAKE_SCRIPT, vec![set], no_args))
+            .await?;
         for batch in members.chunks(256) {
             let results = join_all(
                 batch
@@ -513,7 +548,6 @@ impl<P> RedisCache<P> {
             )
             .await;
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
-            let _: i64 = inner.run(inner.client().srem(&set, batch.to_vec())).await?;
         }
         Ok(())
     }
@@ -543,6 +577,9 @@ impl<P> RedisCache<P> {
         let epoch = inner.epoch.load(Ordering::Acquire);
         let entry = self.redis_key(hash);
         let pipeline = inner.pool.next().pipeline().with_options(&inner.options);
+        // Redis counts the TTL down from its reply: what is left here is
+        // less by the time since the question was sent.
+        let asked = std::time::Instant::now();
         let (raw, pttl): (Option<Bytes>, i64) = inner
             .run(async {
                 let _: () = pipeline.get(&entry).await?;
@@ -556,7 +593,9 @@ impl<P> RedisCache<P> {
                     epoch,
                     version: Version::NotRead,
                 };
-                let left = u64::try_from(pttl).ok().map(Duration::from_millis);
+                let left = u64::try_from(pttl)
+                    .ok()
+                    .map(|ms| Duration::from_millis(ms).saturating_sub(asked.elapsed()));
                 return Ok((CacheRead::hit(verdict, token), left));
             }
             Some(Err(why)) => Some(CacheError::new(format!("undecodable cached value: {why}"))),
@@ -588,6 +627,13 @@ impl<P> RedisCache<P> {
             )
             .await?;
         Ok(())
+    }
+
+    #[cfg(feature = "memory")] // for the tiered cache
+    /// Makes this process's in-flight fills unable to write, as
+    /// `invalidate_all` does (for another instance's `invalidate_all`).
+    pub(crate) fn bump_epoch(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     #[cfg(feature = "memory")] // for the tiered cache
@@ -645,7 +691,7 @@ impl Inner {
             Box::new_uninit(),
             Bounded {
                 command: command(),
-                deadline: tokio::time::sleep(self.timeout),
+                deadline: None,
                 timeout: self.timeout,
             },
         );
@@ -661,12 +707,13 @@ fn timed_out(timeout: Duration) -> CacheError {
 type Command<T> = Pin<Box<dyn Future<Output = Result<T, CacheError>> + Send>>;
 
 pin_project! {
-    /// A command racing its deadline.
+    /// A command racing its deadline (set at the first poll, so that
+    /// building one needs no runtime).
     struct Bounded<F> {
         #[pin]
         command: F,
         #[pin]
-        deadline: tokio::time::Sleep,
+        deadline: Option<tokio::time::Sleep>,
         timeout: Duration,
     }
 }
@@ -678,13 +725,16 @@ where
     type Output = Result<T, CacheError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.command.poll(cx) {
             return Poll::Ready(result.map_err(CacheError::new));
         }
-        match this.deadline.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(timed_out(*this.timeout))),
-            Poll::Pending => Poll::Pending,
+        if this.deadline.is_none() {
+            this.deadline.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        match this.deadline.as_pin_mut().map(|deadline| deadline.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(timed_out(*this.timeout))),
+            _ => Poll::Pending,
         }
     }
 }

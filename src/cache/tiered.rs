@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::Config;
-use fred::types::Message;
+use fred::types::{Message, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -28,6 +28,14 @@ const DEFAULT_L1_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_DISCONNECTED_L1_TTL: Duration = Duration::from_secs(1);
 /// How often a subscriber that lost its subscription tries again.
 const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
+/// How often a subscribed connection is asked for a `PING`, and how long its
+/// answer may take: a connection that died without a word (a dropped NAT
+/// entry, a partition) is noticed within the sum.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Invalidation messages queued for the subscriber task before it counts as
+/// having missed some (and empties L1).
+const MESSAGE_BACKLOG: usize = 4096;
 
 /// Two tiers: an in-process moka cache (L1) in front of Redis (L2), with
 /// invalidations broadcast to every instance over Redis pub/sub (features
@@ -41,22 +49,29 @@ const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
 /// - **Reads**: L1, then L2 (an L2 hit fills L1, for [`l1_ttl`] at most and
 ///   never longer than the Redis entry has left), then the layer's lookup
 ///   (whose answer fills both). Single flight holds across the tiers: the
-///   layer shares one lookup between concurrent misses of a key.
+///   layer shares one lookup between concurrent misses of a key in both
+///   tiers. (Concurrent L1 misses each read Redis, a cheap round trip.)
 /// - **Invalidation**: [`invalidate`](KeyCache::invalidate) deletes the key
 ///   in Redis (bumping its version, so in-flight lookups can't write it
 ///   back), drops it from the local L1, and publishes its hash on
 ///   [`channel`](TieredCache::channel); every instance's subscriber drops it
 ///   from its L1. It returns once the local tiers are clean and the message
 ///   is published. [`invalidate_all`](KeyCache::invalidate_all) and
-///   [`invalidate_owner`](KeyCache::invalidate_owner) work the same way. An
-///   L1 fill after a lookup happens only when Redis accepted the fill (so a
-///   version check in Redis guards both tiers).
+///   [`invalidate_owner`](KeyCache::invalidate_owner) work the same way
+///   (`invalidate_all` with `RedisCache`'s caveat about another instance's
+///   fill in flight at that moment). When Redis answers, an L1 fill after a
+///   lookup happens only if Redis accepted the fill, so Redis's version check
+///   guards both tiers; when it doesn't, the fill goes to L1 alone.
 /// - **Missed messages are never silent.** Pub/sub is fire-and-forget: when
-///   the subscriber's connection drops, the instance can't know what it
-///   missed, so when it has subscribed again it empties its L1
+///   the subscriber's connection drops (or stops answering its once-a-second
+///   `PING`, or its message queue overflows), the instance can't know what
+///   it missed, so when it has subscribed again it empties its L1
 ///   ([`TieredStats::l1_flushes`]). While it is not subscribed, an L1 entry
-///   is trusted only for [`disconnected_l1_ttl`] (1 s) after it was filled:
-///   that is the longest a revocation made elsewhere can go unseen here.
+///   is trusted only for [`disconnected_l1_ttl`] (1 s) after it was filled.
+///   So a revocation made elsewhere goes unseen here for at most that bound
+///   after the loss is noticed: at once for a closed connection, within two
+///   seconds (the `PING` interval and its timeout) for one that died
+///   silently.
 /// - **Redis down**: L1 keeps answering what it holds (within that bound),
 ///   everything else goes to the lookup, whose answers refill L1; Redis
 ///   errors are counted and logged by the layer, never a rejection. The pool
@@ -294,10 +309,11 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
         self
     }
 
-    /// While the subscriber is not subscribed (Redis down, connection lost),
-    /// an L1 entry is served only if it was filled less than this long ago
-    /// (default 1 s): the longest a revocation made on another instance can
-    /// go unseen here. Older entries go back to Redis or the lookup.
+    /// While the subscriber is not subscribed (Redis down, connection lost or
+    /// unresponsive), an L1 entry is served only if it was filled less than
+    /// this long ago (default 1 s): how long, once the loss is noticed, a
+    /// revocation made on another instance can go unseen here. Older entries
+    /// go back to Redis or the lookup.
     pub fn disconnected_l1_ttl(mut self, ttl: Duration) -> Self {
         self.disconnected_l1_ttl = ttl;
         self
@@ -321,6 +337,7 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
             .build();
         let channel = format!("{}invalidations", l2.prefix());
         let subscriber = client_builder(config, self.connect_timeout)
+            .with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BACKLOG)
             .build()
             .map_err(CacheError::new)?;
         let signals = Arc::new(Signals::default());
@@ -328,6 +345,7 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
         let listener = Subscriber {
             client: subscriber.clone(),
             l1: l1.clone(),
+            l2: l2.clone(),
             channel: channel.clone(),
             signals: Arc::clone(&signals),
             timeout: self.connect_timeout,
@@ -335,8 +353,10 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
             reconnects: subscriber.reconnect_rx(),
             errors: subscriber.error_rx(),
         };
-        let listener = tokio::spawn(listener.run());
         let connection = subscriber.connect();
+        // The first connection's events are no news to the first subscribe.
+        let _ = tokio::time::timeout(self.connect_timeout, subscriber.wait_for_connect()).await;
+        let listener = tokio::spawn(listener.run());
         let deadline = Instant::now() + self.connect_timeout;
         while !signals.subscribed.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -602,6 +622,7 @@ where
 struct Subscriber<P> {
     client: Client,
     l1: MemoryCache<P>,
+    l2: RedisCache<P>,
     channel: String,
     signals: Arc<Signals>,
     timeout: Duration,
@@ -613,9 +634,17 @@ struct Subscriber<P> {
 
 impl<P: Principal> Subscriber<P> {
     async fn run(mut self) {
+        // However the task ends (dropped, or a panic in a principal's
+        // `owner()` during a sweep), L1 stops being trusted.
+        let _unsubscribed = Unsubscribed(Arc::clone(&self.signals));
         let mut ever_subscribed = false;
         loop {
             if !self.signals.subscribed.load(Ordering::Acquire) {
+                // Events from before this SUBSCRIBE concern connections it
+                // can't be on; any after it (the reply's connection dropping)
+                // are handled below and lead back here.
+                drain(&mut self.reconnects);
+                drain(&mut self.errors);
                 let subscribed =
                     tokio::time::timeout(self.timeout, self.client.subscribe(&self.channel)).await;
                 if matches!(subscribed, Ok(Ok(()))) {
@@ -630,10 +659,6 @@ impl<P: Principal> Subscriber<P> {
                         );
                     }
                     ever_subscribed = true;
-                    // Events from before the reply concern connections up to
-                    // the one that answered it: the subscription is on it.
-                    drain(&mut self.reconnects);
-                    drain(&mut self.errors);
                     self.signals.subscribed.store(true, Ordering::Release);
                 }
             }
@@ -654,7 +679,18 @@ impl<P: Principal> Subscriber<P> {
                     Err(RecvError::Closed) => return,
                 },
                 () = tokio::time::sleep(RESUBSCRIBE_EVERY), if !subscribed => {}
+                () = tokio::time::sleep(HEARTBEAT_EVERY), if subscribed => self.heartbeat().await,
             }
+        }
+    }
+
+    /// A subscribed connection hears nothing when nobody revokes: ask it
+    /// something, so that one that died silently is noticed and replaced.
+    async fn heartbeat(&self) {
+        let pong = tokio::time::timeout(HEARTBEAT_TIMEOUT, self.client.ping::<Value>(None)).await;
+        if !matches!(pong, Ok(Ok(_))) {
+            self.lost("subscriber connection unresponsive");
+            let _ = tokio::time::timeout(self.timeout, self.client.force_reconnection()).await;
         }
     }
 
@@ -674,7 +710,11 @@ impl<P: Principal> Subscriber<P> {
         }
         let text = message.value.as_str();
         match text.as_deref() {
-            Some("*") => self.l1.clear(),
+            Some("*") => {
+                // This instance's in-flight Redis fills can't write either.
+                self.l2.bump_epoch();
+                self.l1.clear();
+            }
             Some(body) => match body.split_once(':') {
                 Some(("k", hex)) => match KeyHash::from_hex(hex) {
                     Some(hash) => self.l1.remove(&hash),
@@ -690,6 +730,15 @@ impl<P: Principal> Subscriber<P> {
         self.signals
             .broadcasts_received
             .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Clears the subscribed flag when the subscriber task ends.
+struct Unsubscribed(Arc<Signals>);
+
+impl Drop for Unsubscribed {
+    fn drop(&mut self) {
+        self.0.subscribed.store(false, Ordering::Release);
     }
 }
 
