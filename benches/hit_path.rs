@@ -13,14 +13,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
-use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder};
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, MemoryCache, Principal};
 
 mod common;
-use common::{request, SECRET};
+use common::{call_now, request, SECRET};
 
 struct Client {
     #[allow(dead_code)]
@@ -39,22 +38,6 @@ impl moka::Expiry<KeyHash, (Arc<Client>, Duration)> for PerEntryTtl {
     ) -> Option<Duration> {
         Some(value.1)
     }
-}
-
-/// Calls a service whose future is ready at once (everything here is
-/// in-process), without an executor's overhead in the measurement.
-fn call_now<S>(svc: &mut S, req: Request<Full<Bytes>>) -> S::Response
-where
-    S: Service<Request<Full<Bytes>>>,
-    S::Error: std::fmt::Debug,
-{
-    let waker = futures_util::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    svc.call(req)
-        .now_or_never()
-        .expect("in-process future is ready")
-        .expect("infallible")
 }
 
 type Inner = tower::util::ServiceFn<
@@ -138,29 +121,13 @@ fn hit_path(c: &mut Criterion) {
 
 criterion_group!(benches, hit_path);
 
-/// Times the three in alternating rounds, so that a noisy neighbour or a
-/// frequency change hits all three alike; returns the median ns per call of
-/// each.
+/// The three, interleaved: medians of floor, bare and layer.
 fn interleaved(rounds: usize, iters: u32) -> [f64; 3] {
     let mut f = fixture();
-    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
-    for round in 0..rounds {
-        for k in 0..3 {
-            let which = (round + k) % 3;
-            let start = std::time::Instant::now();
-            for _ in 0..iters {
-                match which {
-                    0 => f.floor(),
-                    1 => f.bare(),
-                    _ => f.layer(),
-                }
-            }
-            samples[which].push(start.elapsed().as_nanos() as f64 / f64::from(iters));
-        }
-    }
-    samples.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    common::interleaved(rounds, iters, |which| match which {
+        0 => f.floor(),
+        1 => f.bare(),
+        _ => f.layer(),
     })
 }
 

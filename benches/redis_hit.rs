@@ -9,8 +9,6 @@
 //! ```
 
 use std::convert::Infallible;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +22,7 @@ use tower_api_key::cache::RedisCache;
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
 mod common;
-use common::{request, SECRET};
+use common::{request, RedisServer, SECRET};
 const TASKS: usize = 64;
 const ROUND: Duration = Duration::from_secs(2);
 const ROUNDS: usize = 5;
@@ -35,30 +33,6 @@ struct Client {
     name: String,
 }
 impl Principal for Client {}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    std::thread::sleep(Duration::from_millis(300));
-    (Server(child), port)
-}
 
 struct Run {
     ops_per_sec: f64,
@@ -109,8 +83,8 @@ fn main() {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return; // `cargo bench --no-run`-style probes and `cargo test --benches`
     }
-    let (_server, port) = start_redis();
-    let url = format!("redis://127.0.0.1:{port}");
+    let server = RedisServer::start();
+    let url = server.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -19,8 +19,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,14 +27,14 @@ use futures_util::FutureExt;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_api_key::cache::TieredCache;
 use tower_api_key::{
     lookup_fn, ApiKeyAuthLayer, KeyCache, KeyHash, Lookup, MemoryCache, Principal,
 };
 
 mod common;
-use common::{request, SECRET};
+use common::{call_now, request, RedisServer, SECRET};
 
 const REVOCATIONS: usize = 1_000;
 /// A revocation that hasn't reached B after this long is a failure, not a
@@ -50,30 +48,6 @@ struct Client {
     id: u64,
 }
 impl Principal for Client {}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    std::thread::sleep(Duration::from_millis(300));
-    (Server(child), port)
-}
 
 /// The key table: key hash → client id. Revoking a key removes its row.
 type Table = Arc<Mutex<HashMap<KeyHash, u64>>>;
@@ -224,22 +198,6 @@ fn percentiles(mut v: Vec<Duration>) -> (f64, f64, f64) {
     )
 }
 
-/// Calls a service whose future must be ready at once (an L1 hit), without
-/// an executor's overhead in the measurement.
-fn call_now<S>(svc: &mut S, req: Request<Full<Bytes>>) -> S::Response
-where
-    S: Service<Request<Full<Bytes>>>,
-    S::Error: std::fmt::Debug,
-{
-    let waker = futures_util::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    assert!(svc.poll_ready(&mut cx).is_ready());
-    svc.call(req)
-        .now_or_never()
-        .expect("a cache hit answers on the first poll")
-        .expect("infallible")
-}
-
 fn secret_lookup() -> impl Lookup<Client> {
     lookup_fn(|hash: KeyHash| async move {
         Ok::<_, Infallible>((hash == KeyHash::of(SECRET)).then_some(Client { id: 1 }))
@@ -264,22 +222,14 @@ async fn hit_path(url: &str) -> (f64, f64) {
         .verdict
         .is_some());
 
-    let mut samples = [Vec::new(), Vec::new()];
-    for round in 0..HIT_ROUNDS {
-        for k in 0..2 {
-            let which = (round + k) % 2;
-            let start = Instant::now();
-            for _ in 0..HIT_ITERS {
-                let res = if which == 0 {
-                    call_now(&mut m, request())
-                } else {
-                    call_now(&mut t, request())
-                };
-                black_box(res);
-            }
-            samples[which].push(start.elapsed().as_nanos() as f64 / f64::from(HIT_ITERS));
-        }
-    }
+    let [memory_ns, tiered_ns] = common::interleaved(HIT_ROUNDS, HIT_ITERS, |which| {
+        let res = if which == 0 {
+            call_now(&mut m, request())
+        } else {
+            call_now(&mut t, request())
+        };
+        black_box(res);
+    });
     assert_eq!(memory.stats().lookups, 1);
     assert_eq!(tiered.stats().lookups, 1);
     assert_eq!(
@@ -287,10 +237,6 @@ async fn hit_path(url: &str) -> (f64, f64) {
         0,
         "every tiered call was an L1 hit"
     );
-    let [memory_ns, tiered_ns] = samples.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    });
     (memory_ns, tiered_ns)
 }
 
@@ -298,8 +244,8 @@ fn main() {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return; // `cargo bench --no-run`-style probes and `cargo test --benches`
     }
-    let (_server, port) = start_redis();
-    let url = format!("redis://127.0.0.1:{port}");
+    let server = RedisServer::start();
+    let url = server.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

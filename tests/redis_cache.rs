@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{dump, RedisCluster, RedisServer};
+use common::redis::{dump, RedisCluster, RedisServer, Target};
 use common::*;
 use http::StatusCode;
 use tower_api_key::cache::RedisCache;
@@ -33,57 +33,6 @@ async fn redis_layer(
     store: &KeyStore,
 ) -> ApiKeyAuthLayer<RedisCache<Client>, impl Lookup<Client>> {
     ApiKeyAuthLayer::new(cache(url, prefix).await, store.lookup())
-}
-
-/// Where a test reads Redis back from: one server, or every master.
-enum Target<'a> {
-    Single(&'a RedisServer),
-    Cluster(&'a RedisCluster),
-}
-
-impl Target<'_> {
-    fn url(&self) -> String {
-        match self {
-            Target::Single(s) => s.url(),
-            Target::Cluster(c) => c.url(),
-        }
-    }
-
-    fn dump(&self) -> Vec<(String, String)> {
-        match self {
-            Target::Single(s) => dump(s.port),
-            Target::Cluster(c) => c.dump(),
-        }
-    }
-
-    /// `PTTL` of a key, asked of the node that holds it.
-    fn pttl(&self, key: &str) -> i64 {
-        let ports: Vec<u16> = match self {
-            Target::Single(s) => vec![s.port],
-            Target::Cluster(c) => c.nodes.iter().map(|n| n.port).collect(),
-        };
-        ports
-            .into_iter()
-            .filter_map(|p| {
-                common::redis::cli(p, &["pttl", key])
-                    .trim()
-                    .parse::<i64>()
-                    .ok()
-            })
-            .find(|&t| t != -2)
-            .unwrap_or(-2)
-    }
-
-    fn set(&self, key: &str, value: &str) {
-        let ports: Vec<u16> = match self {
-            Target::Single(s) => vec![s.port],
-            Target::Cluster(c) => c.nodes.iter().map(|n| n.port).collect(),
-        };
-        // On a cluster only the owner accepts it; the others answer MOVED.
-        for p in ports {
-            common::redis::cli(p, &["set", key, value]);
-        }
-    }
 }
 
 async fn shared_verdicts(t: &Target<'_>, prefix: &str) {

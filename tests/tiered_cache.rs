@@ -17,7 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use common::redis::{cli, dump_all, Monitor, RedisCluster, RedisServer};
+use common::redis::{dump, Monitor, RedisCluster, RedisServer, Target};
 use common::*;
 use http::StatusCode;
 use tower_api_key::cache::{RedisCache, TieredCache, TieredCacheBuilder};
@@ -96,53 +96,6 @@ async fn l1_holds(cache: &TieredCache<Client>, secret: &str) -> bool {
 
 fn heard(cache: &TieredCache<Client>) -> u64 {
     cache.stats().broadcasts_received
-}
-
-/// Where a test reads Redis back from: one server, or every master.
-enum Target<'a> {
-    Single(&'a RedisServer),
-    Cluster(&'a RedisCluster),
-}
-
-impl Target<'_> {
-    fn url(&self) -> String {
-        match self {
-            Target::Single(s) => s.url(),
-            Target::Cluster(c) => c.url(),
-        }
-    }
-
-    fn ports(&self) -> Vec<u16> {
-        match self {
-            Target::Single(s) => vec![s.port],
-            Target::Cluster(c) => c.nodes.iter().map(|n| n.port).collect(),
-        }
-    }
-
-    /// Every key and value, whatever its type, on every node.
-    fn dump(&self) -> Vec<(String, String)> {
-        self.ports().into_iter().flat_map(dump_all).collect()
-    }
-
-    /// Whether Redis holds `key`, on whichever node owns it.
-    fn holds(&self, key: &str) -> bool {
-        self.ports().into_iter().any(|p| {
-            cli(p, &["--scan", "--pattern", key])
-                .lines()
-                .any(|k| k == key)
-        })
-    }
-
-    /// Drops every pub/sub connection on every node.
-    fn kill_subscribers(&self) {
-        for p in self.ports() {
-            cli(p, &["client", "kill", "type", "pubsub"]);
-        }
-    }
-
-    fn monitors(&self) -> Vec<Monitor> {
-        self.ports().into_iter().map(Monitor::start).collect()
-    }
 }
 
 /// A looked up by A is an L2 hit on B, then an L1 hit; revoked through A, B
@@ -653,7 +606,7 @@ async fn redis_cache_invalidates_by_owner() {
     assert!(server.cli(&["get", &globex]).contains("\"valid\""));
     // The owners' sets expire: they can't outlive the entries they list by
     // more than an entry's TTL, whatever owners come and go.
-    let sets: Vec<(String, String)> = dump_all(server.port)
+    let sets: Vec<(String, String)> = dump(server.port)
         .into_iter()
         .filter(|(k, _)| k.contains("{o:"))
         .collect();
@@ -739,7 +692,7 @@ async fn owner_sets_hold_only_live_keys() {
     let auth = ApiKeyAuthLayer::new(cache, store.lookup()).positive_ttl(Duration::from_millis(100));
     let app = app(auth.clone());
     let sets = || -> Vec<String> {
-        dump_all(server.port)
+        dump(server.port)
             .into_iter()
             .filter(|(k, _)| k.contains("{o:"))
             .map(|(k, _)| k)

@@ -169,19 +169,10 @@ impl RedisCluster {
     }
 }
 
-/// Every key (by `SCAN`) and its value on one server.
-pub fn dump(port: u16) -> Vec<(String, String)> {
-    let keys = cli(port, &["--scan", "--pattern", "*"]);
-    keys.lines()
-        .filter(|k| !k.is_empty())
-        .map(|k| (k.to_owned(), cli(port, &["get", k]).trim_end().to_owned()))
-        .collect()
-}
-
 /// Every key on one server with its value whatever its type (a string's
 /// value, a set's or a list's members, a hash's fields and values), one
 /// string per key.
-pub fn dump_all(port: u16) -> Vec<(String, String)> {
+pub fn dump(port: u16) -> Vec<(String, String)> {
     let keys = cli(port, &["--scan", "--pattern", "*"]);
     keys.lines()
         .filter(|k| !k.is_empty())
@@ -246,5 +237,69 @@ impl Drop for Monitor {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Where a test reads Redis back from: one server, or every master.
+pub enum Target<'a> {
+    Single(&'a RedisServer),
+    Cluster(&'a RedisCluster),
+}
+
+impl Target<'_> {
+    pub fn url(&self) -> String {
+        match self {
+            Target::Single(s) => s.url(),
+            Target::Cluster(c) => c.url(),
+        }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        match self {
+            Target::Single(s) => vec![s.port],
+            Target::Cluster(c) => c.nodes.iter().map(|n| n.port).collect(),
+        }
+    }
+
+    /// Every key and value, whatever its type, on every node.
+    pub fn dump(&self) -> Vec<(String, String)> {
+        self.ports().into_iter().flat_map(dump).collect()
+    }
+
+    /// Whether Redis holds `key`, on whichever node owns it.
+    pub fn holds(&self, key: &str) -> bool {
+        self.ports().into_iter().any(|p| {
+            cli(p, &["--scan", "--pattern", key])
+                .lines()
+                .any(|k| k == key)
+        })
+    }
+
+    /// `PTTL` of a key, asked of the node that holds it.
+    pub fn pttl(&self, key: &str) -> i64 {
+        self.ports()
+            .into_iter()
+            .filter_map(|p| cli(p, &["pttl", key]).trim().parse::<i64>().ok())
+            .find(|&t| t != -2)
+            .unwrap_or(-2)
+    }
+
+    /// `SET key value` (on a cluster only the owner accepts it; the others
+    /// answer MOVED).
+    pub fn set(&self, key: &str, value: &str) {
+        for p in self.ports() {
+            cli(p, &["set", key, value]);
+        }
+    }
+
+    /// Drops every pub/sub connection on every node.
+    pub fn kill_subscribers(&self) {
+        for p in self.ports() {
+            cli(p, &["client", "kill", "type", "pubsub"]);
+        }
+    }
+
+    pub fn monitors(&self) -> Vec<Monitor> {
+        self.ports().into_iter().map(Monitor::start).collect()
     }
 }
