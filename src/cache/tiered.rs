@@ -353,11 +353,11 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
             reconnects: subscriber.reconnect_rx(),
             errors: subscriber.error_rx(),
         };
+        let deadline = Instant::now() + self.connect_timeout;
         let connection = subscriber.connect();
         // The first connection's events are no news to the first subscribe.
-        let _ = tokio::time::timeout(self.connect_timeout, subscriber.wait_for_connect()).await;
+        let _ = tokio::time::timeout_at(deadline.into(), subscriber.wait_for_connect()).await;
         let listener = tokio::spawn(listener.run());
-        let deadline = Instant::now() + self.connect_timeout;
         while !signals.subscribed.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
