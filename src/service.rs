@@ -158,10 +158,17 @@ where
                 layer: self.layer.clone(),
             })
         };
+        if route.bypass_cache {
+            // No cache read: the lookup takes its own fillable token
+            // (`KeyCache::refresh_token`) before it starts.
+            return ResponseFuture {
+                state: State::waiting(pending(req, inner), None),
+            };
+        }
         let mut get = self.layer.core.cache.get(&hash);
         let mut cx = Context::from_waker(noop_waker_ref());
         match Pin::new(&mut get).poll(&mut cx) {
-            Poll::Ready(read) => match decide(&self.layer, read, route.bypass_cache) {
+            Poll::Ready(read) => match decide(&self.layer, read) {
                 Decision::Accept(principal) => {
                     req.extensions_mut().insert(principal);
                     ResponseFuture::inner(inner.call(req))
@@ -195,7 +202,6 @@ impl<S, C: KeyCache, L> ApiKeyAuth<S, C, L> {
 fn decide<C: KeyCache, L>(
     layer: &ApiKeyAuthLayer<C, L>,
     read: Result<CacheRead<C::Principal, C::Token>, CacheError>,
-    bypass: bool,
 ) -> Decision<C::Principal, C::Token>
 where
     L: Lookup<C::Principal>,
@@ -209,7 +215,6 @@ where
         layer.core.note_cache_error("get", error);
     }
     match read {
-        Ok(CacheRead { token, .. }) if bypass => Decision::Lookup(Some(token)),
         Ok(CacheRead {
             verdict: Some(Verdict::Valid(principal)),
             token,
@@ -355,7 +360,7 @@ where
                     let Some(pending) = pending.take() else {
                         return Poll::Pending;
                     };
-                    match decide(&pending.layer, read, pending.bypass) {
+                    match decide(&pending.layer, read) {
                         Decision::Accept(principal) => State::Inner {
                             future: pending.forward(principal),
                         },
