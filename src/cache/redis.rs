@@ -150,7 +150,7 @@ struct Inner {
     pool: Pool,
     prefix: String,
     /// Fail fast while disconnected, one attempt. The timeout is ours
-    /// (`tokio::time::timeout`): fred's per-command timeout costs a third of
+    /// (`Bounded`, a tokio `Sleep`): fred's per-command timeout costs a third of
     /// the throughput under load (measured in benches/redis_hit.rs).
     options: Options,
     timeout: Duration,
@@ -164,6 +164,16 @@ struct Inner {
 pub struct RedisToken {
     epoch: u64,
     version: Version,
+}
+
+impl RedisToken {
+    /// A hit's token: nothing to fill.
+    fn hit(epoch: u64) -> Self {
+        Self {
+            epoch,
+            version: Version::NotRead,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,6 +255,18 @@ fn decode<P: DeserializeOwned>(raw: &[u8]) -> Result<Verdict<P>, String> {
         (Kind::Invalid, None) => Ok(Verdict::Invalid),
         (Kind::Valid, None) => Err("a valid entry without its principal".to_owned()),
         (Kind::Invalid, Some(_)) => Err("an invalid entry with a principal".to_owned()),
+    }
+}
+
+/// What a `GET` of an entry found: its verdict, or a miss, with why when the
+/// value was there but didn't decode.
+fn found<P: DeserializeOwned>(raw: Option<&[u8]>) -> Result<Verdict<P>, Option<CacheError>> {
+    match raw.map(decode::<P>) {
+        Some(Ok(verdict)) => Ok(verdict),
+        Some(Err(why)) => Err(Some(CacheError::new(format!(
+            "undecodable cached value: {why}"
+        )))),
+        None => Err(None),
     }
 }
 
@@ -418,19 +440,20 @@ impl<P> RedisCache<P> {
 
     /// The Redis key holding `hash`'s verdict.
     pub fn redis_key(&self, hash: &KeyHash) -> String {
-        self.key(hash, "")
+        self.key("", hash, "")
     }
 
     fn version_key(&self, hash: &KeyHash) -> String {
-        self.key(hash, ":v")
+        self.key("", hash, ":v")
     }
 
-    /// `prefix{hex}suffix`, in one allocation.
-    fn key(&self, hash: &KeyHash, suffix: &str) -> String {
+    /// `prefix{taghex}suffix`, in one allocation.
+    fn key(&self, tag: &str, hash: &KeyHash, suffix: &str) -> String {
         let prefix = &self.inner.prefix;
-        let mut key = String::with_capacity(prefix.len() + 66 + suffix.len());
+        let mut key = String::with_capacity(prefix.len() + tag.len() + 66 + suffix.len());
         key.push_str(prefix);
         key.push('{');
+        key.push_str(tag);
         hash.push_hex(&mut key);
         key.push('}');
         key.push_str(suffix);
@@ -451,7 +474,7 @@ pub(crate) enum Fill {
 impl<P> RedisCache<P> {
     /// The Redis key of the set of `owner`'s cached keys.
     fn owner_key(&self, owner: &str) -> String {
-        self.key(&KeyHash::of(owner), "").replacen('{', "{o:", 1)
+        self.key("o:", &KeyHash::of(owner), "")
     }
 
     /// The owners' epoch, moved by every `invalidate_owner`. It ends like a
@@ -587,27 +610,23 @@ impl<P> RedisCache<P> {
                 pipeline.all().await
             })
             .await?;
-        let degraded = match raw.as_deref().map(decode::<P>) {
-            Some(Ok(verdict)) => {
-                let token = RedisToken {
-                    epoch,
-                    version: Version::NotRead,
-                };
+        let degraded = match found::<P>(raw.as_deref()) {
+            Ok(verdict) => {
                 let left = u64::try_from(pttl)
                     .ok()
                     .map(|ms| Duration::from_millis(ms).saturating_sub(asked.elapsed()));
-                return Ok((CacheRead::hit(verdict, token), left));
+                return Ok((CacheRead::hit(verdict, RedisToken::hit(epoch)), left));
             }
-            Some(Err(why)) => Some(CacheError::new(format!("undecodable cached value: {why}"))),
-            None => None,
+            Err(degraded) => degraded,
         };
         let token = RedisToken {
             epoch,
             version: self.read_version(hash).await?,
         };
-        let read = match degraded {
-            Some(error) => CacheRead::degraded_miss(token, error),
-            None => CacheRead::miss(token),
+        let read = CacheRead {
+            verdict: None,
+            token,
+            degraded,
         };
         Ok((read, None))
     }
@@ -668,13 +687,14 @@ impl Inner {
     }
 
     /// One command, bounded by the command timeout.
-    async fn run<T>(
-        &self,
-        command: impl Future<Output = Result<T, fred::error::Error>>,
-    ) -> Result<T, CacheError> {
-        match tokio::time::timeout(self.timeout, command).await {
-            Ok(result) => result.map_err(CacheError::new),
-            Err(_) => Err(timed_out(self.timeout)),
+    fn run<T, F>(&self, command: F) -> Bounded<F>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        Bounded {
+            command,
+            deadline: None,
+            timeout: self.timeout,
         }
     }
 
@@ -687,14 +707,7 @@ impl Inner {
     where
         F: Future<Output = Result<T, fred::error::Error>> + Send + 'static,
     {
-        let bounded = Box::write(
-            Box::new_uninit(),
-            Bounded {
-                command: command(),
-                deadline: None,
-                timeout: self.timeout,
-            },
-        );
+        let bounded: Box<Bounded<F>> = Box::write(Box::new_uninit(), self.run(command()));
         Box::into_pin(bounded)
     }
 }
@@ -779,19 +792,15 @@ impl<P: DeserializeOwned> Future for RedisGet<P> {
                             return Poll::Ready(Err(error));
                         }
                     };
-                    let degraded = match raw.as_deref().map(decode::<P>) {
-                        Some(Ok(verdict)) => {
+                    let degraded = match found::<P>(raw.as_deref()) {
+                        Ok(verdict) => {
                             this.state = GetState::Done;
-                            let token = RedisToken {
-                                epoch: this.epoch,
-                                version: Version::NotRead,
-                            };
-                            return Poll::Ready(Ok(CacheRead::hit(verdict, token)));
+                            return Poll::Ready(Ok(CacheRead::hit(
+                                verdict,
+                                RedisToken::hit(this.epoch),
+                            )));
                         }
-                        Some(Err(why)) => {
-                            Some(CacheError::new(format!("undecodable cached value: {why}")))
-                        }
-                        None => None,
+                        Err(degraded) => degraded,
                     };
                     // A miss goes on to a lookup: read the versions its fill
                     // must match, before the lookup starts.
@@ -806,9 +815,10 @@ impl<P: DeserializeOwned> Future for RedisGet<P> {
                         epoch: this.epoch,
                         version: version?,
                     };
-                    return Poll::Ready(Ok(match degraded {
-                        Some(error) => CacheRead::degraded_miss(token, error),
-                        None => CacheRead::miss(token),
+                    return Poll::Ready(Ok(CacheRead {
+                        verdict: None,
+                        token,
+                        degraded,
                     }));
                 }
                 GetState::Done => return Poll::Pending,
