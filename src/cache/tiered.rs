@@ -497,8 +497,20 @@ where
         Ok(CacheRead::hit(verdict, token))
     }
 
-    async fn broadcast(&self, message: String) -> Result<(), CacheError> {
-        self.shared.l2.publish(&self.shared.channel, message).await
+    /// The local and remote half of an invalidation, once Redis has had
+    /// its part (`l2`): drops it from this L1, then tells every instance.
+    async fn spread(
+        &self,
+        invalidation: Invalidation,
+        l2: Result<(), CacheError>,
+    ) -> Result<(), CacheError> {
+        let shared = &*self.shared;
+        invalidation.apply(&shared.l1);
+        let sent = shared
+            .l2
+            .publish(&shared.channel, invalidation.message())
+            .await;
+        l2.and(sent)
     }
 }
 
@@ -583,24 +595,18 @@ where
         let this = self.clone();
         let hash = *hash;
         async move {
-            let shared = &*this.shared;
             // Redis first: an L1 refill racing this can then only come from
             // a read that this L1 drop's generation bump refuses.
-            let l2 = shared.l2.invalidate(&hash).await;
-            shared.l1.remove(&hash);
-            let sent = this.broadcast(format!("k:{}", hash.to_hex())).await;
-            l2.and(sent)
+            let l2 = this.shared.l2.invalidate(&hash).await;
+            this.spread(Invalidation::Key(hash), l2).await
         }
     }
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
         let this = self.clone();
         async move {
-            let shared = &*this.shared;
-            let l2 = shared.l2.invalidate_all().await;
-            shared.l1.clear();
-            let sent = this.broadcast("*".to_owned()).await;
-            l2.and(sent)
+            let l2 = this.shared.l2.invalidate_all().await;
+            this.spread(Invalidation::All, l2).await
         }
     }
 
@@ -608,11 +614,48 @@ where
         let this = self.clone();
         let owner = owner.to_owned();
         async move {
-            let shared = &*this.shared;
-            let l2 = shared.l2.invalidate_owner(&owner).await;
-            shared.l1.remove_owner(&owner);
-            let sent = this.broadcast(format!("o:{owner}")).await;
-            l2.and(sent)
+            let l2 = this.shared.l2.invalidate_owner(&owner).await;
+            this.spread(Invalidation::Owner(owner), l2).await
+        }
+    }
+}
+
+/// One invalidation, as applied to an L1 and as sent on the channel.
+#[derive(Debug, PartialEq, Eq)]
+enum Invalidation {
+    /// `k:<hex>`
+    Key(KeyHash),
+    /// `o:<owner>`
+    Owner(String),
+    /// `*`
+    All,
+}
+
+impl Invalidation {
+    fn message(&self) -> String {
+        match self {
+            Self::Key(hash) => format!("k:{}", hash.to_hex()),
+            Self::Owner(owner) => format!("o:{owner}"),
+            Self::All => "*".to_owned(),
+        }
+    }
+
+    /// `None` for a message this build can't read (from a newer version,
+    /// or garbage).
+    fn parse(message: &str) -> Option<Self> {
+        match message.split_once(':') {
+            _ if message == "*" => Some(Self::All),
+            Some(("k", hex)) => KeyHash::from_hex(hex).map(Self::Key),
+            Some(("o", owner)) => Some(Self::Owner(owner.to_owned())),
+            _ => None,
+        }
+    }
+
+    fn apply<P: Principal>(&self, l1: &MemoryCache<P>) {
+        match self {
+            Self::Key(hash) => l1.remove(hash),
+            Self::Owner(owner) => l1.remove_owner(owner),
+            Self::All => l1.clear(),
         }
     }
 }
@@ -708,23 +751,21 @@ impl<P: Principal> Subscriber<P> {
         if &*message.channel != self.channel.as_str() {
             return;
         }
-        let text = message.value.as_str();
-        match text.as_deref() {
-            Some("*") => {
-                // This instance's in-flight Redis fills can't write either.
-                self.l2.bump_epoch();
-                self.l1.clear();
+        match message
+            .value
+            .as_str()
+            .as_deref()
+            .and_then(Invalidation::parse)
+        {
+            Some(invalidation) => {
+                if invalidation == Invalidation::All {
+                    // This instance's in-flight Redis fills can't write either.
+                    self.l2.bump_epoch();
+                }
+                invalidation.apply(&self.l1);
             }
-            Some(body) => match body.split_once(':') {
-                Some(("k", hex)) => match KeyHash::from_hex(hex) {
-                    Some(hash) => self.l1.remove(&hash),
-                    None => self.l1.clear(),
-                },
-                Some(("o", owner)) => self.l1.remove_owner(owner),
-                // From a newer version, or garbage: drop everything rather
-                // than keep something that may be revoked.
-                _ => self.l1.clear(),
-            },
+            // Unreadable: drop everything rather than keep something that
+            // may be revoked.
             None => self.l1.clear(),
         }
         self.signals
@@ -748,4 +789,27 @@ fn drain<T: Clone>(events: &mut tokio::sync::broadcast::Receiver<T>) {
         Err(tokio::sync::broadcast::error::TryRecvError::Empty
             | tokio::sync::broadcast::error::TryRecvError::Closed)
     ) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_messages_round_trip_and_garbage_is_refused() {
+        let hash = KeyHash::of("k");
+        for invalidation in [
+            Invalidation::Key(hash),
+            Invalidation::Owner("acme:eu".to_owned()),
+            Invalidation::All,
+        ] {
+            assert_eq!(
+                Invalidation::parse(&invalidation.message()),
+                Some(invalidation)
+            );
+        }
+        for garbage in ["", "k:zz", "x:1", "**", "k", "v2:k:00"] {
+            assert_eq!(Invalidation::parse(garbage), None, "{garbage}");
+        }
+    }
 }
