@@ -389,6 +389,24 @@ impl<P> RedisCacheBuilder<P> {
         })
     }
 
+    #[cfg(feature = "memory")] // for the tiered cache's subscriber
+    /// The fred configuration this builder connects with (not for a pool
+    /// given as it is, whose configuration isn't ours to copy).
+    pub(crate) fn config(&self) -> Result<Config, CacheError> {
+        match &self.connection {
+            Connection::Url(url) => Config::from_url(url).map_err(CacheError::new),
+            Connection::Config(config) => Ok((**config).clone()),
+            Connection::Pool(_) => Err(CacheError::new(
+                "a tiered cache is built from a URL or a Config, not a pool",
+            )),
+        }
+    }
+
+    #[cfg(feature = "memory")] // for the tiered cache's subscriber
+    pub(crate) fn connect_timeout_setting(&self) -> Duration {
+        self.connect_timeout
+    }
+
     fn build_pool(&self, config: Config) -> Result<Pool, CacheError> {
         client_builder(config, self.connect_timeout)
             .build_pool(self.pool_size)

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 
 use super::redis::{client_builder, Fill};
 use super::{
-    CacheError, CacheRead, KeyCache, MemoryCache, MemoryToken, Principal, RedisCache, RedisToken,
-    Verdict,
+    CacheError, CacheRead, KeyCache, MemoryCache, MemoryToken, Principal, RedisCache,
+    RedisCacheBuilder, RedisToken, Verdict,
 };
 use crate::KeyHash;
 
@@ -217,45 +217,34 @@ impl<P> Future for TieredGet<P> {
 
 /// Builder for [`TieredCache`].
 pub struct TieredCacheBuilder<P> {
-    config: Result<Config, CacheError>,
-    prefix: String,
-    pool_size: usize,
-    command_timeout: Duration,
-    connect_timeout: Duration,
+    /// L2's settings; the subscriber shares its connection and timeout.
+    redis: RedisCacheBuilder<P>,
     l1_capacity: u64,
     l1_negative_capacity: u64,
     l1_ttl: Duration,
     disconnected_l1_ttl: Duration,
-    principal: std::marker::PhantomData<fn() -> P>,
 }
 
 impl<P> fmt::Debug for TieredCacheBuilder<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TieredCacheBuilder")
-            .field("prefix", &self.prefix)
-            .field("pool_size", &self.pool_size)
-            .field("command_timeout", &self.command_timeout)
+            .field("redis", &self.redis)
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_negative_capacity", &self.l1_negative_capacity)
             .field("l1_ttl", &self.l1_ttl)
             .field("disconnected_l1_ttl", &self.disconnected_l1_ttl)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
 impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
-    fn new(config: Result<Config, CacheError>) -> Self {
+    fn new(redis: RedisCacheBuilder<P>) -> Self {
         Self {
-            config,
-            prefix: super::DEFAULT_PREFIX.to_owned(),
-            pool_size: 4,
-            command_timeout: super::DEFAULT_COMMAND_TIMEOUT,
-            connect_timeout: Duration::from_secs(2),
+            redis,
             l1_capacity: 100_000,
             l1_negative_capacity: 10_000,
             l1_ttl: DEFAULT_L1_TTL,
             disconnected_l1_ttl: DEFAULT_DISCONNECTED_L1_TTL,
-            principal: std::marker::PhantomData,
         }
     }
 
@@ -263,27 +252,27 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
     /// channel is this prefix followed by `invalidations`. Instances that
     /// share verdicts share the prefix.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.redis = self.redis.prefix(prefix);
         self
     }
 
     /// Connections in the Redis pool (default 4); the subscriber has its own.
     pub fn pool_size(mut self, size: usize) -> Self {
-        self.pool_size = size.max(1);
+        self.redis = self.redis.pool_size(size);
         self
     }
 
     /// How long one Redis command may take (default 100 ms), as
-    /// [`RedisCacheBuilder::command_timeout`](super::RedisCacheBuilder::command_timeout).
+    /// [`RedisCacheBuilder::command_timeout`].
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
+        self.redis = self.redis.command_timeout(timeout);
         self
     }
 
     /// How long [`build`](Self::build) waits for Redis and the subscription,
     /// and the timeout of each connection attempt (default 2 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.redis = self.redis.connect_timeout(timeout);
         self
     }
 
@@ -323,20 +312,15 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
     /// unreachable Redis is not an error (both keep reconnecting, and L1 plus
     /// the lookup answer meanwhile); a bad URL or prefix is.
     pub async fn build(self) -> Result<TieredCache<P>, CacheError> {
-        let config = self.config?;
-        let l2 = RedisCache::from_config(config.clone())
-            .prefix(self.prefix)
-            .pool_size(self.pool_size)
-            .command_timeout(self.command_timeout)
-            .connect_timeout(self.connect_timeout)
-            .build()
-            .await?;
+        let config = self.redis.config()?;
+        let connect_timeout = self.redis.connect_timeout_setting();
+        let l2 = self.redis.build().await?;
         let l1 = MemoryCache::builder()
             .max_capacity(self.l1_capacity)
             .max_negative_capacity(self.l1_negative_capacity)
             .build();
         let channel = format!("{}invalidations", l2.prefix());
-        let subscriber = client_builder(config, self.connect_timeout)
+        let subscriber = client_builder(config, connect_timeout)
             .with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BACKLOG)
             .build()
             .map_err(CacheError::new)?;
@@ -348,12 +332,12 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
             l2: l2.clone(),
             channel: channel.clone(),
             signals: Arc::clone(&signals),
-            timeout: self.connect_timeout,
+            timeout: connect_timeout,
             messages: subscriber.message_rx(),
             reconnects: subscriber.reconnect_rx(),
             errors: subscriber.error_rx(),
         };
-        let deadline = Instant::now() + self.connect_timeout;
+        let deadline = Instant::now() + connect_timeout;
         let connection = subscriber.connect();
         // The first connection's events are no news to the first subscribe.
         let _ = tokio::time::timeout_at(deadline.into(), subscriber.wait_for_connect()).await;
@@ -387,14 +371,14 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
 impl<P: Principal + Serialize + DeserializeOwned> TieredCache<P> {
     /// A builder connecting to `url` (`redis://…`, `rediss://…` with feature
     /// `redis-tls`, `redis-cluster://…`).
-    pub fn builder(url: impl AsRef<str>) -> TieredCacheBuilder<P> {
-        TieredCacheBuilder::new(Config::from_url(url.as_ref()).map_err(CacheError::new))
+    pub fn builder(url: impl Into<String>) -> TieredCacheBuilder<P> {
+        TieredCacheBuilder::new(RedisCache::builder(url))
     }
 
     /// A builder from a fred [`Config`] you already have; the pool and the
     /// subscriber get this crate's timeouts and reconnect policy.
     pub fn from_config(config: Config) -> TieredCacheBuilder<P> {
-        TieredCacheBuilder::new(Ok(config))
+        TieredCacheBuilder::new(RedisCache::from_config(config))
     }
 }
 
