@@ -23,7 +23,7 @@ use tower_api_key::cache::RedisCache;
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
 mod common;
-use common::{request, RedisServer, SECRET};
+use common::{request, SECRET};
 const TASKS: usize = 64;
 const ROUND: Duration = Duration::from_secs(1);
 const ROUNDS: usize = 12;
@@ -81,17 +81,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
-        return; // `cargo bench --no-run`-style probes and `cargo test --benches`
-    }
-    let server = RedisServer::start();
-    let url = server.url();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    common::on_private_redis(|url| async move {
         let cache: RedisCache<Client> = RedisCache::builder(&url).build().await.expect("cache");
         let redis_key = cache.redis_key(&KeyHash::of(SECRET));
         let auth = ApiKeyAuthLayer::new(

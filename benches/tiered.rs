@@ -34,7 +34,7 @@ use tower_api_key::{
 };
 
 mod common;
-use common::{call_now, request, RedisServer, SECRET};
+use common::{call_now, request, SECRET};
 
 const REVOCATIONS: usize = 1_000;
 /// A revocation that hasn't reached B after this long is a failure, not a
@@ -241,17 +241,7 @@ async fn hit_path(url: &str) -> (f64, f64) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
-        return; // `cargo bench --no-run`-style probes and `cargo test --benches`
-    }
-    let server = RedisServer::start();
-    let url = server.url();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    common::on_private_redis(|url| async move {
         let run = propagation(&url).await;
         let (i50, i99, imax) = percentiles(run.invalidate);
         let (d50, d99, dmax) = percentiles(run.dropped);

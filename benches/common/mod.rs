@@ -60,6 +60,26 @@ impl Drop for RedisServer {
     }
 }
 
+/// Runs a load script: a private `redis-server`, a 2-worker tokio runtime,
+/// and `script(url)` on it. Does nothing for `--test`/`--list` (the probes of
+/// `cargo bench --no-run` and `cargo test --benches`).
+pub fn on_private_redis<F, Fut>(script: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(script(server.url()));
+}
+
 /// Calls a service whose future is ready at once (an in-process cache hit),
 /// without an executor's overhead in the measurement.
 pub fn call_now<S>(svc: &mut S, req: Request<Full<Bytes>>) -> S::Response
