@@ -16,7 +16,8 @@ use criterion::{criterion_group, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder};
-use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, MemoryCache, Principal};
+use tower_api_key::cache::MemoryCache;
+use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
 mod common;
 use common::{call_now, request, SECRET};

@@ -28,10 +28,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-use tower_api_key::cache::TieredCache;
-use tower_api_key::{
-    lookup_fn, ApiKeyAuthLayer, KeyCache, KeyHash, Lookup, MemoryCache, Principal,
-};
+use tower_api_key::cache::{KeyCache, MemoryCache, TieredCache};
+use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Lookup, Principal};
 
 mod common;
 use common::{call_now, request, SECRET};
@@ -184,8 +182,7 @@ async fn l1_holds(cache: &TieredCache<Client>, hash: &KeyHash) -> bool {
     KeyCache::get(cache.l1(), hash)
         .await
         .expect("an in-process read")
-        .verdict
-        .is_some()
+        .is_hit()
 }
 
 fn percentiles(mut v: Vec<Duration>) -> (f64, f64, f64) {
@@ -219,8 +216,7 @@ async fn hit_path(url: &str) -> (f64, f64) {
     assert!(KeyCache::get(tiered.cache().l1(), &hash)
         .await
         .unwrap()
-        .verdict
-        .is_some());
+        .is_hit());
 
     let [memory_ns, tiered_ns] = common::interleaved(HIT_ROUNDS, HIT_ITERS, |which| {
         let res = if which == 0 {

@@ -233,7 +233,7 @@ impl tower::Service<KeyHash> for DbLookup {
 #[cfg(feature = "redis")]
 type Cache = tower_api_key::cache::AnyCache<ApiClient>;
 #[cfg(not(feature = "redis"))]
-type Cache = tower_api_key::MemoryCache<ApiClient>;
+type Cache = tower_api_key::cache::MemoryCache<ApiClient>;
 
 type Auth = ApiKeyAuthLayer<Cache, DbLookup>;
 
@@ -258,7 +258,7 @@ async fn build_cache() -> Result<(Cache, &'static str), String> {
     let backend = std::env::var("APIKEY_CACHE_BACKEND").unwrap_or_default();
     match backend.trim().to_ascii_lowercase().as_str() {
         "" | "memory" => Ok((
-            tower_api_key::MemoryCache::builder()
+            tower_api_key::cache::MemoryCache::builder()
                 .max_capacity(100_000)
                 .build(),
             "memory",

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
-use crate::rejection::{AuthRejection, RejectionKind};
-use crate::service::Passed;
+use crate::rejection::{AuthRejection, Passed};
 
 /// Extractor for the principal of a request that [`ApiKeyAuthLayer`]
 /// authenticated: `Arc<P>`, as your lookup returned it.
@@ -68,12 +67,25 @@ impl<P: fmt::Debug> fmt::Debug for Authenticated<P> {
     }
 }
 
-fn layer_missing<P>() -> AuthRejection {
-    tracing::error!(
-        principal = std::any::type_name::<P>(),
-        "Authenticated extractor used on a route without ApiKeyAuthLayer for this principal type"
-    );
-    AuthRejection::layer_missing()
+impl<P: Send + Sync + 'static> Authenticated<P> {
+    /// What the layer left in the request: the principal, or the mark of a
+    /// request it passed without one; the `500` when no layer ran (for
+    /// this `P`).
+    fn from_parts(parts: &Parts) -> Result<Result<Self, &Passed>, AuthRejection> {
+        if let Some(principal) = parts.extensions.get::<Arc<P>>() {
+            return Ok(Ok(Self(Arc::clone(principal))));
+        }
+        match parts.extensions.get::<Passed>() {
+            Some(passed) => Ok(Err(passed)),
+            None => {
+                tracing::error!(
+                    principal = std::any::type_name::<P>(),
+                    "Authenticated extractor used on a route without ApiKeyAuthLayer for this principal type"
+                );
+                Err(AuthRejection::layer_missing())
+            }
+        }
+    }
 }
 
 impl<P, S> FromRequestParts<S> for Authenticated<P>
@@ -84,16 +96,7 @@ where
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        if let Some(principal) = parts.extensions.get::<Arc<P>>() {
-            return Ok(Self(Arc::clone(principal)));
-        }
-        match parts.extensions.get::<Passed>() {
-            Some(Passed(config)) => Err(AuthRejection::new(
-                RejectionKind::MissingKey,
-                Arc::clone(config),
-            )),
-            None => Err(layer_missing::<P>()),
-        }
+        Self::from_parts(parts)?.map_err(Passed::missing_key)
     }
 }
 
@@ -105,12 +108,6 @@ where
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        if let Some(principal) = parts.extensions.get::<Arc<P>>() {
-            return Ok(Some(Self(Arc::clone(principal))));
-        }
-        match parts.extensions.get::<Passed>() {
-            Some(_) => Ok(None),
-            None => Err(layer_missing::<P>()),
-        }
+        Ok(Self::from_parts(parts)?.ok())
     }
 }

@@ -1,27 +1,22 @@
-//! [`ApiKeyAuthLayer`]: configuration, and the handle for revocation and
-//! statistics.
+//! [`ApiKeyAuthLayer`]: the builder, the [`Layer`] impl, and the handle for
+//! revocation and statistics. What a request goes through is the request
+//! path's (`request_path/`).
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{poll_fn, BoxFuture, FutureExt};
 use http::{Method, Response};
 use tower_layer::Layer;
 
-use crate::cache::{CacheError, CacheRead, KeyCache, Principal, Verdict};
-use crate::flight::{Flight, FlightGuard, Flights, Outcome};
-use crate::lookup::{BoxError, Lookup};
-use crate::policy::{RoutePolicy, RouteTable};
-use crate::rejection::{sanitize_realm, AuthRejection, Challenge, RejectionConfig};
-use crate::stats::{Counters, Stats, WarnLimiter};
+use crate::cache::{CacheError, KeyCache};
+use crate::lookup::Lookup;
+use crate::policy::{InvalidRoute, RoutePolicy, RouteTable};
+use crate::rejection::{sanitize_realm, AuthRejection, Challenge};
+use crate::request_path::{Config, RequestPath};
+use crate::stats::Stats;
 use crate::{ApiKeyAuth, KeyHash, KeyHasher, KeySource};
-
-/// Default time a valid key stays cached.
-pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(300);
-/// Default time an unknown key stays cached as invalid.
-pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 /// Layer that applies [`ApiKeyAuth`], which authenticates requests by API key
 /// against a cache in front of your key store.
@@ -39,7 +34,8 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// use axum::{routing::get, Router};
 /// use http::{header::AUTHORIZATION, Request, StatusCode};
 /// use tower::ServiceExt;
-/// use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, MemoryCache, Principal};
+/// use tower_api_key::cache::MemoryCache;
+/// use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Principal};
 ///
 /// #[derive(Debug)]
 /// struct Client { name: String }
@@ -87,30 +83,7 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// [`invalidate`]: Self::invalidate
 /// [`stats`]: Self::stats
 pub struct ApiKeyAuthLayer<C: KeyCache, L> {
-    pub(crate) config: Arc<Config>,
-    pub(crate) core: Arc<Core<C, L>>,
-}
-
-/// Settings read on every request; copied on write, so configuring a clone
-/// never changes the original.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) source: KeySource,
-    pub(crate) hasher: KeyHasher,
-    pub(crate) routes: RouteTable,
-    pub(crate) positive_ttl: Duration,
-    pub(crate) negative_ttl: Duration,
-    pub(crate) rejection: Arc<RejectionConfig>,
-}
-
-/// State shared by every clone of a layer and every service it made.
-pub(crate) struct Core<C: KeyCache, L> {
-    pub(crate) cache: C,
-    lookup: L,
-    pub(crate) counters: Counters,
-    flights: Arc<Flights<C::Principal, C::Token>>,
-    cache_warnings: WarnLimiter,
-    lookup_warnings: WarnLimiter,
+    path: RequestPath<C, L>,
 }
 
 impl<C, L> ApiKeyAuthLayer<C, L>
@@ -122,38 +95,31 @@ where
     /// route, reading it from `Authorization: Bearer`, hashing it with plain
     /// SHA-256, caching valid keys for [`DEFAULT_POSITIVE_TTL`] and unknown
     /// ones for [`DEFAULT_NEGATIVE_TTL`].
+    ///
+    /// [`DEFAULT_POSITIVE_TTL`]: crate::DEFAULT_POSITIVE_TTL
+    /// [`DEFAULT_NEGATIVE_TTL`]: crate::DEFAULT_NEGATIVE_TTL
     pub fn new(cache: C, lookup: L) -> Self {
         Self {
-            config: Arc::new(Config {
-                source: KeySource::bearer(),
-                hasher: KeyHasher::sha256(),
-                routes: RouteTable::default(),
-                positive_ttl: DEFAULT_POSITIVE_TTL,
-                negative_ttl: DEFAULT_NEGATIVE_TTL,
-                rejection: Arc::new(RejectionConfig::default()),
-            }),
-            core: Arc::new(Core {
-                cache,
-                lookup,
-                counters: Counters::default(),
-                flights: Arc::new(Flights::new()),
-                cache_warnings: WarnLimiter::new(Duration::from_secs(10)),
-                lookup_warnings: WarnLimiter::new(Duration::from_secs(10)),
-            }),
+            path: RequestPath::new(cache, lookup),
         }
     }
 }
 
 impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+        self.path.config_mut()
+    }
+
+    /// The request path this layer's services run.
+    pub(crate) fn request_path(&self) -> &RequestPath<C, L> {
+        &self.path
     }
 
     /// Applies a route rule, panicking on a bad template as axum's
     /// `Router::route` does.
     fn with_route(
         mut self,
-        rule: impl FnOnce(&mut RouteTable) -> Result<(), crate::InvalidRoute>,
+        rule: impl FnOnce(&mut RouteTable) -> Result<(), InvalidRoute>,
     ) -> Self {
         if let Err(e) = rule(&mut self.config_mut().routes) {
             panic!("{e}");
@@ -162,7 +128,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     }
 
     /// How long a valid key stays cached (default five minutes). A key that
-    /// reports its own expiry ([`Principal::expires_at`]) is never cached past
+    /// reports its own expiry ([`Principal::expires_at`](crate::Principal::expires_at)) is never cached past
     /// it. `Duration::ZERO` disables positive caching.
     pub fn positive_ttl(mut self, ttl: Duration) -> Self {
         self.config_mut().positive_ttl = ttl;
@@ -201,7 +167,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
 
     /// Sets the route's policy, for every method. `template` is the route as
     /// given to axum's `Router::route` (`/v1/keys/{id}`); see
-    /// [`policy`](crate::policy) for how requests are matched.
+    /// [`RoutePolicy`] for how requests are matched.
     ///
     /// # Panics
     ///
@@ -268,7 +234,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     }
 
     /// Renders rejections with `handler` instead of the default problem+json
-    /// (see [`rejection`](crate::rejection)). The handler sees the
+    /// (see [`AuthRejection`]). The handler sees the
     /// [`AuthRejection`] and may start from its
     /// [`default_response`](AuthRejection::default_response). It renders
     /// everything the layer answers, and the `401` of an
@@ -277,7 +243,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// can't know this handler and keeps the default rendering.
     ///
     /// ```
-    /// # use tower_api_key::{ApiKeyAuthLayer, MemoryCache, lookup_fn, KeyHash, Principal};
+    /// # use tower_api_key::{ApiKeyAuthLayer, cache::MemoryCache, lookup_fn, KeyHash, Principal};
     /// # struct Client; impl Principal for Client {}
     /// # let layer = ApiKeyAuthLayer::new(MemoryCache::<Client>::new(),
     /// #     lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, std::convert::Infallible>(None) }));
@@ -302,7 +268,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// Hashes a secret the way this layer does (with its pepper, if any): use
     /// it when you create keys, to store the hash.
     pub fn hash_key(&self, secret: impl AsRef<[u8]>) -> KeyHash {
-        self.config.hasher.hash(secret)
+        self.path.config().hasher.hash(secret)
     }
 
     /// Drops the cached verdict for one key. Call it after you revoke a key
@@ -312,12 +278,12 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// now-stale answer back, and requests arriving after this call don't
     /// share it.
     pub async fn invalidate(&self, hash: &KeyHash) -> Result<(), CacheError> {
-        self.core.cache.invalidate(hash).await
+        self.path.cache().invalidate(hash).await
     }
 
     /// Drops every cached verdict.
     pub async fn invalidate_all(&self) -> Result<(), CacheError> {
-        self.core.cache.invalidate_all().await
+        self.path.cache().invalidate_all().await
     }
 
     /// Drops every cached key of one [`owner`](crate::Principal::owner) (a
@@ -326,153 +292,18 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// a lookup already in flight can't write its stale answer back. The
     /// backend must support it (all of this crate's do).
     pub async fn invalidate_owner(&self, owner: &str) -> Result<(), CacheError> {
-        self.core.cache.invalidate_owner(owner).await
+        self.path.cache().invalidate_owner(owner).await
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.core.counters.snapshot()
+        self.path.stats()
     }
 
     /// The cache.
     pub fn cache(&self) -> &C {
-        &self.core.cache
+        self.path.cache()
     }
-}
-
-impl<C, L> Core<C, L>
-where
-    C: KeyCache,
-    L: Lookup<C::Principal>,
-{
-    pub(crate) fn note_cache_error(&self, op: &'static str, error: &CacheError) {
-        self.counters.cache_errors.incr();
-        if let Some(suppressed) = self.cache_warnings.allow() {
-            tracing::warn!(op, %error, suppressed, "API key cache failed; answering from the lookup");
-        }
-    }
-
-    /// Joins or starts the lookup for `hash`. A cache-bypass request starts
-    /// its own: it must see a lookup that began after it arrived.
-    pub(crate) fn flight(
-        self: &Arc<Self>,
-        config: &Arc<Config>,
-        hash: KeyHash,
-        token: Option<C::Token>,
-        bypass: bool,
-    ) -> Flight<C::Principal> {
-        self.counters.misses.incr();
-        let (flight, joined) = self
-            .flights
-            .join_or_start(hash, token.clone(), !bypass, |guard| {
-                Arc::clone(self).lookup_and_store(Arc::clone(config), hash, token, bypass, guard)
-            });
-        if joined {
-            self.counters.coalesced.incr();
-        }
-        flight
-    }
-
-    fn lookup_and_store(
-        self: Arc<Self>,
-        config: Arc<Config>,
-        hash: KeyHash,
-        token: Option<C::Token>,
-        bypass: bool,
-        guard: FlightGuard<C::Principal, C::Token>,
-    ) -> BoxFuture<'static, Outcome<C::Principal>> {
-        async move {
-            let _guard = guard;
-            // A request that missed just before another flight stored its
-            // answer (and left the registry) finds that answer here instead
-            // of looking the key up a second time. Any entry found is good:
-            // a backend only stores a fill whose token was still current, so
-            // it is at least as fresh as the read that missed.
-            if token.is_some() && !bypass {
-                if let Ok(CacheRead {
-                    verdict: Some(verdict),
-                    ..
-                }) = self.cache.get(&hash).await
-                {
-                    self.counters.coalesced.incr();
-                    return match verdict {
-                        Verdict::Valid(p) if !is_expired(&*p) => Outcome::Valid(p),
-                        _ => Outcome::Invalid,
-                    };
-                }
-            }
-            // A fresh lookup replaces whatever is cached: take a token that
-            // can, before the lookup starts.
-            let token = if bypass {
-                match self.cache.refresh_token(&hash).await {
-                    Ok(token) => Some(token),
-                    Err(error) => {
-                        self.note_cache_error("refresh", &error);
-                        None
-                    }
-                }
-            } else {
-                token
-            };
-            self.counters.lookups.incr();
-            let mut lookup = self.lookup.clone();
-            let ready: Result<(), BoxError> =
-                poll_fn(|cx| lookup.poll_ready(cx)).await.map_err(Into::into);
-            let result = match ready {
-                Ok(()) => lookup.call(hash).await.map_err(Into::into),
-                Err(e) => Err(e),
-            };
-            let (outcome, verdict, ttl) = match result {
-                Ok(Some(principal)) => {
-                    let remaining = match principal.expires_at() {
-                        None => Some(config.positive_ttl),
-                        Some(at) => at
-                            .duration_since(SystemTime::now())
-                            .ok()
-                            .filter(|d| !d.is_zero())
-                            .map(|d| d.min(config.positive_ttl)),
-                    };
-                    match remaining {
-                        Some(ttl) => {
-                            let principal = Arc::new(principal);
-                            (
-                                Outcome::Valid(Arc::clone(&principal)),
-                                Verdict::Valid(principal),
-                                ttl,
-                            )
-                        }
-                        // Expired: invalid, and cached as such.
-                        None => (Outcome::Invalid, Verdict::Invalid, config.negative_ttl),
-                    }
-                }
-                Ok(None) => (Outcome::Invalid, Verdict::Invalid, config.negative_ttl),
-                Err(error) => {
-                    self.counters.lookup_errors.incr();
-                    if let Some(suppressed) = self.lookup_warnings.allow() {
-                        tracing::warn!(key = %hash, %error, suppressed, "API key lookup failed; answering 503");
-                    }
-                    return Outcome::Failed;
-                }
-            };
-            if let Some(token) = token {
-                if !ttl.is_zero() {
-                    if let Err(error) = self.cache.put(hash, token, verdict, ttl).await {
-                        self.note_cache_error("put", &error);
-                    }
-                }
-            }
-            outcome
-        }
-        .boxed()
-    }
-}
-
-/// Whether a principal's own expiry has passed (checked on every hit: the
-/// TTL cap already keeps it out of a well-behaved cache).
-pub(crate) fn is_expired<P: Principal>(principal: &P) -> bool {
-    principal
-        .expires_at()
-        .is_some_and(|at| at <= SystemTime::now())
 }
 
 impl<S, C: KeyCache, L> Layer<S> for ApiKeyAuthLayer<C, L> {
@@ -486,21 +317,21 @@ impl<S, C: KeyCache, L> Layer<S> for ApiKeyAuthLayer<C, L> {
 impl<C: KeyCache, L> Clone for ApiKeyAuthLayer<C, L> {
     fn clone(&self) -> Self {
         Self {
-            config: Arc::clone(&self.config),
-            core: Arc::clone(&self.core),
+            path: self.path.clone(),
         }
     }
 }
 
 impl<C: KeyCache, L> fmt::Debug for ApiKeyAuthLayer<C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = self.path.config();
         f.debug_struct("ApiKeyAuthLayer")
-            .field("source", &self.config.source)
-            .field("hasher", &self.config.hasher)
-            .field("routes", &self.config.routes)
-            .field("positive_ttl", &self.config.positive_ttl)
-            .field("negative_ttl", &self.config.negative_ttl)
-            .field("rejection", &self.config.rejection)
+            .field("source", &config.source)
+            .field("hasher", &config.hasher)
+            .field("routes", &config.routes)
+            .field("positive_ttl", &config.positive_ttl)
+            .field("negative_ttl", &config.negative_ttl)
+            .field("rejection", &config.rejection)
             .field("cache", &std::any::type_name::<C>())
             .field("stats", &self.stats())
             .finish()

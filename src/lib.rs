@@ -9,8 +9,9 @@
 //! 2. reads the key ([`KeySource`]: `Authorization: Bearer` by default);
 //! 3. hashes it ([`KeyHash`]: SHA-256, or HMAC-SHA256 with a pepper). From here
 //!    on only the hash exists: the cache, the lookup and the logs see the hash;
-//! 4. reads the cache ([`KeyCache`]; [`MemoryCache`] on moka by default):
-//!    a valid entry, a negative entry, or a miss;
+//! 4. reads the cache ([`KeyCache`](cache::KeyCache);
+//!    [`MemoryCache`](cache::MemoryCache) on moka by default): a valid
+//!    entry, a negative entry, or a miss;
 //! 5. on a miss, asks your [`Lookup`] once for all concurrent requests with
 //!    that key, and caches a valid key for the positive TTL (capped by the
 //!    key's own expiry) and an unknown one for the negative TTL. A lookup
@@ -20,14 +21,15 @@
 //!
 //! Rejections are responses: `400`, `401` with an RFC 6750 challenge, `503`
 //! with `Retry-After`, with RFC 9457 problem+json bodies (see
-//! [`rejection`]).
+//! [`AuthRejection`]).
 //!
 //! # Example
 //!
 //! ```
 //! use std::convert::Infallible;
 //! use axum::{routing::get, Router};
-//! use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, MemoryCache, Principal};
+//! use tower_api_key::cache::MemoryCache;
+//! use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Principal};
 //!
 //! struct Client { name: String }
 //! impl Principal for Client {}
@@ -54,14 +56,30 @@
 //!
 //! # Features
 //!
-//! - `memory` (default): [`MemoryCache`].
+//! - `memory` (default): [`MemoryCache`](cache::MemoryCache), on moka.
 //! - `axum` (default): [`Authenticated`], `IntoResponse` for
 //!   [`AuthRejection`], and route policies by `MatchedPath`.
-//! - `redis`: `cache::RedisCache`, shared by every instance through Redis (on
-//!   fred), and with `memory`, `cache::TieredCache` (moka in front of Redis,
-//!   invalidations broadcast to every instance) and `cache::AnyCache` /
-//!   `cache::CacheSettings` to pick the backend from the environment.
+//! - `redis`: `cache::RedisCache`, shared by every instance through Redis
+//!   (on fred).
+//! - `tiered` (`memory` + `redis`): `cache::TieredCache` (moka in front of
+//!   Redis, invalidations broadcast to every instance), and `cache::AnyCache`
+//!   / `cache::CacheSettings` to pick the backend from the environment.
 //! - `redis-tls`: `rediss://` URLs.
+//! - `test-util`: the cache conformance suite,
+//!   `cache::conformance` and [`key_cache_conformance!`], for your own
+//!   backend's tests.
+//!
+//! # What is public
+//!
+//! At the root, what a user of the layer writes: the layer, its service, the
+//! key source and hash, the principal and lookup traits, route policy,
+//! rejections, the extractor, the counters. In [`cache`], the backend
+//! contract and the backends; their tokens and `get` futures, which no user
+//! of the layer names, one level down in `cache::token` and
+//! `cache::future`, as the service's response future is in [`future`]. One
+//! path per item.
+//!
+//! The crate is laid out as `ARCHITECTURE.md` (in the repository) describes.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code, unreachable_pub)]
@@ -70,28 +88,33 @@
 pub mod cache;
 #[cfg(feature = "axum")]
 mod extract;
-mod flight;
+pub mod future;
 mod hash;
 mod layer;
 mod lookup;
-pub mod policy;
-pub mod rejection;
+mod policy;
+mod principal;
+mod rejection;
+mod request_path;
 mod service;
 mod source;
 mod stats;
 
-#[cfg(feature = "memory")]
-#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use cache::MemoryCache;
-pub use cache::{CacheError, CacheRead, KeyCache, Principal, Verdict};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::Authenticated;
 pub use hash::{KeyHash, KeyHasher, ShortHash};
-pub use layer::{ApiKeyAuthLayer, DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
+pub use layer::ApiKeyAuthLayer;
 pub use lookup::{lookup_fn, BoxError, Lookup, LookupFn};
 pub use policy::{InvalidRoute, RoutePolicy};
+pub use principal::Principal;
 pub use rejection::{AuthRejection, RejectionHandler, RejectionKind};
-pub use service::{ApiKeyAuth, ResponseFuture};
+pub use request_path::{DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
+pub use service::ApiKeyAuth;
 pub use source::{KeySource, MalformedKey, DEFAULT_MAX_KEY_LENGTH};
 pub use stats::Stats;
+
+/// The README's code, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,22 +1,26 @@
-//! Per-route policy: which routes need a key, which take one optionally, which
-//! are public, and which always ask the lookup.
-//!
-//! Routes are named by their template, exactly as given to axum's
-//! `Router::route` (`/v1/keys/{id}`, with any `nest` prefix). Behind an axum
-//! router the layer matches the request's `MatchedPath`, the template the
-//! router itself chose, so what is public is decided by which handler runs,
-//! not by how the path is spelled. Without a `MatchedPath` (a plain tower or
-//! hyper stack, or axum's fallback) it matches the request path against the
-//! templates, and only a *canonical* path can match a rule that relaxes
-//! authentication: a path with an empty segment (`//x`), a trailing slash, a
-//! dot segment (`/public/../x`), an encoded dot, slash, backslash or percent
-//! (`%2e`, `%2f`, `%5c`, `%25`), a `;` parameter or a backslash is always
-//! [`RoutePolicy::Required`]. Matching is case-sensitive (`/Health` is not
-//! `/health`). There is no prefix matching: a classic bypass.
+//! [`RoutePolicy`] and the route table: which routes need a key, which take
+//! one optionally, which are public, and which always ask the lookup.
 
 use http::{Method, Request};
 
 /// How a route treats API keys.
+///
+/// Routes are named by their template, exactly as given to axum's
+/// `Router::route` (`/v1/keys/{id}`, with any `nest` prefix). Behind an axum
+/// router the layer matches the request's `MatchedPath`, the template the
+/// router itself chose, so what is public is decided by which handler runs,
+/// not by how the path is spelled. Without a `MatchedPath` (a plain tower or
+/// hyper stack, or axum's fallback) it matches the request path against the
+/// templates, and only a *canonical* path can match a rule that relaxes
+/// authentication: a path with an empty segment (`//x`), a trailing slash, a
+/// dot segment (`/public/../x`), an encoded dot, slash, backslash or percent
+/// (`%2e`, `%2f`, `%5c`, `%25`), a `;` parameter or a backslash is always
+/// [`RoutePolicy::Required`]. Matching is case-sensitive (`/Health` is not
+/// `/health`). There is no prefix matching: a classic bypass.
+///
+/// When several templates match a path, the most specific decides (literal
+/// segments over parameters over a catch-all), as a router would choose;
+/// on it, a method rule overrides the any-method rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RoutePolicy {
     /// A valid key is required (the default for every route).

@@ -1,23 +1,5 @@
 //! [`AuthRejection`]: the responses the layer gives instead of calling your
 //! service.
-//!
-//! | kind | status | `WWW-Authenticate` (Bearer sources) | `code` in the body |
-//! | --- | --- | --- | --- |
-//! | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` |
-//! | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` |
-//! | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
-//! | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` |
-//! | extractor used without the layer | 500 | — | `auth_layer_missing` |
-//!
-//! Bodies are RFC 9457 `application/problem+json`:
-//!
-//! ```json
-//! {"type":"about:blank","title":"Unauthorized","status":401,
-//!  "detail":"the API key is not valid","code":"invalid_token"}
-//! ```
-//!
-//! Neither the headers nor the body ever contain the presented key. Replace the
-//! rendering with [`ApiKeyAuthLayer::on_rejection`](crate::ApiKeyAuthLayer::on_rejection).
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,7 +32,24 @@ pub enum RejectionKind {
 }
 
 /// A rejection, ready to render. Your [`on_rejection`] handler receives it;
-/// [`default_response`](Self::default_response) is the standard rendering.
+/// [`default_response`](Self::default_response) is the standard rendering:
+///
+/// | kind | status | `WWW-Authenticate` (Bearer sources) | `code` in the body |
+/// | --- | --- | --- | --- |
+/// | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` |
+/// | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` |
+/// | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
+/// | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` |
+/// | extractor used without the layer | 500 | — | `auth_layer_missing` |
+///
+/// Bodies are RFC 9457 `application/problem+json`:
+///
+/// ```json
+/// {"type":"about:blank","title":"Unauthorized","status":401,
+///  "detail":"the API key is not valid","code":"invalid_token"}
+/// ```
+///
+/// Neither the headers nor the body ever contain the presented key.
 ///
 /// [`on_rejection`]: crate::ApiKeyAuthLayer::on_rejection
 #[derive(Clone)]
@@ -262,6 +261,24 @@ impl fmt::Display for AuthRejection {
 }
 
 impl std::error::Error for AuthRejection {}
+
+/// The mark of a request the layer passed without a principal (a public
+/// route, or anonymous on an optional one), so that an extractor can tell
+/// "no key" from "no layer", and answer with the layer's rendering.
+#[derive(Clone)]
+pub(crate) struct Passed(Arc<RejectionConfig>);
+
+impl Passed {
+    pub(crate) fn new(config: Arc<RejectionConfig>) -> Self {
+        Self(config)
+    }
+
+    /// The layer's `401` for this request.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn missing_key(&self) -> AuthRejection {
+        AuthRejection::new(RejectionKind::MissingKey, Arc::clone(&self.0))
+    }
+}
 
 /// Keeps a realm inside its quoted-string: printable ASCII without `"` or `\`.
 pub(crate) fn sanitize_realm(realm: &str) -> String {

@@ -15,6 +15,7 @@ use serde::Serialize;
 ///
 /// [`ApiKeyAuthLayer::stats`]: crate::ApiKeyAuthLayer::stats
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Requests answered from a cached valid key.
     pub hits: u64,

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use tower_api_key::{
-    ApiKeyAuthLayer, CacheError, CacheRead, KeyCache, KeyHash, MemoryCache, Verdict,
-};
+use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Verdict};
+use tower_api_key::{ApiKeyAuthLayer, KeyHash};
 
 const SECRET: &str = "sk_test_race";
 
@@ -108,9 +107,13 @@ impl KeyCache for NaiveCache {
 
     fn get(&self, hash: &KeyHash) -> Self::Get {
         ready(Ok(match self.0.get(hash) {
-            Some(verdict) => CacheRead::hit(verdict, ()),
+            Some(verdict) => CacheRead::Hit(verdict),
             None => CacheRead::miss(()),
         }))
+    }
+
+    fn refresh_token(&self, _: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
+        ready(Ok(()))
     }
 
     fn put(
@@ -176,6 +179,10 @@ impl KeyCache for BrokenCache {
     type Get = Ready<Result<CacheRead<Client, ()>, CacheError>>;
 
     fn get(&self, _: &KeyHash) -> Self::Get {
+        ready(Err(CacheError::new("connection refused")))
+    }
+
+    fn refresh_token(&self, _: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
         ready(Err(CacheError::new("connection refused")))
     }
 

@@ -10,7 +10,7 @@
 //!
 //! Every wait is a poll with a deadline: the tests assert the order of
 //! events, never how fast they happen.
-#![cfg(feature = "redis")]
+#![cfg(feature = "tiered")]
 
 mod common;
 
@@ -20,8 +20,8 @@ use axum::Router;
 use common::redis::{dump, Monitor, RedisCluster, RedisServer, Target};
 use common::*;
 use http::StatusCode;
-use tower_api_key::cache::{RedisCache, TieredCache, TieredCacheBuilder};
-use tower_api_key::{ApiKeyAuthLayer, KeyCache, KeyHash, Lookup, MemoryCache};
+use tower_api_key::cache::{KeyCache, MemoryCache, RedisCache, TieredCache, TieredCacheBuilder};
+use tower_api_key::{ApiKeyAuthLayer, KeyHash, Lookup};
 
 /// Every secret here carries this marker, so a dump can be searched for it.
 const MARK: &str = "TIEREDSECRET";
@@ -90,8 +90,7 @@ async fn l1_holds(cache: &TieredCache<Client>, secret: &str) -> bool {
     KeyCache::get(cache.l1(), &KeyHash::of(secret))
         .await
         .expect("an in-process read")
-        .verdict
-        .is_some()
+        .is_hit()
 }
 
 fn heard(cache: &TieredCache<Client>) -> u64 {
@@ -298,7 +297,6 @@ async fn a_killed_subscriber_empties_l1_on_reconnect(t: &Target<'_>, prefix: &st
 async fn owner_invalidation_race_is_closed<C>(cache: C)
 where
     C: KeyCache<Principal = Client>,
-    C::Get: Unpin,
 {
     let store = KeyStore::new();
     store.create_owned("acme-1", ACME_1, "acme");
@@ -556,7 +554,6 @@ async fn l1_ttl_bounds_l1_entries() {
 async fn owner_invalidation_alone<C>(cache: C) -> ApiKeyAuthLayer<C, impl Lookup<Client>>
 where
     C: KeyCache<Principal = Client>,
-    C::Get: Unpin,
 {
     let store = KeyStore::new();
     store.create_owned("acme-1", ACME_1, "acme");
@@ -574,7 +571,7 @@ where
     auth.invalidate_owner("acme").await.unwrap();
     let cached = |k: &'static str| {
         let read = auth.cache().get(&KeyHash::of(k));
-        async move { read.await.unwrap().verdict.is_some() }
+        async move { read.await.unwrap().is_hit() }
     };
     assert!(!cached(ACME_1).await && !cached(ACME_2).await);
     assert!(cached(GLOBEX).await);

@@ -1,20 +1,29 @@
+//! [`AnyCache`]: one of the three backends, chosen at deploy time, behind one
+//! type. Every operation dispatches the same way: the [`dispatch!`] macro
+//! calls the chosen backend, and a [`Dispatch`] future (a pin-projected enum,
+//! as tower's `Either`) polls its future where it lies, with no box and no
+//! clone.
+
 use std::fmt;
-use std::future::{Future, Ready};
+use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::future::{Either, MapOk};
+use futures_util::TryFutureExt;
+use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::future::{RedisGet, TieredGet};
+use super::token::{MemoryToken, RedisToken, TieredToken};
 use super::{
-    CacheError, CacheRead, KeyCache, MemoryCache, MemoryToken, Principal, RedisCache, RedisGet,
-    RedisToken, TieredCache, TieredGet, TieredToken, Verdict,
+    CacheError, CacheRead, CacheSettings, KeyCache, MemoryCache, RedisCache, TieredCache, Verdict,
 };
-use crate::KeyHash;
+use crate::{KeyHash, Principal};
 
-/// A cache backend chosen at deploy time (features `memory` + `redis`): what
+/// A cache backend chosen at deploy time (feature `tiered`): what
 /// [`CacheSettings`] (and so `APIKEY_CACHE_BACKEND`: `memory`, `redis` or
 /// `tiered`) selects.
 ///
@@ -42,25 +51,6 @@ pub enum AnyCache<P> {
     Tiered(TieredCache<P>),
 }
 
-/// Where [`AnyCache`] comes from: read from the environment, or built.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// `memory`, `redis` or `tiered` (`APIKEY_CACHE_BACKEND`, default
-    /// `memory`).
-    pub backend: String,
-    /// `REDIS_URL`.
-    pub redis_url: Option<String>,
-    /// `APIKEY_REDIS_PREFIX` (default `apikey:`).
-    pub redis_prefix: String,
-    /// `APIKEY_REDIS_TIMEOUT_MS`, the per-command timeout (default 100 ms).
-    pub redis_command_timeout: Duration,
-    /// `APIKEY_MEMORY_CAPACITY`, valid keys kept in memory (default 100,000),
-    /// also the tiered cache's L1 capacity.
-    pub memory_capacity: u64,
-    /// `APIKEY_L1_TTL_MS`, the tiered cache's longest L1 life (default 30 s).
-    pub l1_ttl: Duration,
-}
-
 /// Why [`AnyCache::from_settings_strict`] refused the settings.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -74,56 +64,6 @@ pub enum BackendError {
     /// The Redis configuration is unusable (bad URL or prefix).
     #[error("Redis cache configuration: {0}")]
     Redis(#[source] CacheError),
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        Self {
-            backend: "memory".to_owned(),
-            redis_url: None,
-            redis_prefix: super::DEFAULT_PREFIX.to_owned(),
-            redis_command_timeout: super::DEFAULT_COMMAND_TIMEOUT,
-            memory_capacity: 100_000,
-            l1_ttl: Duration::from_secs(30),
-        }
-    }
-}
-
-impl CacheSettings {
-    /// Reads `APIKEY_CACHE_BACKEND`, `REDIS_URL`, `APIKEY_REDIS_PREFIX`,
-    /// `APIKEY_REDIS_TIMEOUT_MS`, `APIKEY_MEMORY_CAPACITY` and
-    /// `APIKEY_L1_TTL_MS`; unset or unparsable numbers keep their defaults.
-    pub fn from_env() -> Self {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// As [`from_env`](Self::from_env), reading variables through `var`.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| {
-            var(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let defaults = Self::default();
-        Self {
-            backend: get("APIKEY_CACHE_BACKEND")
-                .map(|b| b.to_ascii_lowercase())
-                .unwrap_or(defaults.backend),
-            redis_url: get("REDIS_URL"),
-            redis_prefix: get("APIKEY_REDIS_PREFIX").unwrap_or(defaults.redis_prefix),
-            redis_command_timeout: get("APIKEY_REDIS_TIMEOUT_MS")
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.redis_command_timeout),
-            memory_capacity: get("APIKEY_MEMORY_CAPACITY")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(defaults.memory_capacity),
-            l1_ttl: get("APIKEY_L1_TTL_MS")
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.l1_ttl),
-        }
-    }
 }
 
 impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
@@ -220,7 +160,7 @@ impl<P> fmt::Debug for AnyCache<P> {
     }
 }
 
-/// The token of [`AnyCache`].
+/// The token of [`AnyCache`]: the chosen backend's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AnyToken {
     /// From the memory backend.
@@ -231,36 +171,100 @@ pub enum AnyToken {
     Tiered(TieredToken),
 }
 
-type Read<P, T> = Result<CacheRead<P, T>, CacheError>;
-
-/// The `get` future of [`AnyCache`]: ready at once for memory.
-pub enum AnyGet<P> {
-    /// Memory: already answered.
-    Memory(Ready<Read<P, MemoryToken>>),
-    /// Redis: one round trip.
-    Redis(RedisGet<P>),
-    /// Tiered: ready at once on an L1 hit.
-    Tiered(TieredGet<P>),
-}
-
-fn map_token<P, T>(read: Read<P, T>, f: impl FnOnce(T) -> AnyToken) -> Read<P, AnyToken> {
-    read.map(|r| CacheRead {
-        verdict: r.verdict,
-        token: f(r.token),
-        degraded: r.degraded,
-    })
-}
-
-impl<P: DeserializeOwned> Future for AnyGet<P> {
-    type Output = Read<P, AnyToken>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Self::Memory(f) => Pin::new(f).poll(cx).map(|r| map_token(r, AnyToken::Memory)),
-            Self::Redis(f) => f.poll_unpin(cx).map(|r| map_token(r, AnyToken::Redis)),
-            Self::Tiered(f) => f.poll_unpin(cx).map(|r| map_token(r, AnyToken::Tiered)),
+impl AnyToken {
+    fn backend(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
+            Self::Tiered(_) => "tiered",
         }
     }
+}
+
+pin_project! {
+    /// A future of the backend an [`AnyCache`] chose. Every arm answers the
+    /// same type.
+    #[project = DispatchProj]
+    #[derive(Debug)]
+    #[allow(missing_docs)] // each variant's one field is its backend's future
+    pub enum Dispatch<M, R, T> {
+        /// The memory backend's future.
+        Memory {
+            #[pin]
+            future: M,
+        },
+        /// The Redis backend's future.
+        Redis {
+            #[pin]
+            future: R,
+        },
+        /// The tiered backend's future.
+        Tiered {
+            #[pin]
+            future: T },
+    }
+}
+
+impl<M, R, T> Future for Dispatch<M, R, T>
+where
+    M: Future,
+    R: Future<Output = M::Output>,
+    T: Future<Output = M::Output>,
+{
+    type Output = M::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
+        match self.project() {
+            DispatchProj::Memory { future } => future.poll(cx),
+            DispatchProj::Redis { future } => future.poll(cx),
+            DispatchProj::Tiered { future } => future.poll(cx),
+        }
+    }
+}
+
+/// Calls `$call` on the backend `$cache` holds, bound to `$backend`, and
+/// wraps its future in the matching [`Dispatch`] arm.
+macro_rules! dispatch {
+    ($cache:expr, $backend:ident => $call:expr) => {
+        match $cache {
+            AnyCache::Memory($backend) => Dispatch::Memory { future: $call },
+            AnyCache::Redis($backend) => Dispatch::Redis { future: $call },
+            AnyCache::Tiered($backend) => Dispatch::Tiered { future: $call },
+        }
+    };
+}
+
+/// A backend's read, its token wrapped in [`AnyToken`].
+type ToAny<P, T> = fn(CacheRead<P, T>) -> CacheRead<P, AnyToken>;
+
+/// The `get` future of [`AnyCache`]: ready at once for memory, and for
+/// tiered on an L1 hit.
+pub type AnyGet<P> = Dispatch<
+    MapOk<Ready<Result<CacheRead<P, MemoryToken>, CacheError>>, ToAny<P, MemoryToken>>,
+    MapOk<RedisGet<P>, ToAny<P, RedisToken>>,
+    MapOk<TieredGet<P>, ToAny<P, TieredToken>>,
+>;
+
+impl From<MemoryToken> for AnyToken {
+    fn from(token: MemoryToken) -> Self {
+        Self::Memory(token)
+    }
+}
+
+impl From<RedisToken> for AnyToken {
+    fn from(token: RedisToken) -> Self {
+        Self::Redis(token)
+    }
+}
+
+impl From<TieredToken> for AnyToken {
+    fn from(token: TieredToken) -> Self {
+        Self::Tiered(token)
+    }
+}
+
+fn to_any<P, T: Into<AnyToken>>(read: CacheRead<P, T>) -> CacheRead<P, AnyToken> {
+    read.map_token(Into::into)
 }
 
 impl<P> KeyCache for AnyCache<P>
@@ -272,11 +276,14 @@ where
     type Get = AnyGet<P>;
 
     fn get(&self, hash: &KeyHash) -> Self::Get {
-        match self {
-            Self::Memory(c) => AnyGet::Memory(c.get(hash)),
-            Self::Redis(c) => AnyGet::Redis(c.get(hash)),
-            Self::Tiered(c) => AnyGet::Tiered(c.get(hash)),
-        }
+        dispatch!(self, c => c.get(hash).map_ok(to_any as ToAny<P, _>))
+    }
+
+    fn refresh_token(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<AnyToken, CacheError>> + Send {
+        dispatch!(self, c => c.refresh_token(hash).map_ok(AnyToken::from))
     }
 
     fn put(
@@ -286,100 +293,49 @@ where
         verdict: Verdict<P>,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
-        match (self, token) {
-            (Self::Memory(c), AnyToken::Memory(t)) => c.put(hash, t, verdict, ttl).boxed(),
-            (Self::Redis(c), AnyToken::Redis(t)) => c.put(hash, t, verdict, ttl).boxed(),
-            (Self::Tiered(c), AnyToken::Tiered(t)) => c.put(hash, t, verdict, ttl).boxed(),
-            // A token from the other backend can't be current: store nothing.
-            _ => futures_util::future::ready(Ok(())).boxed(),
-        }
-    }
-
-    fn refresh_token(
-        &self,
-        hash: &KeyHash,
-    ) -> impl Future<Output = Result<AnyToken, CacheError>> + Send {
-        let (cache, hash) = (self.clone(), *hash);
-        async move {
-            match &cache {
-                Self::Memory(c) => c.refresh_token(&hash).await.map(AnyToken::Memory),
-                Self::Redis(c) => c.refresh_token(&hash).await.map(AnyToken::Redis),
-                Self::Tiered(c) => c.refresh_token(&hash).await.map(AnyToken::Tiered),
+        let put = match (self, token) {
+            (Self::Memory(c), AnyToken::Memory(t)) => Dispatch::Memory {
+                future: c.put(hash, t, verdict, ttl),
+            },
+            (Self::Redis(c), AnyToken::Redis(t)) => Dispatch::Redis {
+                future: c.put(hash, t, verdict, ttl),
+            },
+            (Self::Tiered(c), AnyToken::Tiered(t)) => Dispatch::Tiered {
+                future: c.put(hash, t, verdict, ttl),
+            },
+            // Only another AnyCache can have made it: say so.
+            (cache, token) => {
+                return Either::Right(ready(Err(CacheError::new(format!(
+                    "a {} token given to the {} backend: nothing stored",
+                    token.backend(),
+                    cache.backend()
+                )))))
             }
-        }
+        };
+        Either::Left(put)
     }
 
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
-        let (cache, hash) = (self.clone(), *hash);
-        async move {
-            match &cache {
-                Self::Memory(c) => c.invalidate(&hash).await,
-                Self::Redis(c) => c.invalidate(&hash).await,
-                Self::Tiered(c) => c.invalidate(&hash).await,
-            }
-        }
+        dispatch!(self, c => c.invalidate(hash))
     }
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
-        let cache = self.clone();
-        async move {
-            match &cache {
-                Self::Memory(c) => c.invalidate_all().await,
-                Self::Redis(c) => c.invalidate_all().await,
-                Self::Tiered(c) => c.invalidate_all().await,
-            }
-        }
+        dispatch!(self, c => c.invalidate_all())
     }
 
     fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
-        let (cache, owner) = (self.clone(), owner.to_owned());
-        async move {
-            match &cache {
-                Self::Memory(c) => c.invalidate_owner(&owner).await,
-                Self::Redis(c) => c.invalidate_owner(&owner).await,
-                Self::Tiered(c) => c.invalidate_owner(&owner).await,
-            }
-        }
+        dispatch!(self, c => c.invalidate_owner(owner))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> CacheSettings {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        CacheSettings::from_vars(|name| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        })
-    }
+    use crate::cache::settings::tests::vars;
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct P;
     impl Principal for P {}
-
-    #[test]
-    fn settings_from_variables() {
-        assert_eq!(vars(&[]), CacheSettings::default());
-        let s = vars(&[
-            ("APIKEY_CACHE_BACKEND", " Redis "),
-            ("REDIS_URL", "redis://127.0.0.1:6379"),
-            ("APIKEY_REDIS_PREFIX", "svc:"),
-            ("APIKEY_REDIS_TIMEOUT_MS", "25"),
-            ("APIKEY_MEMORY_CAPACITY", "nope"),
-        ]);
-        assert_eq!(s.backend, "redis");
-        assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
-        assert_eq!(s.redis_prefix, "svc:");
-        assert_eq!(s.redis_command_timeout, Duration::from_millis(25));
-        assert_eq!(s.memory_capacity, 100_000);
-    }
 
     #[tokio::test]
     async fn redis_without_a_url_falls_back_or_fails_strictly() {

@@ -5,12 +5,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use moka::ops::compute::Op;
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::{CacheError, CacheRead, KeyCache, Principal, Verdict};
-use crate::KeyHash;
+use super::tier::NearTier;
+use super::{CacheError, CacheRead, KeyCache, Verdict};
+use crate::{KeyHash, Principal};
+
+/// Default most valid keys kept.
+pub(crate) const DEFAULT_CAPACITY: u64 = 100_000;
+/// Default most negative entries kept.
+pub(crate) const DEFAULT_NEGATIVE_CAPACITY: u64 = 10_000;
 
 /// Number of invalidation generation counters; a hash uses the one its first
 /// bytes pick. More stripes, fewer fills skipped because another key in the
@@ -28,8 +34,9 @@ const STRIPES: usize = 1024;
 ///   entries, negative entries in their own of
 ///   [`max_negative_capacity`](MemoryCacheBuilder::max_negative_capacity).
 ///   Random keys only churn the negative cache; memory is bounded by the sum.
-/// - **Revocation can't be undone by an in-flight lookup.** Each read returns
-///   a [`MemoryToken`] (a global epoch and a per-stripe generation).
+/// - **Revocation can't be undone by an in-flight lookup.** Each miss returns
+///   a [`MemoryToken`] (a global epoch, a per-stripe generation, an owner
+///   epoch).
 ///   [`invalidate`](KeyCache::invalidate) bumps the generation and then removes
 ///   the entry through moka's per-key compute lock; a `put` checks the
 ///   generation inside the same lock, so it either lands before the removal
@@ -51,7 +58,8 @@ const STRIPES: usize = 1024;
 /// # Example
 ///
 /// ```
-/// use tower_api_key::{MemoryCache, Principal};
+/// use tower_api_key::cache::MemoryCache;
+/// use tower_api_key::Principal;
 ///
 /// struct Client;
 /// impl Principal for Client {}
@@ -180,8 +188,8 @@ impl<P: Principal> MemoryCache<P> {
     /// entries.
     pub fn builder() -> MemoryCacheBuilder<P> {
         MemoryCacheBuilder {
-            max_capacity: 100_000,
-            max_negative_capacity: 10_000,
+            max_capacity: DEFAULT_CAPACITY,
+            max_negative_capacity: DEFAULT_NEGATIVE_CAPACITY,
             principal: PhantomData,
         }
     }
@@ -217,13 +225,29 @@ impl<P: Principal> MemoryCache<P> {
     fn generation(&self, hash: &KeyHash) -> &AtomicU64 {
         &self.inner.generations[(hash.prefix_u64() as usize) % STRIPES]
     }
+}
 
-    fn read(&self, hash: &KeyHash) -> CacheRead<P, MemoryToken> {
-        self.read_since(hash, None)
+impl<P: Principal> NearTier for MemoryCache<P> {
+    fn get_now(&self, hash: &KeyHash, filled_since: Option<Instant>) -> CacheRead<P, MemoryToken> {
+        let inner = &*self.inner;
+        // A hit needs only the epoch; the rest of the token is a miss's.
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        let current = |e: &Entry<P>| e.epoch == epoch && filled_since.is_none_or(|t| e.filled >= t);
+        let found = match inner.positive.get(hash).filter(current) {
+            Some(entry) => Some(entry.verdict),
+            None => inner
+                .negative
+                .get(hash)
+                .filter(current)
+                .map(|entry| entry.verdict),
+        };
+        match found {
+            Some(verdict) => CacheRead::Hit(verdict),
+            None => CacheRead::miss(self.refresh_token_now(hash)),
+        }
     }
 
-    /// Where `hash` stands in invalidations now.
-    pub(crate) fn token(&self, hash: &KeyHash) -> MemoryToken {
+    fn refresh_token_now(&self, hash: &KeyHash) -> MemoryToken {
         let inner = &*self.inner;
         MemoryToken {
             epoch: inner.epoch.load(Ordering::Acquire),
@@ -232,38 +256,7 @@ impl<P: Principal> MemoryCache<P> {
         }
     }
 
-    /// Reads `hash`, ignoring an entry filled before `not_before` (the
-    /// tiered cache's bound while its subscriber is down).
-    pub(crate) fn read_since(
-        &self,
-        hash: &KeyHash,
-        not_before: Option<Instant>,
-    ) -> CacheRead<P, MemoryToken> {
-        let inner = &*self.inner;
-        let token = self.token(hash);
-        let current =
-            |e: &Entry<P>| e.epoch == token.epoch && not_before.is_none_or(|t| e.filled >= t);
-        let verdict = match inner.positive.get(hash).filter(current) {
-            Some(entry) => Some(entry.verdict),
-            None => inner
-                .negative
-                .get(hash)
-                .filter(current)
-                .map(|entry| entry.verdict),
-        };
-        match verdict {
-            Some(verdict) => CacheRead::hit(verdict, token),
-            None => CacheRead::miss(token),
-        }
-    }
-
-    pub(crate) fn write(
-        &self,
-        hash: KeyHash,
-        token: MemoryToken,
-        verdict: Verdict<P>,
-        ttl: Duration,
-    ) {
+    fn put_now(&self, hash: KeyHash, token: MemoryToken, verdict: Verdict<P>, ttl: Duration) {
         let inner = &*self.inner;
         let generation = self.generation(&hash);
         let owned = matches!(&verdict, Verdict::Valid(p) if p.owner().is_some());
@@ -295,11 +288,7 @@ impl<P: Principal> MemoryCache<P> {
             target
                 .entry(hash)
                 .and_compute_with(|_| if fresh() { Op::Put(entry) } else { Op::Nop });
-        if !matches!(
-            stored,
-            moka::ops::compute::CompResult::Unchanged(_)
-                | moka::ops::compute::CompResult::StillNone(_)
-        ) {
+        if !matches!(stored, CompResult::Unchanged(_) | CompResult::StillNone(_)) {
             // A key that became valid is no longer invalid, and the other way
             // round (a bypass route may learn either first).
             other.entry(hash).and_compute_with(|e| match e {
@@ -309,23 +298,23 @@ impl<P: Principal> MemoryCache<P> {
         }
     }
 
-    pub(crate) fn remove(&self, hash: &KeyHash) {
+    fn invalidate_now(&self, hash: &KeyHash) {
         self.generation(hash).fetch_add(1, Ordering::AcqRel);
         for cache in [&self.inner.positive, &self.inner.negative] {
             cache.entry(*hash).and_compute_with(|_| Op::Remove);
         }
     }
 
-    pub(crate) fn clear(&self) {
+    fn invalidate_all_now(&self) {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
         self.inner.positive.invalidate_all();
         self.inner.negative.invalidate_all();
     }
 
-    /// Drops every valid key of `owner`: a sweep of the valid entries (an
-    /// in-process cache holds no index to keep in step), after a bump that
-    /// stops in-flight fills of owned principals.
-    pub(crate) fn remove_owner(&self, owner: &str) {
+    /// A sweep of the valid entries (an in-process cache holds no index to
+    /// keep in step), after a bump that stops in-flight fills of owned
+    /// principals.
+    fn invalidate_owner_now(&self, owner: &str) {
         {
             let _bump = self
                 .inner
@@ -337,7 +326,7 @@ impl<P: Principal> MemoryCache<P> {
         for (hash, entry) in self.inner.positive.iter() {
             if let Verdict::Valid(p) = &entry.verdict {
                 if p.owner().as_deref() == Some(owner) {
-                    self.remove(&hash);
+                    self.invalidate_now(&hash);
                 }
             }
         }
@@ -372,13 +361,22 @@ impl<P> fmt::Debug for MemoryCache<P> {
     }
 }
 
+/// Every operation is done when it returns, and its future is ready at once:
+/// the layer takes a hit's answer without a state machine.
 impl<P: Principal> KeyCache for MemoryCache<P> {
     type Principal = P;
     type Token = MemoryToken;
     type Get = Ready<Result<CacheRead<P, MemoryToken>, CacheError>>;
 
     fn get(&self, hash: &KeyHash) -> Self::Get {
-        ready(Ok(self.read(hash)))
+        ready(Ok(self.get_now(hash, None)))
+    }
+
+    fn refresh_token(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<MemoryToken, CacheError>> + Send {
+        ready(Ok(self.refresh_token_now(hash)))
     }
 
     fn put(
@@ -388,22 +386,22 @@ impl<P: Principal> KeyCache for MemoryCache<P> {
         verdict: Verdict<P>,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.write(hash, token, verdict, ttl);
+        self.put_now(hash, token, verdict, ttl);
         ready(Ok(()))
     }
 
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.remove(hash);
+        self.invalidate_now(hash);
         ready(Ok(()))
     }
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.clear();
+        self.invalidate_all_now();
         ready(Ok(()))
     }
 
     fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.remove_owner(owner);
+        self.invalidate_owner_now(owner);
         ready(Ok(()))
     }
 }
@@ -419,70 +417,39 @@ mod tests {
         Verdict::Valid(Arc::new(P))
     }
 
-    fn read(c: &MemoryCache<P>, h: &KeyHash) -> (Option<bool>, MemoryToken) {
-        let r = c.read(h);
-        (r.verdict.map(|v| matches!(v, Verdict::Valid(_))), r.token)
+    fn fill<Q: Principal>(c: &MemoryCache<Q>, h: KeyHash, verdict: Verdict<Q>) {
+        let token = c.refresh_token_now(&h);
+        c.put_now(h, token, verdict, Duration::from_secs(60));
+    }
+
+    fn is_hit<Q: Principal>(c: &MemoryCache<Q>, h: &KeyHash) -> bool {
+        matches!(c.get_now(h, None), CacheRead::Hit(_))
     }
 
     #[test]
-    fn put_then_get_and_replace_kinds() {
+    fn a_hit_carries_the_verdict_and_a_miss_a_token_that_fills() {
         let c = MemoryCache::<P>::new();
         let h = KeyHash::of("a");
-        let (v, t) = read(&c, &h);
-        assert_eq!(v, None);
-        c.write(h, t, Verdict::Invalid, Duration::from_secs(60));
-        let (v, t) = read(&c, &h);
-        assert_eq!(v, Some(false));
-        c.write(h, t, valid(), Duration::from_secs(60));
-        assert_eq!(read(&c, &h).0, Some(true));
-        let t = read(&c, &h).1;
-        c.write(h, t, Verdict::Invalid, Duration::from_secs(60));
-        assert_eq!(
-            read(&c, &h).0,
-            Some(false),
-            "a negative verdict drops the positive one"
-        );
+        let CacheRead::Miss { token, degraded } = c.get_now(&h, None) else {
+            panic!("an empty cache hit");
+        };
+        assert!(degraded.is_none());
+        c.put_now(h, token, valid(), Duration::from_secs(60));
+        assert!(matches!(
+            c.get_now(&h, None),
+            CacheRead::Hit(Verdict::Valid(_))
+        ));
     }
 
     #[test]
-    fn stale_token_cannot_write_after_invalidate() {
-        let c = MemoryCache::<P>::new();
-        let h = KeyHash::of("a");
-        let (_, before) = read(&c, &h);
-        c.remove(&h);
-        c.write(h, before, valid(), Duration::from_secs(60));
-        assert_eq!(read(&c, &h).0, None);
-
-        let (_, before) = read(&c, &h);
-        c.clear();
-        c.write(h, before, valid(), Duration::from_secs(60));
-        assert_eq!(read(&c, &h).0, None);
-
-        // A fresh token writes again.
-        let (_, now) = read(&c, &h);
-        c.write(h, now, valid(), Duration::from_secs(60));
-        assert_eq!(read(&c, &h).0, Some(true));
-    }
-
-    #[test]
-    fn entries_written_before_invalidate_all_are_gone() {
-        let c = MemoryCache::<P>::new();
-        let h = KeyHash::of("a");
-        let (_, t) = read(&c, &h);
-        c.write(h, t, valid(), Duration::from_secs(60));
-        c.clear();
-        assert_eq!(read(&c, &h).0, None);
-    }
-
-    #[test]
-    fn entries_expire_after_their_own_ttl() {
+    fn invalidating_one_key_leaves_the_others_cached() {
         let c = MemoryCache::<P>::new();
         let (a, b) = (KeyHash::of("a"), KeyHash::of("b"));
-        c.write(a, read(&c, &a).1, valid(), Duration::from_millis(50));
-        c.write(b, read(&c, &b).1, valid(), Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(120));
-        assert_eq!(read(&c, &a).0, None);
-        assert_eq!(read(&c, &b).0, Some(true));
+        fill(&c, a, valid());
+        fill(&c, b, valid());
+        c.invalidate_now(&a);
+        assert!(!is_hit(&c, &a));
+        assert!(is_hit(&c, &b));
     }
 
     struct Owned(&'static str);
@@ -494,13 +461,7 @@ mod tests {
 
     fn owned(c: &MemoryCache<Owned>, key: &str, owner: &'static str) -> KeyHash {
         let h = KeyHash::of(key);
-        let t = c.read(&h).token;
-        c.write(
-            h,
-            t,
-            Verdict::Valid(Arc::new(Owned(owner))),
-            Duration::from_secs(60),
-        );
+        fill(c, h, Verdict::Valid(Arc::new(Owned(owner))));
         h
     }
 
@@ -509,50 +470,40 @@ mod tests {
         let c = MemoryCache::<Owned>::new();
         let (a1, a2) = (owned(&c, "a1", "acme"), owned(&c, "a2", "acme"));
         let g = owned(&c, "g", "globex");
-        c.remove_owner("acme");
-        assert!(c.read(&a1).verdict.is_none());
-        assert!(c.read(&a2).verdict.is_none());
-        assert!(c.read(&g).verdict.is_some());
+        c.invalidate_owner_now("acme");
+        assert!(!is_hit(&c, &a1));
+        assert!(!is_hit(&c, &a2));
+        assert!(is_hit(&c, &g));
     }
 
     #[test]
     fn an_owned_fill_read_before_invalidate_owner_is_refused() {
         let c = MemoryCache::<Owned>::new();
         let h = KeyHash::of("a");
-        let before = c.read(&h).token;
-        c.remove_owner("acme");
-        c.write(
+        let before = c.refresh_token_now(&h);
+        c.invalidate_owner_now("acme");
+        c.put_now(
             h,
             before,
             Verdict::Valid(Arc::new(Owned("acme"))),
             Duration::from_secs(60),
         );
-        assert!(c.read(&h).verdict.is_none(), "the in-flight fill lost");
+        assert!(!is_hit(&c, &h), "the in-flight fill lost");
         // A read after it fills again.
         owned(&c, "a", "acme");
-        assert!(c.read(&h).verdict.is_some());
+        assert!(is_hit(&c, &h));
     }
 
     #[test]
-    fn read_since_ignores_older_fills() {
+    fn get_now_ignores_entries_filled_before_the_bound() {
         let c = MemoryCache::<P>::new();
         let h = KeyHash::of("a");
-        c.write(h, read(&c, &h).1, valid(), Duration::from_secs(60));
+        fill(&c, h, valid());
         let after = Instant::now() + Duration::from_millis(1);
-        assert!(c.read_since(&h, Some(after)).verdict.is_none());
-        assert!(c
-            .read_since(&h, Some(after - Duration::from_secs(1)))
-            .verdict
-            .is_some());
-    }
-
-    #[test]
-    fn replacing_an_entry_resets_its_deadline() {
-        let c = MemoryCache::<P>::new();
-        let a = KeyHash::of("a");
-        c.write(a, read(&c, &a).1, valid(), Duration::from_secs(60));
-        c.write(a, read(&c, &a).1, valid(), Duration::from_millis(50));
-        std::thread::sleep(Duration::from_millis(120));
-        assert_eq!(read(&c, &a).0, None);
+        assert!(matches!(c.get_now(&h, Some(after)), CacheRead::Miss { .. }));
+        assert!(matches!(
+            c.get_now(&h, Some(after - Duration::from_secs(1))),
+            CacheRead::Hit(_)
+        ));
     }
 }

@@ -1,97 +1,135 @@
-//! The cache contract, [`KeyCache`], and its backends.
+//! The cache contract, [`KeyCache`], and the backends that keep it.
 //!
-//! A backend stores [`Verdict`]s by [`KeyHash`] with a time to live, drops
-//! them on [`invalidate`](KeyCache::invalidate), and hands out a
-//! [`Token`](KeyCache::Token) with every read so that a lookup which was
-//! already in flight when an invalidation landed can't write its stale verdict
-//! afterwards. No backend type (moka, fred) crosses this contract, so a backend
+//! | backend | feature | where verdicts live |
+//! | --- | --- | --- |
+//! | [`MemoryCache`] | `memory` (default) | this process, bounded, per-entry TTL |
+//! | [`RedisCache`] | `redis` | Redis, shared by every instance |
+//! | [`TieredCache`] | `tiered` | this process (L1) in front of Redis (L2), invalidations broadcast |
+//! | [`AnyCache`] | `tiered` | one of the three, chosen at deploy time by [`CacheSettings`] |
+//!
+//! # The contract
+//!
+//! A backend stores [`Verdict`]s by [`KeyHash`], each for the TTL the layer
+//! gives it, and drops them when told to. It speaks of hashes, verdicts, TTLs
+//! and invalidation only: no engine type (moka, fred) crosses it, so a backend
 //! can be swapped without touching the layer.
 //!
-//! - [`MemoryCache`]: in-process, on moka (feature `memory`, on by default).
-//! - `RedisCache`: shared by every instance, on fred (feature `redis`).
-//! - `TieredCache`: moka in front of Redis, invalidations broadcast to every
-//!   instance over Redis pub/sub (features `memory` + `redis`).
-//! - `AnyCache`: one of the three, picked at deploy time from `CacheSettings`
-//!   (`APIKEY_CACHE_BACKEND`, `REDIS_URL`).
+//! A [`get`](KeyCache::get) is a [`CacheRead`]: a **hit** carries the cached
+//! verdict; a **miss** carries a **token**, and the layer, once its lookup has
+//! answered, hands the token back to [`put`](KeyCache::put) with the verdict
+//! to store. The token is proof of when the read happened, counted in
+//! invalidations, and the whole protocol is three rules:
+//!
+//! 1. **No stale refill.** When [`invalidate`](KeyCache::invalidate) of the
+//!    hash, [`invalidate_owner`](KeyCache::invalidate_owner) of the verdict's
+//!    owner or [`invalidate_all`](KeyCache::invalidate_all) happened after the
+//!    token was taken, the `put` stores nothing, even when the two race. (A
+//!    lookup that read the old row before a revocation can't write its stale
+//!    verdict after it.)
+//! 2. **Equal tokens, same moment.** Two tokens for one hash compare equal
+//!    only when no invalidation of that hash happened between the reads that
+//!    made them. The layer lets a request share another's in-flight lookup
+//!    only when their tokens are equal, so a request that arrives after a
+//!    revocation never gets the answer of a lookup that started before it.
+//! 3. **Refresh.** [`refresh_token`](KeyCache::refresh_token) gives a token
+//!    without reading the entry, for a cache-bypass route whose fresh lookup
+//!    must replace whatever is cached; rule 1 holds for it too.
+//!
+//! And four guarantees beside the tokens:
+//!
+//! - **TTLs are the layer's.** An entry lives no longer than the TTL its
+//!   `put` gave, and storing one kind of verdict for a hash replaces the other
+//!   kind.
+//! - **`invalidate` returns when the entry is gone** from every tier the
+//!   process controls.
+//! - **Bounded.** Whatever keys arrive, memory stays within configuration.
+//! - **Failures are errors, never verdicts.** A backend that can't answer
+//!   returns [`CacheError`] (or a miss with its `degraded` reason); the layer
+//!   counts it, logs it and asks the lookup: never a rejection, never an
+//!   acceptance.
+//!
+//! # Checking a backend
+//!
+//! The conformance suite states each rule as a test. With the `test-util`
+//! feature, [`key_cache_conformance!`](crate::key_cache_conformance) writes
+//! one `#[test]` per rule for your backend, named for what it checks; the
+//! crate's own backends run it in `tests/conformance.rs`.
+//!
+//! ```ignore
+//! tower_api_key::key_cache_conformance!(|| async { MyCache::new() });
+//! ```
+//!
+//! Backends' tokens are in [`token`] and their `get` futures in [`future`]:
+//! plumbing that a user of the layer never names.
 
-use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::KeyHash;
+use crate::{KeyHash, Principal};
 
-#[cfg(all(feature = "memory", feature = "redis"))]
+#[cfg(feature = "tiered")]
 mod any;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod conformance;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(all(feature = "memory", feature = "redis"))]
+#[cfg(feature = "tiered")]
+mod settings;
+#[cfg(any(feature = "memory", feature = "redis"))]
+mod tier;
+#[cfg(feature = "tiered")]
 mod tiered;
-#[cfg(all(feature = "memory", feature = "redis"))]
-#[cfg_attr(docsrs, doc(cfg(all(feature = "memory", feature = "redis"))))]
-pub use any::{AnyCache, AnyGet, AnyToken, BackendError, CacheSettings};
+
+#[cfg(feature = "tiered")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
+pub use any::{AnyCache, BackendError};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use memory::{MemoryCache, MemoryCacheBuilder, MemoryToken};
+pub use memory::{MemoryCache, MemoryCacheBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{
-    RedisCache, RedisCacheBuilder, RedisGet, RedisToken, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX,
-};
-#[cfg(all(feature = "memory", feature = "redis"))]
-#[cfg_attr(docsrs, doc(cfg(all(feature = "memory", feature = "redis"))))]
-pub use tiered::{TieredCache, TieredCacheBuilder, TieredGet, TieredStats, TieredToken};
+pub use redis::{RedisCache, RedisCacheBuilder};
+#[cfg(feature = "tiered")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
+pub use settings::CacheSettings;
+#[cfg(feature = "tiered")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
+pub use tiered::{TieredCache, TieredCacheBuilder, TieredStats};
 
-/// What the layer knows about a principal, the value your lookup returns for
-/// a valid key (a client, an account, a service identity).
-///
-/// The only required knowledge is optional: a key that expires says when, and
-/// the cache never keeps it past that instant (its positive TTL is capped),
-/// and a cached principal whose expiry has passed is rejected even before the
-/// cache drops it.
-///
-/// ```
-/// use std::time::SystemTime;
-/// use tower_api_key::Principal;
-///
-/// struct Client { id: u64, expires_at: Option<SystemTime> }
-///
-/// impl Principal for Client {
-///     fn expires_at(&self) -> Option<SystemTime> {
-///         self.expires_at
-///     }
-/// }
-/// # let _ = Client { id: 1, expires_at: None }.id;
-/// ```
-pub trait Principal: Send + Sync + 'static {
-    /// When the key stops being valid, if it ever does.
-    fn expires_at(&self) -> Option<SystemTime> {
-        None
-    }
+/// The tokens of the crate's backends: what their reads hand the layer and
+/// their `put`s take back (see the [token protocol](self#the-contract)).
+pub mod token {
+    #[cfg(feature = "tiered")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
+    pub use super::any::AnyToken;
+    #[cfg(feature = "memory")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+    pub use super::memory::MemoryToken;
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub use super::redis::RedisToken;
+    #[cfg(feature = "tiered")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
+    pub use super::tiered::TieredToken;
+}
 
-    /// Who owns the key (a tenant, an organisation, a user), if anyone:
-    /// [`KeyCache::invalidate_owner`] drops every cached key of one owner at
-    /// once, on every instance with the tiered cache.
-    ///
-    /// ```
-    /// use std::borrow::Cow;
-    /// use tower_api_key::Principal;
-    ///
-    /// struct Client { org: String }
-    ///
-    /// impl Principal for Client {
-    ///     fn owner(&self) -> Option<Cow<'_, str>> {
-    ///         Some(Cow::Borrowed(&self.org))
-    ///     }
-    /// }
-    /// # let _ = Client { org: "acme".into() }.owner();
-    /// ```
-    fn owner(&self) -> Option<Cow<'_, str>> {
-        None
-    }
+/// The `get` futures of the crate's backends ([`MemoryCache`]'s is
+/// [`std::future::Ready`]).
+pub mod future {
+    #[cfg(feature = "tiered")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
+    pub use super::any::{AnyGet, Dispatch};
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub use super::redis::RedisGet;
+    #[cfg(feature = "tiered")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
+    pub use super::tiered::TieredGet;
 }
 
 /// A cached answer for one key hash.
@@ -112,47 +150,57 @@ impl<P> Clone for Verdict<P> {
     }
 }
 
-/// The result of [`KeyCache::get`]: the cached verdict, if any, and the token
-/// a later [`put`](KeyCache::put) for the same hash must present.
+/// What [`KeyCache::get`] found.
 #[derive(Debug)]
-pub struct CacheRead<P, T> {
-    /// `None` on a miss.
-    pub verdict: Option<Verdict<P>>,
-    /// Taken at the read: an invalidation after this point makes a `put`
-    /// with this token a no-op.
-    pub token: T,
-    /// The backend answered, but something was wrong with what it held (a
-    /// value it could not decode, say): the layer counts it in
-    /// [`Stats::cache_errors`](crate::Stats::cache_errors) and logs it, and the
-    /// read counts as the miss it is, so the lookup's answer overwrites it.
-    pub degraded: Option<CacheError>,
+pub enum CacheRead<P, T> {
+    /// A cached verdict. Nothing will be stored for this read, so it carries
+    /// no token.
+    Hit(Verdict<P>),
+    /// Nothing usable cached: the layer looks the key up and stores the
+    /// answer with `token` (see the [token protocol](self#the-contract)).
+    Miss {
+        /// Taken at the read: a `put` with it stores nothing once the hash
+        /// has been invalidated since.
+        token: T,
+        /// Why an entry that was there could not be used (a value that did
+        /// not decode, say), if that is why this is a miss: the layer counts
+        /// it in [`Stats::cache_errors`](crate::Stats::cache_errors) and logs
+        /// it, and the lookup's answer overwrites the entry.
+        degraded: Option<CacheError>,
+    },
 }
 
 impl<P, T> CacheRead<P, T> {
-    /// A cached verdict.
-    pub fn hit(verdict: Verdict<P>, token: T) -> Self {
-        Self {
-            verdict: Some(verdict),
-            token,
-            degraded: None,
-        }
-    }
-
-    /// Nothing cached.
+    /// A miss whose answer is stored with `token`.
     pub fn miss(token: T) -> Self {
-        Self {
-            verdict: None,
+        Self::Miss {
             token,
             degraded: None,
         }
     }
 
-    /// Nothing usable cached, because of `error`.
-    pub fn degraded_miss(token: T, error: CacheError) -> Self {
-        Self {
-            verdict: None,
+    /// A miss because what was cached could not be used.
+    pub fn degraded(token: T, error: CacheError) -> Self {
+        Self::Miss {
             token,
             degraded: Some(error),
+        }
+    }
+
+    /// Whether a verdict was cached.
+    pub fn is_hit(&self) -> bool {
+        matches!(self, Self::Hit(_))
+    }
+
+    /// The same read with its token converted: for a backend that wraps
+    /// another.
+    pub fn map_token<U>(self, f: impl FnOnce(T) -> U) -> CacheRead<P, U> {
+        match self {
+            Self::Hit(verdict) => CacheRead::Hit(verdict),
+            Self::Miss { token, degraded } => CacheRead::Miss {
+                token: f(token),
+                degraded,
+            },
         }
     }
 }
@@ -179,40 +227,38 @@ impl CacheError {
 }
 
 /// The backend contract: verdicts by key hash, with TTLs and invalidation.
+/// The rules a backend keeps are stated once, in the [module
+/// docs](self#the-contract), and checked by the conformance suite.
 ///
-/// # Invariants a backend must keep
-///
-/// - **No stale refill.** [`get`](Self::get) returns a token with every read,
-///   and the layer passes that token back to [`put`](Self::put) when its
-///   lookup finishes. If [`invalidate`](Self::invalidate) (for that hash) or
-///   [`invalidate_all`](Self::invalidate_all) happened after the read, the
-///   `put` must not store anything, even when it races the invalidation.
-/// - **`invalidate` returns only when the entry is gone** from every tier the
-///   process controls.
-/// - **Tokens compare equal** only when no invalidation of the hash happened
-///   between the reads that produced them: the layer lets a request share
-///   another's in-flight lookup only when their tokens are equal.
-/// - **Bounded.** Whatever keys arrive, memory stays within configuration.
-///
-/// `get` is on every request's path: its future is a named associated type so
-/// an in-process backend can answer with [`std::future::Ready`] and no
-/// allocation.
+/// `get` is on every request's path: its future is a named associated type,
+/// so that an in-process backend can answer with [`std::future::Ready`] and
+/// no allocation, and `Unpin`, so that the layer polls it where it lies (a
+/// backend whose read is a state machine boxes its inner futures, as
+/// [`RedisCache`] does).
 pub trait KeyCache: Send + Sync + 'static {
     /// The principal type cached for valid keys.
     type Principal: Principal;
-    /// Proof of when a read happened, see the invariants above.
+    /// Proof of when a miss was read, in invalidations.
     type Token: Clone + Eq + Send + Sync + 'static;
     /// The future returned by [`get`](Self::get).
     type Get: Future<Output = Result<CacheRead<Self::Principal, Self::Token>, CacheError>>
+        + Unpin
         + Send
         + 'static;
 
     /// Reads the verdict cached for `hash`.
     fn get(&self, hash: &KeyHash) -> Self::Get;
 
-    /// Stores `verdict` for `ttl`, unless `hash` was invalidated since the
-    /// read that produced `token`. Storing one kind of verdict replaces the
-    /// other kind.
+    /// A token for a fill that must replace whatever is cached for `hash`
+    /// (a cache-bypass route's fresh lookup), taken before that lookup
+    /// starts, without reading the entry.
+    fn refresh_token(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<Self::Token, CacheError>> + Send;
+
+    /// Stores `verdict` for `ttl`, unless `hash` was invalidated since
+    /// `token` was taken. Storing one kind of verdict replaces the other.
     fn put(
         &self,
         hash: KeyHash,
@@ -221,31 +267,17 @@ pub trait KeyCache: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
 
-    /// A token for a fill that must replace whatever is cached for `hash`:
-    /// a cache-bypass route's fresh lookup. Taken before that lookup starts,
-    /// with the same guarantee as [`get`](Self::get)'s: an invalidation
-    /// after it makes the fill a no-op. The default reads the cache for its
-    /// token, which suits a backend whose every token can fill; one whose
-    /// hit tokens can't (Redis reads a key's version only on a miss)
-    /// overrides it.
-    fn refresh_token(
-        &self,
-        hash: &KeyHash,
-    ) -> impl Future<Output = Result<Self::Token, CacheError>> + Send {
-        let read = self.get(hash);
-        async move { read.await.map(|read| read.token) }
-    }
-
     /// Drops whatever is cached for `hash` (positive or negative), and makes
-    /// in-flight lookups for it unable to write.
+    /// tokens taken before unable to fill it.
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send;
 
-    /// Drops every entry.
+    /// Drops every entry, and makes every token taken before unable to fill.
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send;
 
     /// Drops every valid key whose principal reports this
-    /// [`owner`](Principal::owner), and makes in-flight lookups unable to
-    /// write one back. Backends that can't answer with an error (the default).
+    /// [`owner`](Principal::owner), and makes tokens taken before unable to
+    /// fill one back. A backend that can't answers with an error (the
+    /// default).
     fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
         let _ = owner;
         std::future::ready(Err(CacheError::new(

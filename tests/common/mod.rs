@@ -19,9 +19,8 @@ use http_body_util::BodyExt;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 use tower::ServiceExt;
-use tower_api_key::{
-    lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Lookup, MemoryCache, Principal,
-};
+use tower_api_key::cache::MemoryCache;
+use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Lookup, Principal};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Client {
@@ -215,8 +214,7 @@ pub fn layer(store: &KeyStore) -> ApiKeyAuthLayer<MemoryCache<Client>, impl Look
 /// An axum app with one route of each kind.
 pub fn app<C, L>(layer: ApiKeyAuthLayer<C, L>) -> Router
 where
-    C: tower_api_key::KeyCache<Principal = Client>,
-    C::Get: Unpin,
+    C: tower_api_key::cache::KeyCache<Principal = Client>,
     L: Lookup<Client>,
 {
     Router::new()
@@ -294,8 +292,7 @@ pub fn get_anon(path: &str) -> Request<Body> {
 /// returns.
 pub async fn revocation_race<C>(cache: C) -> Race
 where
-    C: tower_api_key::KeyCache<Principal = Client>,
-    C::Get: Unpin,
+    C: tower_api_key::cache::KeyCache<Principal = Client>,
 {
     let secret = "sk_test_race";
     let store = KeyStore::new();

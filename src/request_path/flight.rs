@@ -6,9 +6,10 @@
 //! a weak handle: when every waiter is gone the flight is dropped, and a guard
 //! inside it removes its slot, so abandoned lookups can't pile up.
 //!
-//! A request joins a flight only when its cache token equals the flight's:
-//! a flight that started before an invalidation of its hash can't answer a
-//! request that arrived after it.
+//! A request joins a flight only when its cache token equals the flight's
+//! (rule 2 of the [token protocol](crate::cache#the-contract)): a flight that
+//! started before an invalidation of its hash can't answer a request that
+//! arrived after it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

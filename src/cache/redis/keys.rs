@@ -1,0 +1,114 @@
+//! Key naming: every Redis key the cache writes, from its prefix and a
+//! [`KeyHash`], never from the plaintext.
+//!
+//! | key | holds |
+//! | --- | --- |
+//! | `prefix{<hex>}` | the entry (a [codec](super::codec) envelope) |
+//! | `prefix{<hex>}:v` | the key's version, moved by every invalidation |
+//! | `prefix{o:<sha256 of the owner>}` | the owner's set of cached keys |
+//! | `prefix{owners}:v` | the owners' epoch, moved by every owner invalidation |
+//!
+//! The hash tag (`{…}`) puts a key's entry and version in one cluster slot,
+//! so the scripts that touch both never cross slots. Version keys end in
+//! `}:v`, which is how `invalidate_all` knows to keep them.
+
+use crate::KeyHash;
+
+/// The key names of one prefix.
+#[derive(Clone, Debug)]
+pub(super) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Refuses a prefix with braces (they would move the hash tag), glob
+    /// characters (they would widen `invalidate_all`'s SCAN) or backslashes.
+    pub(super) fn new(prefix: String) -> Result<Self, String> {
+        if prefix.contains(['{', '}', '*', '?', '[', ']', '\\']) {
+            return Err(format!(
+                "invalid Redis key prefix {prefix:?}: no braces, glob characters or backslashes"
+            ));
+        }
+        Ok(Self { prefix })
+    }
+
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The entry holding `hash`'s verdict.
+    pub(super) fn entry(&self, hash: &KeyHash) -> String {
+        self.tagged("", hash, "")
+    }
+
+    /// `hash`'s version.
+    pub(super) fn version(&self, hash: &KeyHash) -> String {
+        self.tagged("", hash, ":v")
+    }
+
+    /// The set of `owner`'s cached keys.
+    pub(super) fn owner(&self, owner: &str) -> String {
+        self.tagged("o:", &KeyHash::of(owner), "")
+    }
+
+    /// The owners' epoch (ends like a version key, so `invalidate_all`
+    /// keeps it).
+    pub(super) fn owners(&self) -> String {
+        format!("{}{{owners}}:v", self.prefix)
+    }
+
+    /// The SCAN pattern of every key under the prefix.
+    pub(super) fn all(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+
+    /// Whether a scanned key is a version (kept by `invalidate_all`: it
+    /// guards lookups still in flight).
+    pub(super) fn is_version(key: &[u8]) -> bool {
+        key.ends_with(b"}:v")
+    }
+
+    /// The pub/sub channel of the tiered cache's invalidations.
+    #[cfg(feature = "tiered")]
+    pub(super) fn channel(&self) -> String {
+        format!("{}invalidations", self.prefix)
+    }
+
+    /// `prefix{taghex}suffix`, in one allocation (it is built on every read).
+    fn tagged(&self, tag: &str, hash: &KeyHash, suffix: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + 66 + suffix.len());
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(tag);
+        hash.push_hex(&mut key);
+        key.push('}');
+        key.push_str(suffix);
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_that_would_break_keys_are_refused() {
+        assert!(Keys::new("apikey:".into()).is_ok());
+        for bad in ["a{b", "a}", "a*", "a?", "a[b]", "a\\"] {
+            assert!(Keys::new(bad.into()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entry_and_version_share_a_hash_tag() {
+        let keys = Keys::new("p:".into()).unwrap();
+        let hash = KeyHash::of("k");
+        let hex = hash.to_hex();
+        assert_eq!(keys.entry(&hash), format!("p:{{{hex}}}"));
+        assert_eq!(keys.version(&hash), format!("p:{{{hex}}}:v"));
+        assert!(Keys::is_version(keys.version(&hash).as_bytes()));
+        assert!(Keys::is_version(keys.owners().as_bytes()));
+        assert!(!Keys::is_version(keys.entry(&hash).as_bytes()));
+        assert!(!keys.owner("acme").contains("acme"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Reads: one primitive, [`RedisRead`], under both the plain `get`
+//! ([`RedisGet`]) and the tiered cache's L2 read (which also asks how long
+//! the entry has left).
+//!
+//! A hit is one command. A miss goes on to a lookup, so it also reads what
+//! the lookup's fill must match (the key's version and the owners' epoch)
+//! before it answers.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::interfaces::{ClientLike, KeysInterface};
+use serde::de::DeserializeOwned;
+
+use super::command::Command;
+use super::{codec, RedisCache, RedisToken, Version};
+use crate::cache::{CacheError, CacheRead};
+use crate::KeyHash;
+
+/// What a read answers: the read, and for a hit asked with its TTL how long
+/// the entry has left.
+pub(crate) type Read<P> = Result<(CacheRead<P, RedisToken>, Option<Duration>), CacheError>;
+
+impl<P> RedisCache<P> {
+    /// Reads `hash`; with `with_ttl`, also how long a hit has left (`PTTL`,
+    /// in the same round trip).
+    pub(super) fn read(&self, hash: &KeyHash, with_ttl: bool) -> RedisRead<P> {
+        let inner = &*self.inner;
+        // Taken before the read, so an invalidate_all during it wins.
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        let entry = inner.keys.entry(hash);
+        let command = if with_ttl {
+            let pipeline = inner.pool.next().pipeline().with_options(&inner.options);
+            inner.boxed(move || async move {
+                let _: () = pipeline.get(&entry).await?;
+                let _: () = pipeline.pttl(&entry).await?;
+                let (raw, pttl): (Option<Bytes>, i64) = pipeline.all().await?;
+                Ok((raw, Some(pttl)))
+            })
+        } else {
+            let client = inner.client();
+            inner.boxed(move || async move { Ok((client.get(entry).await?, None)) })
+        };
+        RedisRead {
+            cache: self.clone(),
+            hash: *hash,
+            epoch,
+            // Redis counts the TTL down from its reply: what is left here is
+            // less by the time since the question was sent.
+            asked: with_ttl.then(Instant::now),
+            state: ReadState::Entry(command),
+        }
+    }
+
+    /// Reads the key's version and the owners' epoch, bounded: what a fill
+    /// must match.
+    pub(super) fn read_version(&self, hash: &KeyHash) -> Command<Version> {
+        let inner = &*self.inner;
+        let (key, owners) = (inner.keys.version(hash), inner.keys.owners());
+        let client = inner.client();
+        inner.boxed(move || async move {
+            let (key, owners) =
+                futures_util::future::try_join(client.get(key), client.get(owners)).await?;
+            Ok(Version { key, owners })
+        })
+    }
+}
+
+/// A read of one key (see the [module docs](self)).
+pub(crate) struct RedisRead<P> {
+    cache: RedisCache<P>,
+    hash: KeyHash,
+    epoch: u64,
+    asked: Option<Instant>,
+    state: ReadState,
+}
+
+enum ReadState {
+    /// The entry (and its `PTTL`, when asked).
+    Entry(Command<(Option<Bytes>, Option<i64>)>),
+    /// A miss reading the versions its fill must match; with why, when the
+    /// entry was there but undecodable.
+    Version(Command<Version>, Option<CacheError>),
+    Done,
+}
+
+impl<P: DeserializeOwned> Future for RedisRead<P> {
+    type Output = Read<P>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                ReadState::Entry(command) => {
+                    let found = ready!(command.as_mut().poll(cx));
+                    let (raw, pttl) = match found {
+                        Ok(found) => found,
+                        Err(error) => {
+                            this.state = ReadState::Done;
+                            return Poll::Ready(Err(error));
+                        }
+                    };
+                    match codec::decode::<P>(raw.as_deref()) {
+                        Ok(verdict) => {
+                            this.state = ReadState::Done;
+                            let left = pttl.and_then(|ms| u64::try_from(ms).ok()).map(|ms| {
+                                let asked = this.asked.map_or(Duration::ZERO, |t| t.elapsed());
+                                Duration::from_millis(ms).saturating_sub(asked)
+                            });
+                            return Poll::Ready(Ok((CacheRead::Hit(verdict), left)));
+                        }
+                        Err(degraded) => {
+                            let command = this.cache.read_version(&this.hash);
+                            this.state = ReadState::Version(command, degraded);
+                        }
+                    }
+                }
+                ReadState::Version(command, degraded) => {
+                    let version = ready!(command.as_mut().poll(cx));
+                    let degraded = degraded.take();
+                    this.state = ReadState::Done;
+                    let token = RedisToken {
+                        epoch: this.epoch,
+                        version: version?,
+                    };
+                    return Poll::Ready(Ok((CacheRead::Miss { token, degraded }, None)));
+                }
+                ReadState::Done => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The `get` future of [`RedisCache`]: one `GET` for a hit; a miss also
+/// reads the key's version (the fill's guard) before it answers.
+pub struct RedisGet<P>(pub(super) RedisRead<P>);
+
+impl<P> fmt::Debug for RedisGet<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisGet")
+            .field("hash", &self.0.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: DeserializeOwned> Future for RedisGet<P> {
+    type Output = Result<CacheRead<P, RedisToken>, CacheError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map_ok(|(read, _)| read)
+    }
+}

@@ -1,0 +1,76 @@
+//! Redis as the tiered cache's far tier (L2): see `cache/tier.rs`.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::prelude::Config;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::builder::{client_builder, Connection};
+use super::read::RedisRead;
+use super::{RedisCache, RedisCacheBuilder, RedisToken};
+use crate::cache::tier::{FarTier, FarTierBuilder, Put};
+use crate::cache::{CacheError, Verdict};
+use crate::{KeyHash, Principal};
+
+impl<P> FarTier for RedisCache<P>
+where
+    P: Principal + Serialize + DeserializeOwned,
+{
+    type GetWithTtl = RedisRead<P>;
+
+    fn get_with_ttl(&self, hash: &KeyHash) -> RedisRead<P> {
+        self.read(hash, true)
+    }
+
+    fn put_checked(
+        &self,
+        hash: KeyHash,
+        token: RedisToken,
+        verdict: &Verdict<P>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Put, CacheError>> + Send {
+        self.fill(hash, token, verdict, ttl)
+    }
+
+    fn invalidate_all_tokens(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn channel(&self) -> String {
+        self.inner.keys.channel()
+    }
+
+    fn publish(&self, message: String) -> impl Future<Output = Result<(), CacheError>> + Send {
+        let inner = &*self.inner;
+        // The pool has no pub/sub interface: one of its clients does.
+        let client = inner.pool.next().with_options(&inner.options);
+        async move {
+            let publish = client.publish::<i64, _, _>(inner.keys.channel(), message);
+            inner.run(publish).await.map(drop)
+        }
+    }
+}
+
+impl<P> FarTierBuilder for RedisCacheBuilder<P> {
+    fn subscriber(&self, backlog: usize) -> Result<(Client, Duration), CacheError> {
+        let config = match &self.connection {
+            Connection::Url(url) => Config::from_url(url).map_err(CacheError::new)?,
+            Connection::Config(config) => (**config).clone(),
+            Connection::Pool(_) => {
+                return Err(CacheError::new(
+                    "a tiered cache is built from a URL or a Config, not a pool",
+                ))
+            }
+        };
+        let client = client_builder(config, self.connect_timeout)
+            .with_performance_config(|p| p.broadcast_channel_capacity = backlog)
+            .build()
+            .map_err(CacheError::new)?;
+        Ok((client, self.connect_timeout))
+    }
+}

@@ -1,0 +1,143 @@
+//! [`ResponseFuture`], the response future of [`ApiKeyAuth`](crate::ApiKeyAuth).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::cache::KeyCache;
+use crate::lookup::Lookup;
+use crate::rejection::AuthRejection;
+use crate::request_path::Authentication;
+
+pin_project! {
+    /// Response future for [`ApiKeyAuth`](crate::ApiKeyAuth).
+    ///
+    /// It only sequences: wait for the request path to decide (when it
+    /// couldn't at once), then call the inner service or render the
+    /// rejection.
+    pub struct ResponseFuture<S, C, L, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+        C: KeyCache,
+    {
+        #[pin]
+        state: State<S, C, L, ReqB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, C, L, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+        C: KeyCache,
+    {
+        // Waiting on the cache or a lookup (`None` once decided).
+        Authenticating {
+            pending: Option<Box<Pending<S, C, L, ReqB>>>,
+        },
+        Inner {
+            #[pin]
+            future: S::Future,
+        },
+        Rejected {
+            rejection: Option<AuthRejection>,
+        },
+    }
+}
+
+/// A request whose authentication waits, with the service that `poll_ready`
+/// made ready for it: boxed together, so that the future of a request
+/// decided at once (a hit) stays small.
+struct Pending<S, C: KeyCache, L, ReqB> {
+    authentication: Authentication<C, L>,
+    req: Request<ReqB>,
+    inner: S,
+}
+
+impl<S, C, L, ReqB> ResponseFuture<S, C, L, ReqB>
+where
+    S: Service<Request<ReqB>>,
+    C: KeyCache,
+{
+    pub(crate) fn inner(future: S::Future) -> Self {
+        Self {
+            state: State::Inner { future },
+        }
+    }
+
+    pub(crate) fn rejected(rejection: AuthRejection) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+
+    pub(crate) fn authenticating(
+        authentication: Authentication<C, L>,
+        req: Request<ReqB>,
+        inner: S,
+    ) -> Self {
+        let pending = Box::new(Pending {
+            authentication,
+            req,
+            inner,
+        });
+        Self {
+            state: State::Authenticating {
+                pending: Some(pending),
+            },
+        }
+    }
+}
+
+impl<S, C, L, ReqB, ResB> Future for ResponseFuture<S, C, L, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    C: KeyCache,
+    L: Lookup<C::Principal>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Authenticating { pending } => {
+                    let Some(mut waiting) = pending.take() else {
+                        return Poll::Pending; // polled after completion
+                    };
+                    let Poll::Ready(decided) = waiting.authentication.poll(cx, &mut waiting.req)
+                    else {
+                        *pending = Some(waiting);
+                        return Poll::Pending;
+                    };
+                    let Pending { req, mut inner, .. } = *waiting;
+                    match decided {
+                        Ok(()) => State::Inner {
+                            future: inner.call(req),
+                        },
+                        Err(rejection) => State::Rejected {
+                            rejection: Some(rejection),
+                        },
+                    }
+                }
+                StateProj::Inner { future } => return future.poll(cx),
+                StateProj::Rejected { rejection } => {
+                    return match rejection.take() {
+                        Some(r) => Poll::Ready(Ok(r.to_response().map(ResB::from))),
+                        None => Poll::Pending, // polled after completion
+                    };
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}

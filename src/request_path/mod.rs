@@ -1,0 +1,336 @@
+//! The request path: what the layer does with one request, as its stages,
+//! top to bottom.
+//!
+//! 1. [**Policy**](RequestPath::authenticate): the route's [`RoutePolicy`];
+//!    a public route passes untouched.
+//! 2. [**Read the key**](RequestPath::read_key) from the request
+//!    ([`KeySource`](crate::KeySource)).
+//! 3. **Hash** it ([`KeyHasher`](crate::KeyHasher)): from here on only the
+//!    hash exists.
+//! 4. [**Cache read**](RequestPath::on_read): a hit decides; a miss goes on.
+//! 5. [**Miss: look up once, store**](RequestPath::look_up) (in `miss.rs`):
+//!    concurrent misses share one lookup (`flight.rs`), whose answer is
+//!    stored with the miss's token.
+//! 6. [**Forward**](RequestPath::forward): the principal into the request's
+//!    extensions.
+//!
+//! Each stage is a method of [`RequestPath`] that either decides
+//! ([`Step::Done`]) or names what it waits on ([`Step::Wait`]). The
+//! service runs them inside `call` until one waits, so that a hit in an
+//! in-process cache costs no state machine and no allocation; the response
+//! future ([`ResponseFuture`](crate::future::ResponseFuture)) only polls
+//! what is waited on ([`Authentication::poll`]) and then calls the inner
+//! service or renders the rejection. A new stage is a method here and a
+//! variant of [`Wait`] if it can wait; nothing else changes.
+
+mod flight;
+mod miss;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::task::noop_waker_ref;
+use http::Request;
+
+use self::flight::{Flight, Flights, Outcome};
+use self::miss::Miss;
+use crate::cache::{CacheError, CacheRead, KeyCache, Verdict};
+use crate::policy::RouteTable;
+use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind};
+use crate::source::RequestHead;
+use crate::stats::{Counters, Stats, WarnLimiter};
+use crate::{KeyHash, KeyHasher, KeySource, Principal, RoutePolicy};
+
+/// Default time a valid key stays cached.
+pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(300);
+/// Default time an unknown key stays cached as invalid.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+/// What the builder sets and every request reads. Copied on write: a clone
+/// of a layer configured further never changes the original.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) source: KeySource,
+    pub(crate) hasher: KeyHasher,
+    pub(crate) routes: RouteTable,
+    pub(crate) positive_ttl: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) rejection: Arc<RejectionConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            source: KeySource::bearer(),
+            hasher: KeyHasher::sha256(),
+            routes: RouteTable::default(),
+            positive_ttl: DEFAULT_POSITIVE_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            rejection: Arc::new(RejectionConfig::default()),
+        }
+    }
+}
+
+/// What every clone of a layer, and every service it made, shares.
+struct Shared<C: KeyCache, L> {
+    cache: C,
+    lookup: L,
+    counters: Counters,
+    flights: Arc<Flights<C::Principal, C::Token>>,
+    cache_warnings: WarnLimiter,
+    lookup_warnings: WarnLimiter,
+}
+
+/// The request path of one layer: its settings and its shared state (two
+/// reference counts).
+pub(crate) struct RequestPath<C: KeyCache, L> {
+    config: Arc<Config>,
+    shared: Arc<Shared<C, L>>,
+}
+
+impl<C: KeyCache, L> Clone for RequestPath<C, L> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// What a stage decided.
+pub(crate) enum Step<C: KeyCache> {
+    /// Forward the request (with its principal, if it has one, in its
+    /// extensions), or answer with the rejection.
+    Done(Result<(), AuthRejection>),
+    /// Wait on this, then go on.
+    Wait(Wait<C>),
+}
+
+/// What a request can wait on.
+pub(crate) enum Wait<C: KeyCache> {
+    /// A cache that didn't answer at once.
+    Cache(C::Get),
+    /// This key's lookup, shared with other requests.
+    Lookup(Flight<C::Principal>),
+}
+
+/// Where [`RequestPath::authenticate`] left a request.
+pub(crate) enum Progress<C: KeyCache, L> {
+    /// Forward it, or answer with the rejection.
+    Decided(Result<(), AuthRejection>),
+    /// Waiting: poll this.
+    Waiting(Authentication<C, L>),
+}
+
+/// A request whose authentication is waiting: what the path needs to go on
+/// with it.
+pub(crate) struct Authentication<C: KeyCache, L> {
+    path: RequestPath<C, L>,
+    hash: KeyHash,
+    wait: Wait<C>,
+}
+
+impl<C: KeyCache, L> RequestPath<C, L> {
+    pub(crate) fn new(cache: C, lookup: L) -> Self {
+        Self {
+            config: Arc::new(Config::default()),
+            shared: Arc::new(Shared {
+                cache,
+                lookup,
+                counters: Counters::default(),
+                flights: Arc::new(Flights::new()),
+                cache_warnings: WarnLimiter::new(Duration::from_secs(10)),
+                lookup_warnings: WarnLimiter::new(Duration::from_secs(10)),
+            }),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    pub(crate) fn cache(&self) -> &C {
+        &self.shared.cache
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    fn rejection(&self, kind: RejectionKind) -> AuthRejection {
+        AuthRejection::new(kind, Arc::clone(&self.config.rejection))
+    }
+
+    fn reject(&self, kind: RejectionKind) -> Step<C> {
+        Step::Done(Err(self.rejection(kind)))
+    }
+
+    fn note_cache_error(&self, op: &'static str, error: &CacheError) {
+        self.shared.counters.cache_errors.incr();
+        if let Some(suppressed) = self.shared.cache_warnings.allow() {
+            tracing::warn!(op, %error, suppressed, "API key cache failed; answering from the lookup");
+        }
+    }
+}
+
+impl<C, L> RequestPath<C, L>
+where
+    C: KeyCache,
+    L: crate::Lookup<C::Principal>,
+{
+    /// Runs the stages on `req` until one decides or waits. On a hit in an
+    /// in-process cache this is the whole of the layer's work.
+    pub(crate) fn authenticate<B>(&self, req: &mut Request<B>) -> Progress<C, L> {
+        // 1. Policy.
+        let route = self.config.routes.resolve(req);
+        if route.policy == RoutePolicy::Public {
+            return Progress::Decided(self.pass(req));
+        }
+        // 2. Read the key, 3. hash it.
+        let hash = match self.read_key(req) {
+            Ok(Some(hash)) => hash,
+            Ok(None) if route.policy == RoutePolicy::Optional => {
+                return Progress::Decided(self.pass(req))
+            }
+            Ok(None) => return Progress::Decided(Err(self.rejection(RejectionKind::MissingKey))),
+            Err(malformed) => return Progress::Decided(Err(malformed)),
+        };
+        // 4. Cache read, unless the route asks the lookup every time.
+        let step = if route.bypass_cache {
+            self.look_up(hash, Miss::Refresh)
+        } else {
+            let mut get = self.shared.cache.get(&hash);
+            // An in-process cache answers on the first poll.
+            match Pin::new(&mut get).poll(&mut Context::from_waker(noop_waker_ref())) {
+                Poll::Ready(read) => self.on_read(req, hash, read),
+                Poll::Pending => Step::Wait(Wait::Cache(get)),
+            }
+        };
+        match step {
+            Step::Done(decided) => Progress::Decided(decided),
+            Step::Wait(wait) => Progress::Waiting(Authentication {
+                path: self.clone(),
+                hash,
+                wait,
+            }),
+        }
+    }
+
+    /// Stages 2 and 3: the presented secret, hashed; `Ok(None)` when the
+    /// request carries none. The secret itself is dropped here.
+    fn read_key<B>(&self, req: &Request<B>) -> Result<Option<KeyHash>, AuthRejection> {
+        match self.config.source.extract(&RequestHead::of(req)) {
+            Ok(secret) => Ok(secret.map(|secret| self.config.hasher.hash(&secret))),
+            Err(malformed) => Err(self.rejection(RejectionKind::MalformedKey(malformed))),
+        }
+    }
+
+    /// No principal (a public route, or anonymous on an optional one), but a
+    /// mark that the layer ran, for the extractor.
+    fn pass<B>(&self, req: &mut Request<B>) -> Result<(), AuthRejection> {
+        req.extensions_mut()
+            .insert(Passed::new(Arc::clone(&self.config.rejection)));
+        Ok(())
+    }
+
+    /// Stage 4: what a cache read decides.
+    fn on_read<B>(
+        &self,
+        req: &mut Request<B>,
+        hash: KeyHash,
+        read: Result<CacheRead<C::Principal, C::Token>, CacheError>,
+    ) -> Step<C> {
+        let counters = &self.shared.counters;
+        match read {
+            Ok(CacheRead::Hit(verdict)) => match judge(verdict) {
+                Some(principal) => {
+                    counters.hits.incr();
+                    self.forward(req, principal)
+                }
+                None => {
+                    counters.negative_hits.incr();
+                    self.reject(RejectionKind::InvalidKey)
+                }
+            },
+            Ok(CacheRead::Miss { token, degraded }) => {
+                if let Some(error) = degraded {
+                    self.note_cache_error("get", &error);
+                }
+                self.look_up(hash, Miss::Read(token))
+            }
+            Err(error) => {
+                self.note_cache_error("get", &error);
+                self.look_up(hash, Miss::Unreadable)
+            }
+        }
+    }
+
+    /// Stage 5: joins or starts this key's lookup (`miss.rs`).
+    fn look_up(&self, hash: KeyHash, miss: Miss<C::Token>) -> Step<C> {
+        Step::Wait(Wait::Lookup(self.flight(hash, miss)))
+    }
+
+    /// What the lookup concluded.
+    fn on_lookup<B>(&self, req: &mut Request<B>, outcome: Outcome<C::Principal>) -> Step<C> {
+        match outcome {
+            Outcome::Valid(principal) => self.forward(req, principal),
+            Outcome::Invalid => self.reject(RejectionKind::InvalidKey),
+            Outcome::Failed => self.reject(RejectionKind::LookupUnavailable),
+        }
+    }
+
+    /// Stage 6: the principal goes into the request's extensions.
+    fn forward<B>(&self, req: &mut Request<B>, principal: Arc<C::Principal>) -> Step<C> {
+        req.extensions_mut().insert(principal);
+        Step::Done(Ok(()))
+    }
+}
+
+impl<C, L> Authentication<C, L>
+where
+    C: KeyCache,
+    L: crate::Lookup<C::Principal>,
+{
+    /// Polls what the request waits on and runs the stages after it, until
+    /// one decides.
+    pub(crate) fn poll<B>(
+        &mut self,
+        cx: &mut Context<'_>,
+        req: &mut Request<B>,
+    ) -> Poll<Result<(), AuthRejection>> {
+        loop {
+            let step = match &mut self.wait {
+                Wait::Cache(get) => {
+                    let read = ready!(Pin::new(get).poll(cx));
+                    self.path.on_read(req, self.hash, read)
+                }
+                Wait::Lookup(flight) => {
+                    let outcome = ready!(Pin::new(flight).poll(cx));
+                    self.path.on_lookup(req, outcome)
+                }
+            };
+            match step {
+                Step::Done(decided) => return Poll::Ready(decided),
+                Step::Wait(wait) => self.wait = wait,
+            }
+        }
+    }
+}
+
+/// What a cached verdict says of the key now: its principal, unless the key
+/// is invalid or its own expiry has passed (the TTL cap keeps an expired key
+/// out of a well-behaved cache; this covers a backend whose clock or TTL
+/// granularity runs late).
+fn judge<P: Principal>(verdict: Verdict<P>) -> Option<Arc<P>> {
+    match verdict {
+        Verdict::Valid(p) if p.expires_at().is_none_or(|at| at > SystemTime::now()) => Some(p),
+        _ => None,
+    }
+}

@@ -1,0 +1,143 @@
+//! The cache conformance suite (`tower_api_key::cache::conformance`) on the
+//! crate's own backends, and on a naive cache that it must catch.
+#![cfg(feature = "test-util")]
+
+mod common;
+
+mod memory {
+    use tower_api_key::cache::MemoryCache;
+
+    tower_api_key::key_cache_conformance!(|| async { (MemoryCache::new(), ()) }, owners);
+}
+
+#[cfg(feature = "tiered")]
+mod any_cache {
+    use tower_api_key::cache::{AnyCache, CacheSettings};
+
+    tower_api_key::key_cache_conformance!(
+        || async { (AnyCache::from_settings(CacheSettings::default()).await, ()) },
+        owners
+    );
+}
+
+/// Each test on a private `redis-server` of its own.
+#[cfg(feature = "redis")]
+mod redis {
+    use super::common::redis::RedisServer;
+    use tower_api_key::cache::RedisCache;
+
+    tower_api_key::key_cache_conformance!(
+        || async {
+            let server = RedisServer::start();
+            let cache = RedisCache::builder(server.url()).build().await;
+            (cache.expect("a Redis cache"), server)
+        },
+        owners
+    );
+}
+
+#[cfg(feature = "tiered")]
+mod tiered {
+    use super::common::redis::RedisServer;
+    use tower_api_key::cache::TieredCache;
+
+    tower_api_key::key_cache_conformance!(
+        || async {
+            let server = RedisServer::start();
+            let cache = TieredCache::builder(server.url()).build().await;
+            (cache.expect("a tiered cache"), server)
+        },
+        owners
+    );
+}
+
+/// A cache on moka's plain `insert` and `invalidate` that ignores its
+/// tokens and TTLs: the checks that guard the contract must fail on it.
+mod a_naive_cache_fails {
+    use std::future::{ready, Future, Ready};
+    use std::time::Duration;
+
+    use tower_api_key::cache::conformance::{self, Client};
+    use tower_api_key::cache::{CacheError, CacheRead, KeyCache, Verdict};
+    use tower_api_key::KeyHash;
+
+    struct Naive(moka::sync::Cache<KeyHash, Verdict<Client>>);
+
+    fn naive() -> impl Future<Output = (Naive, ())> {
+        ready((Naive(moka::sync::Cache::new(1_000)), ()))
+    }
+
+    impl KeyCache for Naive {
+        type Principal = Client;
+        type Token = ();
+        type Get = Ready<Result<CacheRead<Client, ()>, CacheError>>;
+
+        fn get(&self, hash: &KeyHash) -> Self::Get {
+            ready(Ok(match self.0.get(hash) {
+                Some(verdict) => CacheRead::Hit(verdict),
+                None => CacheRead::miss(()),
+            }))
+        }
+
+        fn refresh_token(
+            &self,
+            _: &KeyHash,
+        ) -> impl Future<Output = Result<(), CacheError>> + Send {
+            ready(Ok(()))
+        }
+
+        fn put(
+            &self,
+            hash: KeyHash,
+            _: (),
+            verdict: Verdict<Client>,
+            _: Duration,
+        ) -> impl Future<Output = Result<(), CacheError>> + Send {
+            self.0.insert(hash, verdict);
+            ready(Ok(()))
+        }
+
+        fn invalidate(
+            &self,
+            hash: &KeyHash,
+        ) -> impl Future<Output = Result<(), CacheError>> + Send {
+            self.0.invalidate(hash);
+            ready(Ok(()))
+        }
+
+        fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
+            self.0.invalidate_all();
+            ready(Ok(()))
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "a stale refill undid the invalidation")]
+    fn on_a_stale_refill_after_invalidate() {
+        conformance::run(
+            naive,
+            conformance::a_put_with_a_token_from_before_invalidate_stores_nothing,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "a token from before invalidate equals one after")]
+    fn on_tokens_that_ignore_invalidations() {
+        conformance::run(naive, conformance::tokens_are_equal_until_an_invalidation);
+    }
+
+    #[test]
+    #[should_panic(expected = "outlived its TTL")]
+    fn on_entries_that_outlive_their_ttl() {
+        conformance::run(naive, conformance::entries_expire_after_their_own_ttl);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalidate_owner")]
+    fn on_owner_invalidation_it_cannot_do() {
+        conformance::run(
+            naive,
+            conformance::invalidate_owner_drops_that_owners_keys_only,
+        );
+    }
+}
