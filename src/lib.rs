@@ -114,7 +114,7 @@ pub use service::ApiKeyAuth;
 pub use source::{KeySource, MalformedKey, DEFAULT_MAX_KEY_LENGTH};
 pub use stats::Stats;
 
-/// The README's code, compiled and run as doc tests.
-#[cfg(doctest)]
+/// The README's code, compiled and run as doc tests (it uses every feature).
+#[cfg(all(doctest, feature = "tiered", feature = "test-util"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -51,13 +51,9 @@
 //! # Checking a backend
 //!
 //! The conformance suite states each rule as a test. With the `test-util`
-//! feature, [`key_cache_conformance!`](crate::key_cache_conformance) writes
-//! one `#[test]` per rule for your backend, named for what it checks; the
+//! feature, `key_cache_conformance!` writes one `#[test]` per rule for your
+//! backend, named for what it checks (see `cache::conformance`); the
 //! crate's own backends run it in `tests/conformance.rs`.
-//!
-//! ```ignore
-//! tower_api_key::key_cache_conformance!(|| async { MyCache::new() });
-//! ```
 //!
 //! Backends' tokens are in [`token`] and their `get` futures in [`future`]:
 //! plumbing that a user of the layer never names.
