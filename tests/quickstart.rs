@@ -1,4 +1,4 @@
-//! Drives `examples/quickstart.rs` end to end over real HTTP: the binary the
+//! Drives `examples/quickstart/` end to end over real HTTP: the binary the
 //! README's first command runs.
 
 use std::io::{BufRead, BufReader};
@@ -353,12 +353,12 @@ fn quickstart_prints_a_random_admin_key_once_and_rejects_bad_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("APIKEY_CACHE_BACKEND"));
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "tiered")]
 #[path = "common/redis.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod redis_servers;
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "tiered")]
 mod shared_redis {
     use super::*;
 

@@ -1,0 +1,60 @@
+//! The cache: memory, or (built with `--features tiered`) whatever
+//! `APIKEY_CACHE_BACKEND` picks.
+
+use crate::db::ApiClient;
+
+#[cfg(feature = "tiered")]
+pub type Cache = tower_api_key::cache::AnyCache<ApiClient>;
+#[cfg(not(feature = "tiered"))]
+pub type Cache = tower_api_key::cache::MemoryCache<ApiClient>;
+
+#[cfg(feature = "tiered")]
+pub async fn build_cache() -> Result<(Cache, &'static str), String> {
+    use tower_api_key::cache::{AnyCache, CacheSettings};
+    let settings = CacheSettings::from_env();
+    if !matches!(settings.backend.as_str(), "memory" | "redis" | "tiered") {
+        return Err(format!(
+            "APIKEY_CACHE_BACKEND={:?} is not supported; use `memory`, `redis` or `tiered`",
+            settings.backend
+        ));
+    }
+    // Redis without REDIS_URL: a loud warning and the in-process cache.
+    let cache = AnyCache::from_settings(settings).await;
+    let backend = cache.backend();
+    Ok((cache, backend))
+}
+
+#[cfg(not(feature = "tiered"))]
+pub async fn build_cache() -> Result<(Cache, &'static str), String> {
+    let backend = std::env::var("APIKEY_CACHE_BACKEND").unwrap_or_default();
+    match backend.trim().to_ascii_lowercase().as_str() {
+        "" | "memory" => Ok((tower_api_key::cache::MemoryCache::new(), "memory")),
+        backend @ ("redis" | "tiered") => Err(format!(
+            "APIKEY_CACHE_BACKEND={backend} needs the `tiered` feature: \
+             cargo run --example quickstart --features tiered"
+        )),
+        other => Err(format!(
+            "APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory`, `redis` or `tiered`"
+        )),
+    }
+}
+
+/// The tiered cache's own counters: broadcasts received, L1 flushes.
+#[cfg(feature = "tiered")]
+pub fn tiered_stats(cache: &Cache) -> Option<serde_json::Value> {
+    let tower_api_key::cache::AnyCache::Tiered(cache) = cache else {
+        return None;
+    };
+    let s = cache.stats();
+    Some(serde_json::json!({
+        "l2_hits": s.l2_hits,
+        "broadcasts_received": s.broadcasts_received,
+        "l1_flushes": s.l1_flushes,
+        "subscribed": s.subscribed,
+    }))
+}
+
+#[cfg(not(feature = "tiered"))]
+pub fn tiered_stats(_: &Cache) -> Option<serde_json::Value> {
+    None
+}

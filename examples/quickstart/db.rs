@@ -1,0 +1,164 @@
+//! The key table: SQLite, keys stored by hash only.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use tower_api_key::{KeyHash, Principal};
+
+/// A row of the key table, as the handlers see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiClient {
+    pub id: i64,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+impl ApiClient {
+    pub fn is_admin(&self) -> bool {
+        self.scopes.iter().any(|s| s == "admin")
+    }
+}
+
+impl Principal for ApiClient {
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The key table. SQLite calls are short and run on the blocking pool.
+#[derive(Clone)]
+pub struct Db(Arc<Mutex<Connection>>);
+
+#[derive(Debug)]
+pub struct DbError(pub String);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key store error: {}", self.0)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl Db {
+    pub fn open(url: Option<&str>) -> Result<Self, DbError> {
+        let conn = match url.map(|u| u.trim_start_matches("sqlite://")) {
+            None | Some("") | Some(":memory:") => Connection::open_in_memory(),
+            Some(path) => Connection::open(path),
+        }
+        .map_err(|e| DbError(e.to_string()))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS api_keys (
+                id          INTEGER PRIMARY KEY,
+                name        TEXT    NOT NULL,
+                key_hash    BLOB    NOT NULL UNIQUE,
+                scopes      TEXT    NOT NULL DEFAULT '[]',
+                created_at  INTEGER NOT NULL,
+                expires_at  INTEGER,
+                revoked_at  INTEGER
+            );",
+        )
+        .map_err(|e| DbError(e.to_string()))?;
+        Ok(Self(Arc::new(Mutex::new(conn))))
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let db = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = db.lock().map_err(|_| DbError("lock poisoned".into()))?;
+            f(&conn).map_err(|e| DbError(e.to_string()))
+        })
+        .await
+        .map_err(|e| DbError(e.to_string()))?
+    }
+
+    pub async fn insert(
+        &self,
+        name: String,
+        hash: KeyHash,
+        scopes: Vec<String>,
+        expires_at: Option<u64>,
+    ) -> Result<i64, DbError> {
+        let scopes = serde_json::to_string(&scopes).map_err(|e| DbError(e.to_string()))?;
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO api_keys (name, key_hash, scopes, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    name,
+                    hash.as_bytes().as_slice(),
+                    scopes,
+                    unix_now() as i64,
+                    expires_at.map(|v| v as i64)
+                ],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub async fn find_by_hash(&self, hash: KeyHash) -> Result<Option<ApiClient>, DbError> {
+        self.run(move |c| {
+            c.query_row(
+                "SELECT id, name, scopes, expires_at FROM api_keys
+                 WHERE key_hash = ?1 AND revoked_at IS NULL",
+                [hash.as_bytes().as_slice()],
+                |row| {
+                    let scopes: String = row.get(2)?;
+                    Ok(ApiClient {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+                        expires_at: row.get::<_, Option<i64>>(3)?.map(|v| v.max(0) as u64),
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn has_admin(&self) -> Result<bool, DbError> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM api_keys WHERE name = 'admin' AND revoked_at IS NULL)",
+                [],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+
+    /// Marks the key revoked; returns its hash, or `None` if there is no such
+    /// live key.
+    pub async fn revoke(&self, id: i64) -> Result<Option<KeyHash>, DbError> {
+        self.run(move |c| {
+            let hash: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT key_hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL",
+                    [id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            c.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, unix_now() as i64],
+            )?;
+            Ok(hash.and_then(|h| <[u8; 32]>::try_from(h).ok().map(KeyHash::from_bytes)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,170 @@
+//! A small real API guarded by `tower-api-key`: an embedded SQLite key table
+//! (keys stored by hash only), public, optional and required routes, key
+//! creation and revocation, and the layer's counters.
+//!
+//! ```sh
+//! cargo run --example quickstart
+//! ```
+//!
+//! Environment (all optional):
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `PORT` | `3000` | listen on `127.0.0.1:$PORT` (`0` picks a free port) |
+//! | `DATABASE_URL` | in memory | SQLite file for the key table (`sqlite://path` or a path) |
+//! | `DEMO_API_KEY` | random | the admin key's secret; a random one is printed once otherwise |
+//! | `APIKEY_CACHE_BACKEND` | `memory` | `memory`, or `redis` / `tiered` (built with `--features tiered`) |
+//! | `REDIS_URL` | | the Redis for `redis` and `tiered`: `redis://127.0.0.1:6379`, `redis-cluster://…` |
+//! | `APIKEY_L1_TTL_MS` | `30000` | `tiered`: longest life of an in-process entry (revocations are broadcast) |
+//! | `APIKEY_REDIS_PREFIX` | `apikey:` | prefix of the Redis keys |
+//! | `APIKEY_POSITIVE_TTL` | `300` | seconds a valid key stays cached |
+//! | `APIKEY_NEGATIVE_TTL` | `30` | seconds an unknown key stays cached |
+//! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
+//! | `QUICKSTART_LOOKUP_FAIL` | off | `1`: the key store fails; cached keys keep working, others get 503 |
+//!
+//! | file | what it holds |
+//! | --- | --- |
+//! | `main.rs` | configuration, the layer, the admin key, serving |
+//! | `db.rs` | the SQLite key table (by hash) and its rows |
+//! | `lookup.rs` | the key table as the layer's lookup, with the demo knobs |
+//! | `cache.rs` | the cache backend the environment picks |
+//! | `routes.rs` | the handlers |
+
+mod cache;
+mod db;
+mod lookup;
+mod routes;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tower_api_key::ApiKeyAuthLayer;
+
+use crate::cache::build_cache;
+use crate::db::Db;
+use crate::lookup::DbLookup;
+use crate::routes::{new_secret, router, Auth};
+
+fn env_u64(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} must be a whole number, got {v:?}")),
+        _ => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_api_key=info".into()),
+        )
+        .init();
+    if let Err(e) = run().await {
+        eprintln!("quickstart: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let port = env_u64("PORT", 3000)?;
+    let port = u16::try_from(port).map_err(|_| format!("PORT out of range: {port}"))?;
+    let positive_ttl = Duration::from_secs(env_u64("APIKEY_POSITIVE_TTL", 300)?);
+    let negative_ttl = Duration::from_secs(env_u64("APIKEY_NEGATIVE_TTL", 30)?);
+    let delay = Duration::from_millis(env_u64("QUICKSTART_LOOKUP_DELAY_MS", 0)?);
+    let fail = matches!(
+        std::env::var("QUICKSTART_LOOKUP_FAIL").as_deref(),
+        Ok("1" | "true" | "yes")
+    );
+    let (cache, backend) = build_cache().await?;
+
+    let database_url = std::env::var("DATABASE_URL").ok();
+    let db = Db::open(database_url.as_deref()).map_err(|e| e.to_string())?;
+    let auth: Auth = ApiKeyAuthLayer::new(
+        cache,
+        DbLookup {
+            db: db.clone(),
+            delay,
+            fail,
+        },
+    )
+    .positive_ttl(positive_ttl)
+    .negative_ttl(negative_ttl)
+    .public("/health")
+    .optional("/v1/hello")
+    // Key management always asks the table, not the cache.
+    .bypass_cache("/v1/keys")
+    .bypass_cache("/v1/keys/{id}");
+
+    // Seed the admin key (by hash; the secret is shown once and never stored).
+    // A kept database that already has an admin key gets no new random one.
+    let given = std::env::var("DEMO_API_KEY")
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty());
+    let admin_secret = match given {
+        Some(k) => Some((k, false)),
+        None if db.has_admin().await.map_err(|e| e.to_string())? => None,
+        None => Some((new_secret(), true)),
+    };
+    if let Some((secret, _)) = &admin_secret {
+        let hash = auth.hash_key(secret);
+        if db
+            .find_by_hash(hash)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            db.insert("admin".into(), hash, vec!["admin".into()], None)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let shown = admin_secret.as_ref().is_some_and(|(_, shown)| *shown);
+
+    let app = router(db, auth);
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let base = format!("http://{addr}");
+    let key = match &admin_secret {
+        Some((secret, true)) => secret.as_str(),
+        _ => "$DEMO_API_KEY",
+    };
+    println!("tower-api-key quickstart listening on {base}");
+    println!(
+        "cache: {backend}, positive TTL {}s, negative TTL {}s",
+        positive_ttl.as_secs(),
+        negative_ttl.as_secs()
+    );
+    if shown {
+        println!("admin key (shown once, stored only as its hash): {key}");
+    } else if admin_secret.is_none() {
+        println!("admin key: the one made when this database was first used (set DEMO_API_KEY to add one)");
+    }
+    println!(
+        r#"
+try:
+  curl {base}/health
+  curl {base}/v1/hello
+  curl -H "Authorization: Bearer {key}" {base}/v1/hello
+  curl -i {base}/v1/me
+  curl -H "Authorization: Bearer {key}" {base}/v1/me
+  curl -H "Authorization: Bearer {key}" -H "content-type: application/json" \
+       -d '{{"name":"ci-bot","scopes":["read"],"ttl_seconds":3600}}' {base}/v1/keys
+  curl -i -X DELETE -H "Authorization: Bearer {key}" {base}/v1/keys/2
+  curl -H "Authorization: Bearer {key}" {base}/v1/stats
+"#
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,203 @@
+//! The routes: public `/health`, optional `/v1/hello`, required `/v1/me`,
+//! and the admin's key management and counters.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+use tower_api_key::{ApiKeyAuthLayer, Authenticated};
+
+use crate::cache::{tiered_stats, Cache};
+use crate::db::{unix_now, ApiClient, Db, DbError};
+use crate::lookup::DbLookup;
+
+pub type Auth = ApiKeyAuthLayer<Cache, DbLookup>;
+
+/// The app, every route behind `auth`.
+pub fn router(db: Db, auth: Auth) -> Router {
+    let state = AppState {
+        db,
+        auth: auth.clone(),
+    };
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/hello", get(hello))
+        .route("/v1/me", get(me))
+        .route("/v1/keys", post(create_key))
+        .route("/v1/keys/{id}", delete(revoke_key))
+        .route("/v1/stats", get(stats))
+        .layer(auth)
+        .with_state(state)
+}
+
+#[derive(Clone)]
+struct AppState {
+    db: Db,
+    auth: Auth,
+}
+
+/// Errors of the demo's own handlers, as problem+json.
+struct ApiError(StatusCode, &'static str);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.0.canonical_reason().unwrap_or("Error"),
+            "status": self.0.as_u16(),
+            "detail": self.1,
+        });
+        (
+            self.0,
+            [("content-type", "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        tracing::error!(error = %e, "key store failed");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key store is unavailable",
+        )
+    }
+}
+
+fn require_admin(client: &ApiClient) -> Result<(), ApiError> {
+    if client.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this endpoint needs the admin scope",
+        ))
+    }
+}
+
+pub fn new_secret() -> String {
+    format!("sk_{}", Alphanumeric.sample_string(&mut rand::rng(), 32))
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn hello(client: Option<Authenticated<ApiClient>>) -> Json<serde_json::Value> {
+    Json(match client {
+        Some(c) => serde_json::json!({ "message": format!("hello, {}", c.name) }),
+        None => {
+            serde_json::json!({ "message": "hello, anonymous caller; send a key to be greeted by name" })
+        }
+    })
+}
+
+async fn me(Authenticated(client): Authenticated<ApiClient>) -> Json<ApiClient> {
+    Json((*client).clone())
+}
+
+#[derive(Deserialize)]
+struct NewKey {
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct CreatedKey {
+    id: i64,
+    secret: String,
+    expires_at: Option<u64>,
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    Authenticated(client): Authenticated<ApiClient>,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    // Authorisation before the body: a non-admin learns nothing from it.
+    require_admin(&client)?;
+    let Json(new) = body.map_err(|_| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expected JSON {\"name\": string, \"scopes\"?: [string], \"ttl_seconds\"?: number}",
+        )
+    })?;
+    let name = new.name.trim().to_owned();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name must be 1 to 100 characters",
+        ));
+    }
+    if new.scopes.len() > 32 || new.scopes.iter().any(|s| s.is_empty() || s.len() > 64) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scopes must be up to 32 names of 1 to 64 characters",
+        ));
+    }
+    let expires_at = match new.ttl_seconds {
+        None => None,
+        Some(0) => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ttl_seconds must be positive",
+            ))
+        }
+        Some(ttl) => Some(unix_now().saturating_add(ttl)),
+    };
+    let secret = new_secret();
+    let hash = state.auth.hash_key(&secret);
+    let id = state.db.insert(name, hash, new.scopes, expires_at).await?;
+    // A negative entry cached before this key existed must not block it.
+    if let Err(e) = state.auth.invalidate(&hash).await {
+        tracing::warn!(error = %e, "could not invalidate the new key's hash");
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            id,
+            secret,
+            expires_at,
+        }),
+    ))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Authenticated(client): Authenticated<ApiClient>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&client)?;
+    let Some(hash) = state.db.revoke(id).await? else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no live key with this id"));
+    };
+    // Revoked in the table; now gone from the cache, effective on the next request.
+    state.auth.invalidate(&hash).await.map_err(|e| {
+        tracing::error!(error = %e, "revoked in the table but the cache could not be invalidated");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "revoked, but the cache could not be invalidated; retry",
+        )
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    Authenticated(client): Authenticated<ApiClient>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_admin(&client)?;
+    let mut body = serde_json::to_value(state.auth.stats()).unwrap_or_default();
+    if let Some(tiered) = tiered_stats(state.auth.cache()) {
+        body["tiered"] = tiered;
+    }
+    Ok(Json(body))
+}
