@@ -1,7 +1,8 @@
 //! `RedisCache` against real `redis-server` processes that the tests start:
 //! shared verdicts, TTLs read back with `PTTL`, no plaintext in Redis, corrupt
-//! values, the revocation race, `invalidate_all`, Redis killed and restarted
-//! under load, a hung Redis, and the same suite on a 3-master cluster.
+//! values, the revocation race, `invalidate_all` (each on a single server and
+//! on a 3-master cluster), Redis killed and restarted under load, a hung
+//! Redis.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -196,27 +197,43 @@ async fn invalidate_all_empties_only_its_prefix(t: &Target<'_>, prefix: &str) {
     assert_eq!(store.lookups(), before + 1);
 }
 
-async fn suite(t: Target<'_>) {
-    shared_verdicts(&t, "t1:").await;
-    ttls_are_set_in_redis(&t, "t2:").await;
-    no_plaintext_in_redis(&t, "t3:").await;
-    corrupt_values_are_misses_and_overwritten(&t, "t4:").await;
-    revocation_race_is_closed(&t, "t5:").await;
-    revocation_reaches_the_other_instance(&t, "t6:").await;
-    invalidate_all_empties_only_its_prefix(&t, "t7:").await;
+/// One test per behaviour on each target, named for both:
+/// `single_server::shared_verdicts`, `cluster::shared_verdicts`, ...
+macro_rules! on_each_target {
+    ($($behaviour:ident),+ $(,)?) => {
+        mod single_server {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let server = RedisServer::start();
+                    super::$behaviour(&Target::Single(&server), "t:").await;
+                }
+            )+
+        }
+
+        mod cluster {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let cluster = RedisCluster::start();
+                    super::$behaviour(&Target::Cluster(&cluster), "t:").await;
+                }
+            )+
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behaviour_on_a_single_server() {
-    let server = RedisServer::start();
-    suite(Target::Single(&server)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behaviour_on_a_three_master_cluster() {
-    let cluster = RedisCluster::start();
-    suite(Target::Cluster(&cluster)).await;
-}
+on_each_target!(
+    shared_verdicts,
+    ttls_are_set_in_redis,
+    no_plaintext_in_redis,
+    corrupt_values_are_misses_and_overwritten,
+    revocation_race_is_closed,
+    revocation_reaches_the_other_instance,
+    invalidate_all_empties_only_its_prefix,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_under_load() {
