@@ -89,55 +89,6 @@ async fn an_in_flight_lookup_cannot_undo_a_revocation() {
     assert_eq!(race.lookups, 2);
 }
 
-/// A cache that uses moka's plain `insert` and `invalidate`, ignoring the
-/// token and the TTL: the naive implementation the race test must catch.
-#[derive(Clone)]
-struct NaiveCache(moka::sync::Cache<KeyHash, Verdict<Client>>);
-
-impl NaiveCache {
-    fn new() -> Self {
-        Self(moka::sync::Cache::new(1_000))
-    }
-}
-
-impl KeyCache for NaiveCache {
-    type Principal = Client;
-    type Token = ();
-    type Get = Ready<Result<CacheRead<Client, ()>, CacheError>>;
-
-    fn get(&self, hash: &KeyHash) -> Self::Get {
-        ready(Ok(match self.0.get(hash) {
-            Some(verdict) => CacheRead::Hit(verdict),
-            None => CacheRead::miss(()),
-        }))
-    }
-
-    fn refresh_token(&self, _: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
-        ready(Ok(()))
-    }
-
-    fn put(
-        &self,
-        hash: KeyHash,
-        _: (),
-        verdict: Verdict<Client>,
-        _: Duration,
-    ) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.0.insert(hash, verdict);
-        ready(Ok(()))
-    }
-
-    fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.0.invalidate(hash);
-        ready(Ok(()))
-    }
-
-    fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.0.invalidate_all();
-        ready(Ok(()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_race_test_catches_a_cache_with_plain_invalidate() {
     let race = revocation_race(NaiveCache::new()).await;

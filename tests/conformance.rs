@@ -51,64 +51,16 @@ mod tiered {
     );
 }
 
-/// A cache on moka's plain `insert` and `invalidate` that ignores its
+/// `NaiveCache`, on moka's plain `insert` and `invalidate`, ignores its
 /// tokens and TTLs: the checks that guard the contract must fail on it.
 mod a_naive_cache_fails {
-    use std::future::{ready, Future, Ready};
-    use std::time::Duration;
+    use std::future::{ready, Future};
 
+    use super::common::NaiveCache;
     use tower_api_key::cache::conformance::{self, Client};
-    use tower_api_key::cache::{CacheError, CacheRead, KeyCache, Verdict};
-    use tower_api_key::KeyHash;
 
-    struct Naive(moka::sync::Cache<KeyHash, Verdict<Client>>);
-
-    fn naive() -> impl Future<Output = (Naive, ())> {
-        ready((Naive(moka::sync::Cache::new(1_000)), ()))
-    }
-
-    impl KeyCache for Naive {
-        type Principal = Client;
-        type Token = ();
-        type Get = Ready<Result<CacheRead<Client, ()>, CacheError>>;
-
-        fn get(&self, hash: &KeyHash) -> Self::Get {
-            ready(Ok(match self.0.get(hash) {
-                Some(verdict) => CacheRead::Hit(verdict),
-                None => CacheRead::miss(()),
-            }))
-        }
-
-        fn refresh_token(
-            &self,
-            _: &KeyHash,
-        ) -> impl Future<Output = Result<(), CacheError>> + Send {
-            ready(Ok(()))
-        }
-
-        fn put(
-            &self,
-            hash: KeyHash,
-            _: (),
-            verdict: Verdict<Client>,
-            _: Duration,
-        ) -> impl Future<Output = Result<(), CacheError>> + Send {
-            self.0.insert(hash, verdict);
-            ready(Ok(()))
-        }
-
-        fn invalidate(
-            &self,
-            hash: &KeyHash,
-        ) -> impl Future<Output = Result<(), CacheError>> + Send {
-            self.0.invalidate(hash);
-            ready(Ok(()))
-        }
-
-        fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
-            self.0.invalidate_all();
-            ready(Ok(()))
-        }
+    fn naive() -> impl Future<Output = (NaiveCache<Client>, ())> {
+        ready((NaiveCache::new(), ()))
     }
 
     #[test]

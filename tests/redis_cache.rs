@@ -197,34 +197,7 @@ async fn invalidate_all_empties_only_its_prefix(t: &Target<'_>, prefix: &str) {
     assert_eq!(store.lookups(), before + 1);
 }
 
-/// One test per behaviour on each target, named for both:
-/// `single_server::shared_verdicts`, `cluster::shared_verdicts`, ...
-macro_rules! on_each_target {
-    ($($behaviour:ident),+ $(,)?) => {
-        mod single_server {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let server = RedisServer::start();
-                    super::$behaviour(&Target::Single(&server), "t:").await;
-                }
-            )+
-        }
-
-        mod cluster {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let cluster = RedisCluster::start();
-                    super::$behaviour(&Target::Cluster(&cluster), "t:").await;
-                }
-            )+
-        }
-    };
-}
-
+// The behaviours above, each a test on a single server and on a cluster.
 on_each_target!(
     shared_verdicts,
     ttls_are_set_in_redis,

@@ -345,35 +345,7 @@ fn assert_no_plaintext(t: &Target<'_>, monitors: Vec<Monitor>) {
     assert!(broadcasts > 0, "no monitor saw a broadcast");
 }
 
-/// The cross-instance behaviours, one test each on a single server and on a
-/// 3-master cluster: `single_server::revocation_reaches_the_other_instance`,
-/// `cluster::revocation_reaches_the_other_instance`, ...
-macro_rules! on_each_target {
-    ($($behaviour:ident),+ $(,)?) => {
-        mod single_server {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let server = RedisServer::start();
-                    super::$behaviour(&Target::Single(&server), "t:").await;
-                }
-            )+
-        }
-
-        mod cluster {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let cluster = RedisCluster::start();
-                    super::$behaviour(&Target::Cluster(&cluster), "t:").await;
-                }
-            )+
-        }
-    };
-}
-
+// The behaviours above, each a test on a single server and on a cluster.
 on_each_target!(
     revocation_reaches_the_other_instance,
     invalidate_all_reaches_the_other_instance,

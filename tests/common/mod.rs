@@ -6,7 +6,7 @@
 pub mod redis;
 
 use std::borrow::Cow;
-use std::future::Future;
+use std::future::{ready, Future, Ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 use tower::ServiceExt;
-use tower_api_key::cache::MemoryCache;
+use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Verdict};
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Lookup, Principal};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -333,4 +333,53 @@ pub struct Race {
     pub during_answered_before_release: bool,
     pub after: StatusCode,
     pub lookups: usize,
+}
+
+/// A cache that uses moka's plain `insert` and `invalidate`, ignoring the
+/// token and the TTL: the naive implementation the race test and the conformance suite must
+/// catch.
+pub struct NaiveCache<P>(moka::sync::Cache<KeyHash, Verdict<P>>);
+
+impl<P: Principal> NaiveCache<P> {
+    pub fn new() -> Self {
+        Self(moka::sync::Cache::new(1_000))
+    }
+}
+
+impl<P: Principal> KeyCache for NaiveCache<P> {
+    type Principal = P;
+    type Token = ();
+    type Get = Ready<Result<CacheRead<P, ()>, CacheError>>;
+
+    fn get(&self, hash: &KeyHash) -> Self::Get {
+        ready(Ok(match self.0.get(hash) {
+            Some(verdict) => CacheRead::Hit(verdict),
+            None => CacheRead::miss(()),
+        }))
+    }
+
+    fn refresh_token(&self, _: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
+        ready(Ok(()))
+    }
+
+    fn put(
+        &self,
+        hash: KeyHash,
+        _: (),
+        verdict: Verdict<P>,
+        _: Duration,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send {
+        self.0.insert(hash, verdict);
+        ready(Ok(()))
+    }
+
+    fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
+        self.0.invalidate(hash);
+        ready(Ok(()))
+    }
+
+    fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
+        self.0.invalidate_all();
+        ready(Ok(()))
+    }
 }

@@ -303,3 +303,34 @@ impl Target<'_> {
         self.ports().into_iter().map(Monitor::start).collect()
     }
 }
+
+/// One test per behaviour on each target, named for both:
+/// `single_server::<behaviour>` on a private server, `cluster::<behaviour>`
+/// on a private 3-master cluster. A behaviour is an `async fn(&Target<'_>,
+/// prefix: &str)` in the calling test file.
+#[macro_export]
+macro_rules! on_each_target {
+    ($($behaviour:ident),+ $(,)?) => {
+        mod single_server {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let server = RedisServer::start();
+                    super::$behaviour(&Target::Single(&server), "t:").await;
+                }
+            )+
+        }
+
+        mod cluster {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let cluster = RedisCluster::start();
+                    super::$behaviour(&Target::Cluster(&cluster), "t:").await;
+                }
+            )+
+        }
+    };
+}
