@@ -1,26 +1,55 @@
-//! The hit path: a request with a cached key through `ApiKeyAuth`, against
-//! the bare inner service and against the floor (SHA-256 of the key plus one
-//! cache read), in one process. Prints layer overhead / floor at the end.
+//! The hit path on real traffic: a request carrying a cached key, through
+//! `ApiKeyAuth` on a plain tower stack (a request as hyper hands it over: no
+//! `MatchedPath`, no extensions yet), over 100,000 cached keys drawn
+//!
+//! - **hot**: one key, every time;
+//! - **rotating**: every key in turn (a shuffled order);
+//! - **zipf**: Zipf(1.0) over the keys (rank to key shuffled),
+//!
+//! each request built just before it is sent. Beside the layer, in the same
+//! process and the same interleaved rounds:
+//!
+//! - **bare**: the inner service alone, on the same requests (its cost is
+//!   subtracted: "layer cost" is layer − bare);
+//! - **floor**: the minimal auth step (parse the header, SHA-256, one
+//!   `std::collections::HashMap` read, one clock read and the expiry check,
+//!   `Arc<P>` into the extensions), then the inner service.
+//!
+//! Then the same zipf traffic on two threads at once (per request, against
+//! one thread), and an axum `Router` (with `MatchedPath`) with and without
+//! the layer. Prints every figure and its ratio.
 //!
 //! ```sh
 //! cargo bench --bench hit_path
 //! ```
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::routing::get;
+use axum::Router;
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
-use http::{Request, Response};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use tower::{service_fn, Service, ServiceBuilder};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_api_key::cache::MemoryCache;
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
 mod common;
-use common::{call_now, request, SECRET};
+use common::call_now;
+
+const KEYS: usize = 100_000;
+const SEQUENCE: usize = 1 << 20;
+const ROUNDS: usize = 40;
+const ITERS: u32 = 20_000;
 
 struct Client {
     #[allow(dead_code)]
@@ -28,126 +57,396 @@ struct Client {
 }
 impl Principal for Client {}
 
-struct PerEntryTtl;
-
-impl moka::Expiry<KeyHash, (Arc<Client>, Duration)> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _: &KeyHash,
-        value: &(Arc<Client>, Duration),
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-}
-
+type Body = Full<Bytes>;
 type Inner = tower::util::ServiceFn<
-    fn(Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    fn(Request<Body>) -> std::future::Ready<Result<Response<Body>, Infallible>>,
 >;
 
-fn respond(
-    req: Request<Full<Bytes>>,
-) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+fn respond(req: Request<Body>) -> std::future::Ready<Result<Response<Body>, Infallible>> {
     black_box(&req);
     std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
 }
 
-/// The three things measured, set up once and shared by criterion and the
-/// interleaved ratio run.
-struct Fixture<S> {
-    moka: moka::sync::Cache<KeyHash, (Arc<Client>, Duration)>,
-    bare: Inner,
-    layered: S,
+fn inner() -> Inner {
+    service_fn(respond as fn(_) -> _)
 }
 
-fn fixture(
-) -> Fixture<impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>>
-{
-    // The floor: SHA-256 of the key and one read of a moka cache set up as
-    // the layer needs it (bounded, per-entry TTL).
-    let moka = moka::sync::Cache::builder()
-        .max_capacity(100_000)
-        .expire_after(PerEntryTtl)
-        .build();
-    moka.insert(
-        KeyHash::of(SECRET),
-        (Arc::new(Client { id: 1 }), Duration::from_secs(300)),
-    );
+/// The keys: their secrets as `Bearer` header values (static, so cloning
+/// one costs no reference count) and their hashes.
+struct Keys {
+    headers: Vec<HeaderValue>,
+    hashes: Vec<KeyHash>,
+}
 
+fn keys() -> Keys {
+    let secrets: Vec<&'static str> = (0..KEYS)
+        .map(|i| &*Box::leak(format!("sk_live_{i:08}_0123456789abcdefghij").into_boxed_str()))
+        .collect();
+    let headers = secrets
+        .iter()
+        .map(|s| HeaderValue::from_static(Box::leak(format!("Bearer {s}").into_boxed_str())))
+        .collect();
+    let hashes = secrets.iter().map(KeyHash::of).collect();
+    Keys { headers, hashes }
+}
+
+/// Which key each request carries.
+fn sequences() -> [(&'static str, Vec<u32>); 3] {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut order: Vec<u32> = (0..KEYS as u32).collect();
+    order.shuffle(&mut rng);
+    // Zipf(1.0): rank r (1-based) with weight 1/r, ranks mapped to keys in
+    // a shuffled order, drawn by inverting the cumulative weights.
+    let mut cumulative = Vec::with_capacity(KEYS);
+    let mut total = 0.0;
+    for rank in 1..=KEYS {
+        total += 1.0 / rank as f64;
+        cumulative.push(total);
+    }
+    let zipf = (0..SEQUENCE)
+        .map(|_| {
+            let u = rng.random::<f64>() * total;
+            order[cumulative.partition_point(|&c| c < u).min(KEYS - 1)]
+        })
+        .collect();
+    let rotating = (0..SEQUENCE).map(|i| order[i % KEYS]).collect();
+    [
+        ("hot", vec![order[0]; SEQUENCE]),
+        ("rotating", rotating),
+        ("zipf", zipf),
+    ]
+}
+
+fn request(header: &HeaderValue) -> Request<Body> {
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = http::Uri::from_static("/v1/invoices");
+    req.headers_mut().insert(AUTHORIZATION, header.clone());
+    req
+}
+
+/// The minimal auth step, then the inner service: what no layer can beat.
+#[derive(Clone)]
+struct Floor {
+    table: Arc<HashMap<KeyHash, (Arc<Client>, Instant)>>,
+    inner: Inner,
+}
+
+impl Floor {
+    fn call(&mut self, mut req: Request<Body>) -> Response<Body> {
+        let found = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(KeyHash::of)
+            .and_then(|hash| self.table.get(&hash))
+            .filter(|(_, deadline)| Instant::now() < *deadline)
+            .map(|(client, _)| Arc::clone(client));
+        match found {
+            Some(client) => {
+                req.extensions_mut().insert(client);
+                call_now(&mut self.inner, req)
+            }
+            None => {
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = StatusCode::UNAUTHORIZED;
+                res
+            }
+        }
+    }
+}
+
+type Layered = tower_api_key::ApiKeyAuth<
+    Inner,
+    MemoryCache<Client>,
+    tower_api_key::LookupFn<fn(KeyHash) -> std::future::Ready<Result<Option<Client>, Infallible>>>,
+>;
+
+fn known(hash: KeyHash) -> std::future::Ready<Result<Option<Client>, Infallible>> {
+    let id = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or_default());
+    std::future::ready(Ok(Some(Client { id })))
+}
+
+/// The layer as a service hands it to hyper: a cache big enough for every
+/// key, a public health route (so route resolution runs), every key cached.
+fn layered(keys: &Keys) -> Layered {
     let auth = ApiKeyAuthLayer::new(
-        MemoryCache::new(),
-        lookup_fn(|hash: KeyHash| async move {
-            Ok::<_, Infallible>((hash == KeyHash::of(SECRET)).then_some(Client { id: 1 }))
-        }),
+        MemoryCache::builder().max_capacity(2 * KEYS as u64).build(),
+        lookup_fn(known as fn(_) -> _),
     )
     .public("/health");
-    let bare: Inner = service_fn(respond as fn(_) -> _);
-    let mut layered = ServiceBuilder::new().layer(auth.clone()).service(bare);
-    assert_eq!(call_now(&mut layered, request()).status(), 200);
-    assert_eq!(auth.stats().lookups, 1);
-    Fixture {
-        moka,
-        bare,
-        layered,
+    let mut svc = ServiceBuilder::new().layer(auth.clone()).service(inner());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for header in &keys.headers {
+            let res = svc
+                .ready()
+                .await
+                .expect("ready")
+                .call(request(header))
+                .await;
+            assert_eq!(res.expect("infallible").status(), 200);
+        }
+    });
+    assert_eq!(auth.stats().lookups, KEYS as u64);
+    svc
+}
+
+fn floor(keys: &Keys) -> Floor {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let table = keys
+        .hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (*h, (Arc::new(Client { id: i as u64 }), deadline)))
+        .collect();
+    Floor {
+        table: Arc::new(table),
+        inner: inner(),
     }
 }
 
-impl<S> Fixture<S>
+/// One round's worth of requests through each, in rotating order.
+struct Run<'a> {
+    keys: &'a Keys,
+    sequence: &'a [u32],
+    next: [usize; 3],
+    bare: Inner,
+    floor: Floor,
+    layer: Layered,
+}
+
+impl Run<'_> {
+    fn step(&mut self, which: usize) {
+        let at = self.next[which];
+        self.next[which] = (at + 1) % self.sequence.len();
+        let req = request(&self.keys.headers[self.sequence[at] as usize]);
+        let res = match which {
+            0 => call_now(&mut self.bare, req),
+            1 => self.floor.call(req),
+            _ => call_now(&mut self.layer, req),
+        };
+        debug_assert_eq!(res.status(), 200);
+        black_box(res);
+    }
+}
+
+/// Medians of bare, floor and layer, interleaved.
+fn measure(keys: &Keys, sequence: &[u32], layer: &Layered) -> [f64; 3] {
+    let mut run = Run {
+        keys,
+        sequence,
+        next: [0, SEQUENCE / 3, 2 * SEQUENCE / 3],
+        bare: inner(),
+        floor: floor(keys),
+        layer: layer.clone(),
+    };
+    common::interleaved(ROUNDS, ITERS, |which| run.step(which))
+}
+
+/// ns per request of `make()`'d services driven on `threads` threads at
+/// once over `sequence` (each thread from its own offset).
+fn per_request_on_threads<S>(
+    threads: usize,
+    keys: &Keys,
+    sequence: &[u32],
+    make: impl Fn() -> S + Sync,
+) -> f64
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>,
+    S: FnMut(Request<Body>) -> Response<Body>,
 {
-    fn floor(&mut self) {
-        let hash = KeyHash::of(black_box(SECRET));
-        black_box(self.moka.get(&hash));
-    }
-
-    fn bare(&mut self) {
-        black_box(call_now(&mut self.bare, request()));
-    }
-
-    fn layer(&mut self) {
-        black_box(call_now(&mut self.layered, request()));
-    }
+    let per_thread = 400_000usize;
+    let times: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let make = &make;
+                scope.spawn(move || {
+                    let mut call = make();
+                    let offset = t * SEQUENCE / threads.max(1);
+                    let start = Instant::now();
+                    for i in 0..per_thread {
+                        let index = sequence[(offset + i) % sequence.len()];
+                        black_box(call(request(&keys.headers[index as usize])));
+                    }
+                    start.elapsed().as_nanos() as f64 / per_thread as f64
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    times.iter().sum::<f64>() / times.len() as f64
 }
 
-fn hit_path(c: &mut Criterion) {
-    let mut f = fixture();
-    let mut group = c.benchmark_group("hit_path");
-    group.measurement_time(Duration::from_secs(4));
-    group.bench_function("floor_sha256_plus_cache_get", |b| b.iter(|| f.floor()));
-    group.bench_function("bare_inner_service", |b| b.iter(|| f.bare()));
-    group.bench_function("layer_cached_key", |b| b.iter(|| f.layer()));
+/// Layer cost per request on zipf traffic, on one thread and on two at once
+/// (bare subtracted in each), the median of `repeats`.
+fn threads(keys: &Keys, zipf: &[u32], layer: &Layered) -> (f64, f64) {
+    let cost = |threads| {
+        let layer = per_request_on_threads(threads, keys, zipf, || {
+            let mut svc = layer.clone();
+            move |req| call_now(&mut svc, req)
+        });
+        let bare = per_request_on_threads(threads, keys, zipf, || {
+            let mut svc = inner();
+            move |req| call_now(&mut svc, req)
+        });
+        layer - bare
+    };
+    let mut one = Vec::new();
+    let mut two = Vec::new();
+    for _ in 0..5 {
+        one.push(cost(1));
+        two.push(cost(2));
+    }
+    (median(one), median(two))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Behind an axum `Router` (the layer finds `MatchedPath`): the router with
+/// the layer against the router alone, on zipf traffic.
+fn behind_axum(keys: &Keys, zipf: &[u32]) -> (f64, f64) {
+    let auth = ApiKeyAuthLayer::new(
+        MemoryCache::builder().max_capacity(2 * KEYS as u64).build(),
+        lookup_fn(known as fn(_) -> _),
+    )
+    .public("/health");
+    let routes = || {
+        Router::new()
+            .route("/v1/invoices", get(|| async { "ok" }))
+            .route("/health", get(|| async { "ok" }))
+    };
+    let mut with = routes().layer(auth);
+    let mut without = routes();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for header in &keys.headers {
+            let ready = ServiceExt::<Request<Body>>::ready(&mut with).await;
+            let res = ready.expect("ready").call(request(header)).await;
+            assert_eq!(res.expect("infallible").status(), 200);
+        }
+    });
+    let mut next = [0usize, SEQUENCE / 2];
+    let [bare, layer] = common::interleaved(ROUNDS, ITERS, |which| {
+        let at = next[which];
+        next[which] = (at + 1) % zipf.len();
+        let req = request(&keys.headers[zipf[at] as usize]);
+        let res = if which == 0 {
+            call_now(&mut without, req)
+        } else {
+            call_now(&mut with, req)
+        };
+        black_box(res);
+    });
+    (bare, layer)
+}
+
+fn criterion_hot(c: &mut Criterion) {
+    let keys = keys();
+    let layer = layered(&keys);
+    let [(_, hot), ..] = sequences();
+    let mut run = Run {
+        keys: &keys,
+        sequence: &hot,
+        next: [0; 3],
+        bare: inner(),
+        floor: floor(&keys),
+        layer,
+    };
+    let mut group = c.benchmark_group("hit_path_hot");
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("bare_inner_service", |b| b.iter(|| run.step(0)));
+    group.bench_function("floor_minimal_auth_step", |b| b.iter(|| run.step(1)));
+    group.bench_function("layer_cached_key", |b| b.iter(|| run.step(2)));
     group.finish();
 }
 
-criterion_group!(benches, hit_path);
-
-/// The three, interleaved: medians of floor, bare and layer.
-fn interleaved(rounds: usize, iters: u32) -> [f64; 3] {
-    let mut f = fixture();
-    common::interleaved(rounds, iters, |which| match which {
-        0 => f.floor(),
-        1 => f.bare(),
-        _ => f.layer(),
-    })
-}
+criterion_group!(benches, criterion_hot);
 
 fn main() {
+    if std::env::var_os("HIT_PATH_PROFILE").is_some() {
+        return profile();
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
-    let [floor, bare, layer] = interleaved(60, 20_000);
-    let overhead = layer - bare;
+    let keys = keys();
+    let layer = layered(&keys);
+    let sequences = sequences();
     println!();
-    println!("interleaved medians (60 rounds x 20,000 calls each):");
-    println!("floor (SHA-256 + cache get): {floor:8.1} ns");
-    println!("bare inner service:          {bare:8.1} ns");
-    println!("through ApiKeyAuth (hit):    {layer:8.1} ns");
-    println!("layer overhead:              {overhead:8.1} ns");
+    println!("{KEYS} cached keys, plain tower stack; medians of {ROUNDS} interleaved rounds x {ITERS} calls, ns per request");
     println!(
-        "ratio overhead / floor:      {:8.2}  (target <= 2.00)",
-        overhead / floor
+        "pattern    bare   floor   layer | floor cost  layer cost  (target)  cost/floor (target)"
     );
+    let targets = [("hot", 210.0), ("rotating", 600.0), ("zipf", 500.0)];
+    for ((name, sequence), (_, target)) in sequences.iter().zip(targets) {
+        let [bare, floor, layer] = measure(&keys, sequence, &layer);
+        let (floor_cost, layer_cost) = (floor - bare, layer - bare);
+        let ratio_target = if *name == "rotating" { "" } else { "<= 1.40" };
+        println!(
+            "{name:<9} {bare:6.1} {floor:7.1} {layer:7.1} | {floor_cost:10.1} {layer_cost:11.1}  (<= {target:.0})  {:10.2} {ratio_target}",
+            layer_cost / floor_cost
+        );
+    }
+    let zipf = &sequences[2].1;
+    let (one, two) = threads(&keys, zipf, &layer);
+    println!(
+        "zipf, layer cost per request: 1 thread {one:.1} ns, 2 threads at once {two:.1} ns, ratio {:.2} (target <= 1.20)",
+        two / one
+    );
+    let (bare, with) = behind_axum(&keys, zipf);
+    println!(
+        "zipf behind an axum Router: router alone {bare:.1} ns, with the layer {with:.1} ns, layer cost {:.1} ns",
+        with - bare
+    );
+}
+
+/// For a profiler: `HIT_PATH_PROFILE=zipf` (or hot, rotating; `zipf:floor`
+/// or `zipf:bare` for the baselines) runs only that, for
+/// `HIT_PATH_PROFILE_CALLS` requests (10 M), in `drive`
+/// (`valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*drive*'`).
+fn profile() {
+    let keys = keys();
+    let sequences = sequences();
+    let what = std::env::var("HIT_PATH_PROFILE").unwrap_or_default();
+    let (pattern, which) = what.split_once(':').unwrap_or((&what, "layer"));
+    let calls: usize = std::env::var("HIT_PATH_PROFILE_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000_000);
+    let (_, sequence) = sequences
+        .iter()
+        .find(|(name, _)| *name == pattern)
+        .expect("HIT_PATH_PROFILE is hot, rotating or zipf");
+    let mut run = Run {
+        keys: &keys,
+        sequence,
+        next: [0; 3],
+        bare: inner(),
+        floor: floor(&keys),
+        layer: layered(&keys),
+    };
+    let which = match which {
+        "bare" => 0,
+        "floor" => 1,
+        _ => 2,
+    };
+    drive(&mut run, which, calls);
+}
+
+#[inline(never)]
+fn drive(run: &mut Run<'_>, which: usize, calls: usize) {
+    for _ in 0..calls {
+        run.step(which);
+    }
 }

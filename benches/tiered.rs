@@ -13,7 +13,7 @@
 //!    the medians and the throughput ratio.
 //!
 //! ```sh
-//! cargo bench --bench tiered --features redis
+//! cargo bench --bench tiered --features tiered
 //! ```
 
 use std::collections::HashMap;

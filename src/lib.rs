@@ -9,9 +9,8 @@
 //! 2. reads the key ([`KeySource`]: `Authorization: Bearer` by default);
 //! 3. hashes it ([`KeyHash`]: SHA-256, or HMAC-SHA256 with a pepper). From here
 //!    on only the hash exists: the cache, the lookup and the logs see the hash;
-//! 4. reads the cache ([`KeyCache`](cache::KeyCache);
-//!    [`MemoryCache`](cache::MemoryCache) on moka by default): a valid
-//!    entry, a negative entry, or a miss;
+//! 4. reads the cache ([`KeyCache`](cache::KeyCache); `MemoryCache` by
+//!    default): a valid entry, a negative entry, or a miss;
 //! 5. on a miss, asks your [`Lookup`] once for all concurrent requests with
 //!    that key, and caches a valid key for the positive TTL (capped by the
 //!    key's own expiry) and an unknown one for the negative TTL. A lookup
@@ -56,17 +55,17 @@
 //!
 //! # Features
 //!
-//! - `memory` (default): [`MemoryCache`](cache::MemoryCache), on moka.
+//! - `memory` (default): `cache::MemoryCache`, on quick_cache.
 //! - `axum` (default): [`Authenticated`], `IntoResponse` for
 //!   [`AuthRejection`], and route policies by `MatchedPath`.
 //! - `redis`: `cache::RedisCache`, shared by every instance through Redis
 //!   (on fred).
-//! - `tiered` (`memory` + `redis`): `cache::TieredCache` (moka in front of
-//!   Redis, invalidations broadcast to every instance), and `cache::AnyCache`
+//! - `tiered` (`memory` + `redis`): `cache::TieredCache` (memory in front
+//!   of Redis, invalidations broadcast to every instance), and `cache::AnyCache`
 //!   / `cache::CacheSettings` to pick the backend from the environment.
 //! - `redis-tls`: `rediss://` URLs.
 //! - `test-util`: the cache conformance suite,
-//!   `cache::conformance` and [`key_cache_conformance!`], for your own
+//!   `cache::conformance` and `key_cache_conformance!`, for your own
 //!   backend's tests.
 //!
 //! # What is public

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use tower_api_key::cache::MemoryCache;
-use tower_api_key::{ApiKeyAuthLayer, KeyHash};
+use tower_api_key::{ApiKeyAuthLayer, KeyHash, Stats};
 
 const SECRET: &str = "sk_test_cache_1";
 
@@ -25,12 +25,11 @@ async fn a_valid_key_is_looked_up_once_then_served_from_cache() {
         assert_eq!(res.status, StatusCode::OK);
     }
     assert_eq!(store.lookups(), 1);
-    let s = auth.stats();
-    assert_eq!(
-        (s.hits, s.negative_hits, s.misses, s.lookups),
-        (49, 0, 1, 1)
-    );
-    assert_eq!((s.lookup_errors, s.cache_errors, s.coalesced), (0, 0, 0));
+    let mut want = Stats::default();
+    want.hits = 49;
+    want.misses = 1;
+    want.lookups = 1;
+    assert_eq!(auth.stats(), want);
 }
 
 #[tokio::test]
@@ -250,7 +249,6 @@ async fn a_flood_of_unknown_keys_does_not_evict_valid_ones() {
     for i in 0..2_000 {
         send(app.clone(), get_with_key("/me", &format!("sk_random_{i}"))).await;
     }
-    auth.cache().run_pending_tasks();
     assert!(
         auth.cache().negative_count() <= 100,
         "{}",

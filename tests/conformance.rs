@@ -1,6 +1,5 @@
 //! The cache conformance suite (`tower_api_key::cache::conformance`) on the
 //! crate's own backends, and on a naive cache that it must catch.
-#![cfg(feature = "test-util")]
 
 mod common;
 
@@ -60,7 +59,7 @@ mod a_naive_cache_fails {
     use tower_api_key::cache::conformance::{self, Client};
 
     fn naive() -> impl Future<Output = (NaiveCache<Client>, ())> {
-        ready((NaiveCache::new(), ()))
+        ready((NaiveCache::<Client>::new(), ()))
     }
 
     #[test]

@@ -359,13 +359,16 @@ async fn tiered_owner_invalidation_race_is_closed(t: &Target<'_>, prefix: &str) 
     owner_invalidation_race_is_closed(tiered(builder(&t.url(), prefix)).await).await;
 }
 
-/// The three broadcasts, watched by `MONITOR` on every node: no key, value,
-/// argument or message carries the plaintext.
+/// The broadcasts, a killed subscriber and the owner race, watched by
+/// `MONITOR` on every node: no key, value, argument or message carries the
+/// plaintext.
 async fn no_plaintext_in_redis_or_in_commands(t: &Target<'_>, prefix: &str) {
     let monitors = t.monitors();
     revocation_reaches_the_other_instance(t, &format!("{prefix}1:")).await;
     owner_invalidation_reaches_the_other_instance(t, &format!("{prefix}2:")).await;
     invalidate_all_reaches_the_other_instance(t, &format!("{prefix}3:")).await;
+    a_killed_subscriber_empties_l1_on_reconnect(t, &format!("{prefix}4:")).await;
+    tiered_owner_invalidation_race_is_closed(t, &format!("{prefix}5:")).await;
     assert_no_plaintext(t, monitors);
 }
 

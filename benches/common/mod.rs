@@ -82,9 +82,9 @@ where
 
 /// Calls a service whose future is ready at once (an in-process cache hit),
 /// without an executor's overhead in the measurement.
-pub fn call_now<S>(svc: &mut S, req: Request<Full<Bytes>>) -> S::Response
+pub fn call_now<S, B>(svc: &mut S, req: Request<B>) -> S::Response
 where
-    S: Service<Request<Full<Bytes>>>,
+    S: Service<Request<B>>,
     S::Error: std::fmt::Debug,
 {
     let waker = futures_util::task::noop_waker();

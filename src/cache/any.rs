@@ -185,9 +185,7 @@ pin_project! {
     /// A future of the backend an [`AnyCache`] chose. Every arm answers the
     /// same type.
     #[project = DispatchProj]
-    #[derive(Debug)]
-    #[allow(missing_docs)] // each variant's one field is its backend's future
-    pub enum Dispatch<M, R, T> {
+    enum Dispatch<M, R, T> {
         /// The memory backend's future.
         Memory {
             #[pin]
@@ -239,11 +237,39 @@ type ToAny<P, T> = fn(CacheRead<P, T>) -> CacheRead<P, AnyToken>;
 
 /// The `get` future of [`AnyCache`]: ready at once for memory, and for
 /// tiered on an L1 hit.
-pub type AnyGet<P> = Dispatch<
-    MapOk<Ready<Result<CacheRead<P, MemoryToken>, CacheError>>, ToAny<P, MemoryToken>>,
-    MapOk<RedisGet<P>, ToAny<P, RedisToken>>,
-    MapOk<TieredGet<P>, ToAny<P, TieredToken>>,
+pub struct AnyGet<P>(AnyRead<P>);
+
+type AnyRead<P> = Dispatch<
+    Mapped<MemoryGet<P>, P, MemoryToken>,
+    Mapped<RedisGet<P>, P, RedisToken>,
+    Mapped<TieredGet<P>, P, TieredToken>,
 >;
+
+type MemoryGet<P> = Ready<Result<CacheRead<P, MemoryToken>, CacheError>>;
+/// A backend's `get`, its token wrapped in [`AnyToken`].
+type Mapped<F, P, T> = MapOk<F, ToAny<P, T>>;
+
+impl<P> fmt::Debug for AnyGet<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match self.0 {
+            Dispatch::Memory { .. } => "memory",
+            Dispatch::Redis { .. } => "redis",
+            Dispatch::Tiered { .. } => "tiered",
+        };
+        f.debug_tuple("AnyGet").field(&backend).finish()
+    }
+}
+
+impl<P> Future for AnyGet<P>
+where
+    P: Principal + Serialize + DeserializeOwned,
+{
+    type Output = Result<CacheRead<P, AnyToken>, CacheError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
 
 impl From<MemoryToken> for AnyToken {
     fn from(token: MemoryToken) -> Self {
@@ -276,7 +302,7 @@ where
     type Get = AnyGet<P>;
 
     fn get(&self, hash: &KeyHash) -> Self::Get {
-        dispatch!(self, c => c.get(hash).map_ok(to_any as ToAny<P, _>))
+        AnyGet(dispatch!(self, c => c.get(hash).map_ok(to_any as ToAny<P, _>)))
     }
 
     fn refresh_token(

@@ -1,13 +1,15 @@
+//! [`MemoryCache`]: in-process, bounded, per-entry TTL, on quick_cache.
+//!
+//! The engine was chosen by `benches/hit_path.rs` (see BENCHMARKS.md): on a
+//! long tail of keys a read of quick_cache (S3-FIFO, expiry kept in the
+//! value and checked on read) costs a fraction of moka's.
+
 use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-
-use moka::ops::compute::{CompResult, Op};
-use moka::sync::Cache;
-use moka::Expiry;
 
 use super::tier::NearTier;
 use super::{CacheError, CacheRead, KeyCache, Verdict};
@@ -18,34 +20,39 @@ pub(crate) const DEFAULT_CAPACITY: u64 = 100_000;
 /// Default most negative entries kept.
 pub(crate) const DEFAULT_NEGATIVE_CAPACITY: u64 = 10_000;
 
-/// Number of invalidation generation counters; a hash uses the one its first
-/// bytes pick. More stripes, fewer fills skipped because another key in the
-/// same stripe was invalidated at the same moment.
+/// Number of invalidation stripes; a hash uses the one its first bytes pick.
+/// More stripes, fewer fills skipped because another key in the same stripe
+/// was invalidated at the same moment.
 const STRIPES: usize = 1024;
 
-/// The in-process cache: two bounded moka caches, one for valid keys and one
-/// for negative entries, each entry with its own expiry.
+type Engine<P> = quick_cache::sync::Cache<KeyHash, Entry<P>>;
+
+/// The in-process cache: two bounded caches, one for valid keys and one for
+/// negative entries, each entry with its own expiry.
 ///
-/// - **Separate TTLs.** Every entry carries the TTL the layer chose for it
-///   (positive, negative, or capped by the key's own expiry); moka expires it
-///   exactly then, replaced entries included.
+/// - **Separate TTLs.** Every entry carries the deadline the layer chose for
+///   it (positive, negative, or capped by the key's own expiry), checked on
+///   every read: an entry past it is a miss, and its slot goes to the next
+///   fill or to eviction.
 /// - **Bounded, and a flood of unknown keys can't evict valid ones.** Valid
 ///   keys live in a cache of [`max_capacity`](MemoryCacheBuilder::max_capacity)
 ///   entries, negative entries in their own of
-///   [`max_negative_capacity`](MemoryCacheBuilder::max_negative_capacity).
-///   Random keys only churn the negative cache; memory is bounded by the sum.
+///   [`max_negative_capacity`](MemoryCacheBuilder::max_negative_capacity)
+///   (each split in shards of their own capacity, and evicting by S3-FIFO,
+///   which a one-off key doesn't displace a reused one in). Random keys only
+///   churn the negative cache; memory is bounded by the sum.
 /// - **Revocation can't be undone by an in-flight lookup.** Each miss returns
 ///   a [`MemoryToken`] (a global epoch, a per-stripe generation, an owner
-///   epoch).
-///   [`invalidate`](KeyCache::invalidate) bumps the generation and then removes
-///   the entry through moka's per-key compute lock; a `put` checks the
-///   generation inside the same lock, so it either lands before the removal
-///   or sees the bump and stores nothing. [`invalidate_all`](KeyCache::invalidate_all)
-///   bumps the epoch, which every entry records and every read checks.
-///   Generations are kept per stripe (1,024 of them), not per key, so memory
-///   stays fixed: invalidating one key also skips the cache write of a lookup
-///   that is in flight at that moment for another key of its stripe (that
-///   answer is still served, just not cached). Safe, and rare.
+///   epoch). [`invalidate`](KeyCache::invalidate) bumps the stripe's
+///   generation and removes the entry under the stripe's lock; a `put`
+///   checks the generation and stores under the same lock, so it either
+///   lands before the removal or sees the bump and stores nothing.
+///   [`invalidate_all`](KeyCache::invalidate_all) bumps the epoch, which every
+///   entry records and every read checks. Generations are kept per stripe
+///   (1,024 of them), not per key, so memory stays fixed: invalidating one
+///   key also skips the cache write of a lookup that is in flight at that
+///   moment for another key of its stripe (that answer is still served, just
+///   not cached). Safe, and rare. Reads take no lock of ours.
 /// - **Owner-wide invalidation.** [`invalidate_owner`](KeyCache::invalidate_owner)
 ///   sweeps the valid entries for principals whose
 ///   [`owner`](Principal::owner) matches (an in-process cache keeps no index
@@ -75,10 +82,10 @@ pub struct MemoryCache<P> {
 }
 
 struct Inner<P> {
-    positive: Cache<KeyHash, Entry<P>>,
-    negative: Cache<KeyHash, Entry<P>>,
+    positive: Engine<P>,
+    negative: Engine<P>,
     epoch: AtomicU64,
-    generations: Box<[AtomicU64]>,
+    stripes: Box<[Stripe]>,
     /// Bumped by `invalidate_owner`, under `owner_lock`'s write side; a put
     /// of an owned principal checks it under the read side, so it either
     /// lands before the owner's entries are swept or sees the bump.
@@ -86,10 +93,18 @@ struct Inner<P> {
     owner_lock: RwLock<()>,
 }
 
+/// A stripe of hashes: its generation, moved by every invalidation of one of
+/// them, and the lock that puts and invalidations of them take.
+#[derive(Default)]
+struct Stripe {
+    generation: AtomicU64,
+    lock: Mutex<()>,
+}
+
 struct Entry<P> {
     verdict: Verdict<P>,
     epoch: u64,
-    ttl: Duration,
+    expires: Instant,
     filled: Instant,
 }
 
@@ -98,7 +113,7 @@ impl<P> Clone for Entry<P> {
         Self {
             verdict: self.verdict.clone(),
             epoch: self.epoch,
-            ttl: self.ttl,
+            expires: self.expires,
             filled: self.filled,
         }
     }
@@ -110,25 +125,6 @@ pub struct MemoryToken {
     epoch: u64,
     generation: u64,
     owner_epoch: u64,
-}
-
-struct PerEntryTtl;
-
-impl<P> Expiry<KeyHash, Entry<P>> for PerEntryTtl {
-    fn expire_after_create(&self, _: &KeyHash, value: &Entry<P>, _: Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    // Without this a replaced entry would keep the old entry's deadline.
-    fn expire_after_update(
-        &self,
-        _: &KeyHash,
-        value: &Entry<P>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
 }
 
 /// Builder for [`MemoryCache`], from [`MemoryCache::builder`].
@@ -164,18 +160,13 @@ impl<P: Principal> MemoryCacheBuilder<P> {
 
     /// Builds the cache.
     pub fn build(self) -> MemoryCache<P> {
-        let build = |capacity| {
-            Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(PerEntryTtl)
-                .build()
-        };
+        let engine = |capacity: u64| Engine::new(usize::try_from(capacity).unwrap_or(usize::MAX));
         MemoryCache {
             inner: Arc::new(Inner {
-                positive: build(self.max_capacity),
-                negative: build(self.max_negative_capacity),
+                positive: engine(self.max_capacity),
+                negative: engine(self.max_negative_capacity),
                 epoch: AtomicU64::new(0),
-                generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
                 owner_epoch: AtomicU64::new(0),
                 owner_lock: RwLock::new(()),
             }),
@@ -199,66 +190,58 @@ impl<P: Principal> MemoryCache<P> {
         Self::builder().build()
     }
 
-    /// Entries currently held, positive and negative (moka's estimate, which
-    /// lags behind writes until its housekeeping runs; see
-    /// [`run_pending_tasks`](Self::run_pending_tasks)).
+    /// Entries held now, positive and negative (expired ones included until
+    /// a fill or an eviction takes their slot).
     pub fn entry_count(&self) -> u64 {
-        self.inner.positive.entry_count() + self.inner.negative.entry_count()
+        self.positive_count() + self.negative_count()
     }
 
-    /// Valid keys currently held (estimate, as [`entry_count`](Self::entry_count)).
+    /// Valid keys held now (as [`entry_count`](Self::entry_count)).
     pub fn positive_count(&self) -> u64 {
-        self.inner.positive.entry_count()
+        self.inner.positive.len() as u64
     }
 
-    /// Negative entries currently held (estimate).
+    /// Negative entries held now.
     pub fn negative_count(&self) -> u64 {
-        self.inner.negative.entry_count()
+        self.inner.negative.len() as u64
     }
 
-    /// Runs moka's pending housekeeping (evictions, expirations, counts) now.
-    pub fn run_pending_tasks(&self) {
-        self.inner.positive.run_pending_tasks();
-        self.inner.negative.run_pending_tasks();
-    }
-
-    fn generation(&self, hash: &KeyHash) -> &AtomicU64 {
-        &self.inner.generations[(hash.prefix_u64() as usize) % STRIPES]
+    fn stripe(&self, hash: &KeyHash) -> &Stripe {
+        &self.inner.stripes[(hash.prefix_u64() as usize) % STRIPES]
     }
 }
 
 impl<P: Principal> NearTier for MemoryCache<P> {
     fn get_now(&self, hash: &KeyHash, filled_since: Option<Instant>) -> CacheRead<P, MemoryToken> {
         let inner = &*self.inner;
-        // A hit needs only the epoch; the rest of the token is a miss's.
         let epoch = inner.epoch.load(Ordering::Acquire);
-        let current = |e: &Entry<P>| e.epoch == epoch && filled_since.is_none_or(|t| e.filled >= t);
-        let found = match inner.positive.get(hash).filter(current) {
-            Some(entry) => Some(entry.verdict),
-            None => inner
-                .negative
-                .get(hash)
-                .filter(current)
-                .map(|entry| entry.verdict),
-        };
-        match found {
-            Some(verdict) => CacheRead::Hit(verdict),
-            None => CacheRead::miss(self.refresh_token_now(hash)),
+        let found = inner
+            .positive
+            .get(hash)
+            .or_else(|| inner.negative.get(hash));
+        if let Some(entry) = found {
+            let now = Instant::now();
+            let current = entry.epoch == epoch
+                && now < entry.expires
+                && filled_since.is_none_or(|t| entry.filled >= t);
+            if current {
+                return CacheRead::Hit(entry.verdict);
+            }
         }
+        CacheRead::miss(self.refresh_token_now(hash))
     }
 
     fn refresh_token_now(&self, hash: &KeyHash) -> MemoryToken {
         let inner = &*self.inner;
         MemoryToken {
             epoch: inner.epoch.load(Ordering::Acquire),
-            generation: self.generation(hash).load(Ordering::Acquire),
+            generation: self.stripe(hash).generation.load(Ordering::Acquire),
             owner_epoch: inner.owner_epoch.load(Ordering::Acquire),
         }
     }
 
     fn put_now(&self, hash: KeyHash, token: MemoryToken, verdict: Verdict<P>, ttl: Duration) {
         let inner = &*self.inner;
-        let generation = self.generation(&hash);
         let owned = matches!(&verdict, Verdict::Valid(p) if p.owner().is_some());
         let _owner_guard = owned.then(|| {
             inner
@@ -266,49 +249,47 @@ impl<P: Principal> NearTier for MemoryCache<P> {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
         });
-        // Checked inside moka's per-key lock, which `invalidate` also takes
-        // after bumping the generation: a put either lands before the removal
-        // or sees the bump.
-        let fresh = || {
-            generation.load(Ordering::Acquire) == token.generation
-                && inner.epoch.load(Ordering::Acquire) == token.epoch
-                && (!owned || inner.owner_epoch.load(Ordering::Acquire) == token.owner_epoch)
-        };
+        let stripe = self.stripe(&hash);
+        // `invalidate` bumps the generation and removes under this lock: a
+        // put either lands before the removal or sees the bump.
+        let _stripe = stripe.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = stripe.generation.load(Ordering::Acquire) == token.generation
+            && inner.epoch.load(Ordering::Acquire) == token.epoch
+            && (!owned || inner.owner_epoch.load(Ordering::Acquire) == token.owner_epoch);
+        if !fresh {
+            return;
+        }
         let (target, other) = match verdict {
             Verdict::Valid(_) => (&inner.positive, &inner.negative),
             Verdict::Invalid => (&inner.negative, &inner.positive),
         };
+        let now = Instant::now();
         let entry = Entry {
             verdict,
             epoch: token.epoch,
-            ttl,
-            filled: Instant::now(),
+            expires: now
+                .checked_add(ttl)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            filled: now,
         };
-        let stored =
-            target
-                .entry(hash)
-                .and_compute_with(|_| if fresh() { Op::Put(entry) } else { Op::Nop });
-        if !matches!(stored, CompResult::Unchanged(_) | CompResult::StillNone(_)) {
-            // A key that became valid is no longer invalid, and the other way
-            // round (a bypass route may learn either first).
-            other.entry(hash).and_compute_with(|e| match e {
-                Some(_) if fresh() => Op::Remove,
-                _ => Op::Nop,
-            });
-        }
+        target.insert(hash, entry);
+        // A key that became valid is no longer invalid, and the other way
+        // round (a bypass route may learn either first).
+        other.remove(&hash);
     }
 
     fn invalidate_now(&self, hash: &KeyHash) {
-        self.generation(hash).fetch_add(1, Ordering::AcqRel);
-        for cache in [&self.inner.positive, &self.inner.negative] {
-            cache.entry(*hash).and_compute_with(|_| Op::Remove);
-        }
+        let stripe = self.stripe(hash);
+        let _stripe = stripe.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        stripe.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.positive.remove(hash);
+        self.inner.negative.remove(hash);
     }
 
     fn invalidate_all_now(&self) {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
-        self.inner.positive.invalidate_all();
-        self.inner.negative.invalidate_all();
+        self.inner.positive.clear();
+        self.inner.negative.clear();
     }
 
     /// A sweep of the valid entries (an in-process cache holds no index to
@@ -350,13 +331,10 @@ impl<P> Clone for MemoryCache<P> {
 impl<P> fmt::Debug for MemoryCache<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryCache")
-            .field("positive_entries", &self.inner.positive.entry_count())
-            .field("negative_entries", &self.inner.negative.entry_count())
-            .field("max_capacity", &self.inner.positive.policy().max_capacity())
-            .field(
-                "max_negative_capacity",
-                &self.inner.negative.policy().max_capacity(),
-            )
+            .field("positive_entries", &self.inner.positive.len())
+            .field("negative_entries", &self.inner.negative.len())
+            .field("max_capacity", &self.inner.positive.capacity())
+            .field("max_negative_capacity", &self.inner.negative.capacity())
             .finish()
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! | backend | feature | where verdicts live |
 //! | --- | --- | --- |
-//! | [`MemoryCache`] | `memory` (default) | this process, bounded, per-entry TTL |
-//! | [`RedisCache`] | `redis` | Redis, shared by every instance |
-//! | [`TieredCache`] | `tiered` | this process (L1) in front of Redis (L2), invalidations broadcast |
-//! | [`AnyCache`] | `tiered` | one of the three, chosen at deploy time by [`CacheSettings`] |
+//! | `MemoryCache` | `memory` (default) | this process, bounded, per-entry TTL |
+//! | `RedisCache` | `redis` | Redis, shared by every instance |
+//! | `TieredCache` | `tiered` | this process (L1) in front of Redis (L2), invalidations broadcast |
+//! | `AnyCache` | `tiered` | one of the three, chosen at deploy time by `CacheSettings` |
 //!
 //! # The contract
 //!
@@ -89,7 +89,7 @@ pub use any::{AnyCache, BackendError};
 pub use memory::{MemoryCache, MemoryCacheBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{RedisCache, RedisCacheBuilder};
+pub use redis::{RedisCache, RedisCacheBuilder, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
 #[cfg(feature = "tiered")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
 pub use settings::CacheSettings;
@@ -114,12 +114,12 @@ pub mod token {
     pub use super::tiered::TieredToken;
 }
 
-/// The `get` futures of the crate's backends ([`MemoryCache`]'s is
+/// The `get` futures of the crate's backends (`MemoryCache`'s is
 /// [`std::future::Ready`]).
 pub mod future {
     #[cfg(feature = "tiered")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
-    pub use super::any::{AnyGet, Dispatch};
+    pub use super::any::AnyGet;
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub use super::redis::RedisGet;
@@ -230,7 +230,7 @@ impl CacheError {
 /// so that an in-process backend can answer with [`std::future::Ready`] and
 /// no allocation, and `Unpin`, so that the layer polls it where it lies (a
 /// backend whose read is a state machine boxes its inner futures, as
-/// [`RedisCache`] does).
+/// `RedisCache` does).
 pub trait KeyCache: Send + Sync + 'static {
     /// The principal type cached for valid keys.
     type Principal: Principal;

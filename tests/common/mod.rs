@@ -338,11 +338,11 @@ pub struct Race {
 /// A cache that uses moka's plain `insert` and `invalidate`, ignoring the
 /// token and the TTL: the naive implementation the race test and the conformance suite must
 /// catch.
-pub struct NaiveCache<P>(moka::sync::Cache<KeyHash, Verdict<P>>);
+pub struct NaiveCache<P>(quick_cache::sync::Cache<KeyHash, Verdict<P>>);
 
 impl<P: Principal> NaiveCache<P> {
     pub fn new() -> Self {
-        Self(moka::sync::Cache::new(1_000))
+        Self(quick_cache::sync::Cache::new(1_000))
     }
 }
 
@@ -374,12 +374,12 @@ impl<P: Principal> KeyCache for NaiveCache<P> {
     }
 
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.0.invalidate(hash);
+        self.0.remove(hash);
         ready(Ok(()))
     }
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.0.invalidate_all();
+        self.0.clear();
         ready(Ok(()))
     }
 }

@@ -16,9 +16,9 @@ use super::{Inner, RedisCache};
 use crate::cache::CacheError;
 
 /// Default per-command timeout: a hung Redis costs a request this, not seconds.
-pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default key prefix.
-pub(crate) const DEFAULT_PREFIX: &str = "apikey:";
+pub const DEFAULT_PREFIX: &str = "apikey:";
 
 pub(super) enum Connection {
     Url(String),

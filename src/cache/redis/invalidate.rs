@@ -50,7 +50,7 @@ impl<P> RedisCache<P> {
     /// Bumps this process's epoch (its in-flight fills can't write), then
     /// scans the prefix in batches (`SCAN … COUNT 500`, on every master of a
     /// cluster) and `UNLINK`s each entry: Redis never blocks.
-    pub(super) async fn invalidate_prefix(&self) -> Result<(), CacheError> {
+    pub(super) async fn invalidate_all_keys(&self) -> Result<(), CacheError> {
         let inner = &*self.inner;
         inner.epoch.fetch_add(1, Ordering::AcqRel);
         let client = inner.pool.next().clone();

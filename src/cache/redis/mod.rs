@@ -10,7 +10,7 @@
 //! | `scripts.rs` | the Lua scripts: each step that must be atomic |
 //! | `command.rs` | one bounded command: fail fast, one attempt, our timeout |
 //! | `read.rs` | the one read primitive, and [`RedisGet`] |
-//! | `write.rs` | the version-checked fill, and owner listings |
+//! | `write.rs` | the version-checked put, and owner listings |
 //! | `invalidate.rs` | invalidating a key, an owner, everything |
 //! | `tier.rs` | what the tiered cache asks of its L2 (feature `tiered`) |
 
@@ -42,13 +42,10 @@ mod scripts;
 mod tier;
 mod write;
 
-pub use builder::RedisCacheBuilder;
+pub use builder::{RedisCacheBuilder, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
 pub use read::RedisGet;
-#[cfg(feature = "tiered")] // the settings' defaults, the tiered cache's L2 read
-pub(crate) use {
-    builder::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX},
-    read::RedisRead,
-};
+#[cfg(feature = "tiered")] // the tiered cache's L2 read
+pub(crate) use read::RedisRead;
 
 use builder::Connection;
 use keys::Keys;
@@ -240,7 +237,7 @@ where
         ttl: Duration,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         let this = self.clone();
-        async move { this.fill(hash, token, &verdict, ttl).await.map(drop) }
+        async move { this.put_checked(hash, token, &verdict, ttl).await.map(drop) }
     }
 
     fn invalidate(&self, hash: &KeyHash) -> impl Future<Output = Result<(), CacheError>> + Send {
@@ -248,7 +245,7 @@ where
     }
 
     fn invalidate_all(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
-        self.invalidate_prefix()
+        self.invalidate_all_keys()
     }
 
     fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {

@@ -34,7 +34,7 @@ where
         verdict: &Verdict<P>,
         ttl: Duration,
     ) -> impl Future<Output = Result<Put, CacheError>> + Send {
-        self.fill(hash, token, verdict, ttl)
+        RedisCache::put_checked(self, hash, token, verdict, ttl)
     }
 
     fn invalidate_all_tokens(&self) {

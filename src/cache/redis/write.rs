@@ -1,4 +1,4 @@
-//! Writes: the version-checked fill, and the owner listing that a fill of an
+//! Writes: the version-checked put, and the owner listing that a put of an
 //! owned key makes first.
 
 use std::sync::atomic::Ordering;
@@ -23,7 +23,7 @@ where
 {
     /// Stores `verdict` unless something was invalidated since `token` was
     /// taken, and says which.
-    pub(super) async fn fill(
+    pub(super) async fn put_checked(
         &self,
         hash: KeyHash,
         token: RedisToken,

@@ -1,7 +1,9 @@
 //! [`TieredCacheBuilder`]: the Redis tier's settings, the L1's, and the
 //! subscriber that connects the two.
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,12 +131,14 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
             .max_negative_capacity(self.l1_negative_capacity)
             .build();
         let signals = Arc::new(Signals::default());
+        let origin = RandomState::new().hash_one(Instant::now());
         // Listening before connecting, so that no event is missed.
         let subscriber = Subscriber::new(
             client.clone(),
             l1.clone(),
             l2.clone(),
             Arc::clone(&signals),
+            origin,
             connect_timeout,
         );
         let deadline = Instant::now() + connect_timeout;
@@ -155,6 +159,8 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
         Ok(TieredCache {
             shared: Arc::new(Shared {
                 l1,
+                channel: l2.channel(),
+                origin,
                 l2,
                 l1_ttl: self.l1_ttl,
                 disconnected_l1_ttl: self.disconnected_l1_ttl,

@@ -1,5 +1,7 @@
-//! The messages on the invalidations channel: `k:<hex>` for one key,
-//! `o:<owner>` for one owner, `*` for everything.
+//! The messages on the invalidations channel: `<origin>/k:<hex>` for one
+//! key, `<origin>/o:<owner>` for one owner, `<origin>/*` for everything,
+//! where the origin (16 hex digits) names the instance that sent it, so that
+//! it doesn't apply its own twice.
 
 use crate::cache::tier::NearTier;
 use crate::cache::MemoryCache;
@@ -16,24 +18,34 @@ pub(super) enum Invalidation {
     All,
 }
 
+/// The instance an invalidation comes from: random for each tiered cache.
+pub(super) type Origin = u64;
+
 impl Invalidation {
-    pub(super) fn message(&self) -> String {
+    /// The message that sends it from `origin`.
+    pub(super) fn message(&self, origin: Origin) -> String {
         match self {
-            Self::Key(hash) => format!("k:{}", hash.to_hex()),
-            Self::Owner(owner) => format!("o:{owner}"),
-            Self::All => "*".to_owned(),
+            Self::Key(hash) => format!("{origin:016x}/k:{}", hash.to_hex()),
+            Self::Owner(owner) => format!("{origin:016x}/o:{owner}"),
+            Self::All => format!("{origin:016x}/*"),
         }
     }
 
-    /// `None` for a message this build can't read (from a newer version,
-    /// or garbage).
-    pub(super) fn parse(message: &str) -> Option<Self> {
-        match message.split_once(':') {
-            _ if message == "*" => Some(Self::All),
-            Some(("k", hex)) => KeyHash::from_hex(hex).map(Self::Key),
-            Some(("o", owner)) => Some(Self::Owner(owner.to_owned())),
-            _ => None,
+    /// Where a message comes from and what it invalidates; `None` for one
+    /// this build can't read (from a newer version, or garbage).
+    pub(super) fn parse(message: &str) -> Option<(Origin, Self)> {
+        let (origin, body) = message.split_once('/')?;
+        if origin.len() != 16 {
+            return None;
         }
+        let origin = Origin::from_str_radix(origin, 16).ok()?;
+        let invalidation = match body.split_once(':') {
+            _ if body == "*" => Self::All,
+            Some(("k", hex)) => Self::Key(KeyHash::from_hex(hex)?),
+            Some(("o", owner)) => Self::Owner(owner.to_owned()),
+            _ => return None,
+        };
+        Some((origin, invalidation))
     }
 
     /// Applies it to an L1.
@@ -53,18 +65,30 @@ mod tests {
     #[test]
     fn invalidation_messages_round_trip_and_garbage_is_refused() {
         let hash = KeyHash::of("k");
+        let origin = 0x0123_4567_89ab_cdef;
         for invalidation in [
             Invalidation::Key(hash),
-            Invalidation::Owner("acme:eu".to_owned()),
+            Invalidation::Owner("acme:eu/west".to_owned()),
             Invalidation::All,
         ] {
             assert_eq!(
-                Invalidation::parse(&invalidation.message()),
-                Some(invalidation)
+                Invalidation::parse(&invalidation.message(origin)),
+                Some((origin, invalidation))
             );
         }
-        for garbage in ["", "k:zz", "x:1", "**", "k", "v2:k:00"] {
-            assert_eq!(Invalidation::parse(garbage), None, "{garbage}");
+        let from = |body: &str| format!("{origin:016x}/{body}");
+        for garbage in [
+            String::new(),
+            from("k:zz"),
+            from("x:1"),
+            from("**"),
+            from("k"),
+            "*".to_owned(),
+            "k:00".to_owned(),
+            "0123/*".to_owned(),
+            "zzzzzzzzzzzzzzzz/*".to_owned(),
+        ] {
+            assert_eq!(Invalidation::parse(&garbage), None, "{garbage}");
         }
     }
 }

@@ -39,7 +39,7 @@ mod subscriber;
 pub use builder::TieredCacheBuilder;
 pub(crate) use builder::DEFAULT_L1_TTL;
 
-use invalidation::Invalidation;
+use invalidation::{Invalidation, Origin};
 
 /// Two tiers: an in-process moka cache (L1) in front of Redis (L2), with
 /// invalidations broadcast to every instance over Redis pub/sub (feature
@@ -122,6 +122,9 @@ pub struct TieredCache<P> {
 struct Shared<P> {
     l1: MemoryCache<P>,
     l2: RedisCache<P>,
+    channel: String,
+    /// Names this instance on the invalidations it sends.
+    origin: Origin,
     l1_ttl: Duration,
     disconnected_l1_ttl: Duration,
     signals: Arc<Signals>,
@@ -155,8 +158,8 @@ struct Signals {
 pub struct TieredStats {
     /// Reads that missed L1 and hit Redis.
     pub l2_hits: u64,
-    /// Invalidation messages this instance's subscriber applied to its L1
-    /// (its own included).
+    /// Invalidation messages this instance's subscriber heard (its own
+    /// included, which it doesn't apply again).
     pub broadcasts_received: u64,
     /// Times L1 was emptied because the subscriber lost its subscription
     /// and may have missed messages.
@@ -192,14 +195,14 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCache<P> {
     pub fn from_config(config: Config) -> TieredCacheBuilder<P> {
         TieredCacheBuilder::new(RedisCache::from_config(config))
     }
-
-    /// The pub/sub channel invalidations are broadcast on.
-    pub fn channel(&self) -> String {
-        self.shared.l2.channel()
-    }
 }
 
 impl<P> TieredCache<P> {
+    /// The pub/sub channel invalidations are broadcast on.
+    pub fn channel(&self) -> &str {
+        &self.shared.channel
+    }
+
     /// The in-process tier.
     pub fn l1(&self) -> &MemoryCache<P> {
         &self.shared.l1
@@ -242,6 +245,7 @@ impl<P> fmt::Debug for TieredCache<P> {
         f.debug_struct("TieredCache")
             .field("l1", &self.shared.l1)
             .field("l2", &self.shared.l2)
+            .field("channel", &self.shared.channel)
             .field("subscriber", &self.shared.subscriber.id())
             .field("stats", &self.stats())
             .finish()
@@ -261,7 +265,7 @@ where
     ) -> Result<(), CacheError> {
         let shared = &*self.shared;
         invalidation.apply(&shared.l1);
-        let sent = shared.l2.publish(invalidation.message()).await;
+        let sent = shared.l2.publish(invalidation.message(shared.origin)).await;
         l2.and(sent)
     }
 }

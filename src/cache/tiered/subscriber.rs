@@ -11,7 +11,7 @@ use fred::types::{Message, Value};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
 
-use super::invalidation::Invalidation;
+use super::invalidation::{Invalidation, Origin};
 use super::Signals;
 use crate::cache::tier::{FarTier, NearTier};
 use crate::cache::{MemoryCache, RedisCache};
@@ -33,6 +33,8 @@ pub(super) struct Subscriber<P> {
     l2: RedisCache<P>,
     channel: String,
     signals: Arc<Signals>,
+    /// This instance's, on the messages it sends.
+    origin: Origin,
     timeout: Duration,
     messages: Receiver<Message>,
     reconnects: Receiver<fred::types::config::Server>,
@@ -50,6 +52,7 @@ where
         l1: MemoryCache<P>,
         l2: RedisCache<P>,
         signals: Arc<Signals>,
+        origin: Origin,
         timeout: Duration,
     ) -> Self {
         use fred::interfaces::EventInterface;
@@ -62,6 +65,7 @@ where
             l1,
             l2,
             signals,
+            origin,
             timeout,
         }
     }
@@ -147,7 +151,9 @@ where
             .as_deref()
             .and_then(Invalidation::parse)
         {
-            Some(invalidation) => {
+            // Its own: applied already, before it was sent.
+            Some((origin, _)) if origin == self.origin => {}
+            Some((_, invalidation)) => {
                 if invalidation == Invalidation::All {
                     // This instance's in-flight Redis fills can't write either.
                     self.l2.invalidate_all_tokens();
