@@ -127,6 +127,63 @@ impl fmt::Display for KeyHash {
     }
 }
 
+/// Hashes a [`KeyHash`] for a hash table: the digest is uniform already,
+/// so its first eight bytes, mixed with a seed drawn at random for each
+/// table, are as good a hash as any and cost a multiply. (The seed keeps a
+/// client from aiming keys at one bucket: it can't see where they land.)
+#[derive(Clone)]
+#[cfg_attr(not(feature = "memory"), allow(dead_code))]
+pub(crate) struct DigestHasher {
+    seed: u64,
+}
+
+impl DigestHasher {
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn new() -> Self {
+        use std::hash::BuildHasher;
+        Self {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u8),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for DigestHasher {
+    type Hasher = DigestState;
+
+    fn build_hasher(&self) -> DigestState {
+        DigestState {
+            seed: self.seed,
+            hash: 0,
+        }
+    }
+}
+
+/// The state of a [`DigestHasher`].
+pub(crate) struct DigestState {
+    seed: u64,
+    hash: u64,
+}
+
+impl std::hash::Hasher for DigestState {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut prefix = [0u8; 8];
+        let n = bytes.len().min(8);
+        prefix[..n].copy_from_slice(&bytes[..n]);
+        let x = u64::from_le_bytes(prefix) ^ self.seed ^ self.hash.rotate_left(17);
+        // A folded multiply (as foldhash and wyhash mix): every input bit
+        // reaches both halves, so the table's bucket bits and tag bits.
+        let m = u128::from(x) * 0x9E37_79B9_7F4A_7C15_u128;
+        self.hash = (m as u64) ^ ((m >> 64) as u64);
+    }
+
+    // The length prefix of the digest's array: the same for every key.
+    fn write_usize(&mut self, _: usize) {}
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// Display adapter for [`KeyHash::short`]: `3f2a9c1e…`.
 #[derive(Clone, Copy)]
 pub struct ShortHash(KeyHash);
@@ -225,6 +282,24 @@ impl fmt::Debug for KeyHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn digest_hasher_is_consistent_seeded_and_spreads_keys() {
+        let (a, b) = (DigestHasher::new(), DigestHasher::new());
+        let k = KeyHash::of("k");
+        assert_eq!(a.hash_one(k), a.hash_one(KeyHash::of("k")));
+        assert_ne!(a.hash_one(k), a.hash_one(KeyHash::of("l")));
+        assert_ne!(a.hash_one(k), b.hash_one(k), "each table has its own seed");
+        // 100,000 keys in 1,024 buckets by the low bits (a table's index):
+        // none far from the mean of ~98.
+        let mut buckets = vec![0u32; 1024];
+        for i in 0..100_000 {
+            buckets[(a.hash_one(KeyHash::of(i.to_string())) & 1023) as usize] += 1;
+        }
+        let (min, max) = (buckets.iter().min(), buckets.iter().max());
+        assert!(min > Some(&50) && max < Some(&150), "{min:?}..{max:?}");
+    }
 
     #[test]
     fn sha256_matches_known_vector() {

@@ -89,13 +89,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        // The instance `poll_ready` made ready goes with this request.
-        let clone = self.inner.clone();
-        let mut inner = mem::replace(&mut self.inner, clone);
         match self.layer.request_path().authenticate(&mut req) {
-            Progress::Decided(Ok(())) => ResponseFuture::inner(inner.call(req)),
+            // Decided at once (a hit, a public route): the instance
+            // `poll_ready` made ready is called here and now.
+            Progress::Decided(Ok(())) => ResponseFuture::inner(self.inner.call(req)),
             Progress::Decided(Err(rejection)) => ResponseFuture::rejected(rejection),
+            // The ready instance goes with the request, a clone stays.
             Progress::Waiting(authentication) => {
+                let clone = self.inner.clone();
+                let inner = mem::replace(&mut self.inner, clone);
                 ResponseFuture::authenticating(authentication, req, inner)
             }
         }

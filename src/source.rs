@@ -282,8 +282,8 @@ fn parse_bearer(value: &[u8], max_len: usize) -> Result<Option<&[u8]>, Malformed
     let value = trim_ows(value);
     // The scheme is what comes before the first SP or HTAB; most requests
     // spell it `Bearer ` exactly where the quick check looks.
-    let rest = match value.get(..7) {
-        Some(head) if head[6] == b' ' && head[..6].eq_ignore_ascii_case(b"bearer") => &value[6..],
+    let rest = match value.first_chunk::<7>() {
+        Some(head) if is_bearer_and_space(head) => &value[6..],
         _ => {
             let (scheme, rest) = match value.iter().position(|&b| b == b' ' || b == b'\t') {
                 Some(i) => value.split_at(i),
@@ -314,6 +314,15 @@ fn parse_bearer(value: &[u8], max_len: usize) -> Result<Option<&[u8]>, Malformed
         return Err(MalformedKey::InvalidCharacters);
     }
     Ok(Some(token))
+}
+
+/// `Bearer ` in any case, as one comparison of a word: OR-ing `0x20` into a
+/// byte makes `B` and `b` both `b` (and nothing else `b`), likewise for the
+/// other letters; the space is compared as it is.
+fn is_bearer_and_space(head: &[u8; 7]) -> bool {
+    let mut word = [0u8; 8];
+    word[..7].copy_from_slice(head);
+    u64::from_le_bytes(word) | 0x0000_2020_2020_2020 == u64::from_le_bytes(*b"bearer \0")
 }
 
 /// A bare key: visible ASCII (`%x21-7E`), no spaces.
@@ -420,6 +429,33 @@ mod tests {
             let spec = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
             assert_eq!(B64TOKEN[b as usize], spec, "byte {b:#04x}");
             assert_eq!(VISIBLE[b as usize], b.is_ascii_graphic(), "byte {b:#04x}");
+        }
+    }
+
+    #[test]
+    fn the_quick_scheme_check_is_case_insensitive_and_nothing_more() {
+        for head in [b"Bearer ", b"bearer ", b"BEARER ", b"bEaReR "] {
+            assert!(is_bearer_and_space(head), "{head:?}");
+        }
+        for head in [
+            b"Bearer\t",
+            b"Bearerx",
+            b"Beare r",
+            b"Bearer\0",
+            b"Dearer ",
+            b"bearer_",
+        ] {
+            assert!(!is_bearer_and_space(head), "{head:?}");
+        }
+        // Every single-byte change of `Bearer ` that the check accepts is
+        // a change of case.
+        for i in 0..7 {
+            for b in 0..=255u8 {
+                let mut head = *b"Bearer ";
+                head[i] = b;
+                let same = head.eq_ignore_ascii_case(b"Bearer ");
+                assert_eq!(is_bearer_and_space(&head), same, "{i} {b:#04x}");
+            }
         }
     }
 

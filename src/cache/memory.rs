@@ -11,8 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use quick_cache::sync::DefaultLifecycle;
+use quick_cache::UnitWeighter;
+
 use super::tier::NearTier;
 use super::{CacheError, CacheRead, KeyCache, Verdict};
+use crate::hash::DigestHasher;
 use crate::{KeyHash, Principal};
 
 /// Default most valid keys kept.
@@ -25,7 +29,7 @@ pub(crate) const DEFAULT_NEGATIVE_CAPACITY: u64 = 10_000;
 /// was invalidated at the same moment.
 const STRIPES: usize = 1024;
 
-type Engine<P> = quick_cache::sync::Cache<KeyHash, Entry<P>>;
+type Engine<P> = quick_cache::sync::Cache<KeyHash, Entry<P>, UnitWeighter, DigestHasher>;
 
 /// The in-process cache: two bounded caches, one for valid keys and one for
 /// negative entries, each entry with its own expiry.
@@ -160,7 +164,16 @@ impl<P: Principal> MemoryCacheBuilder<P> {
 
     /// Builds the cache.
     pub fn build(self) -> MemoryCache<P> {
-        let engine = |capacity: u64| Engine::new(usize::try_from(capacity).unwrap_or(usize::MAX));
+        let engine = |capacity: u64| {
+            let items = usize::try_from(capacity).unwrap_or(usize::MAX);
+            Engine::with(
+                items,
+                capacity,
+                UnitWeighter,
+                DigestHasher::new(),
+                DefaultLifecycle::default(),
+            )
+        };
         MemoryCache {
             inner: Arc::new(Inner {
                 positive: engine(self.max_capacity),
