@@ -261,3 +261,63 @@ async fn a_flood_of_unknown_keys_does_not_evict_valid_ones() {
     }
     assert_eq!(store.lookups(), before, "every valid key was still cached");
 }
+
+/// A million made-up keys, each missed and cached as negative, leave every
+/// valid key cached and the negative entries within their bound.
+#[tokio::test]
+async fn a_flood_of_a_million_random_keys_leaves_every_valid_key_cached() {
+    use futures_util::FutureExt;
+    use tower_api_key::cache::{CacheRead, KeyCache, Verdict};
+
+    let cache = MemoryCache::<Client>::builder()
+        .max_capacity(10_000)
+        .max_negative_capacity(1_000)
+        .build();
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        f.now_or_never()
+            .expect("an in-process cache answers at once")
+    }
+    let valid: Vec<KeyHash> = (0..1_000)
+        .map(|i| KeyHash::of(format!("sk_valid_{i}")))
+        .collect();
+    for (i, hash) in valid.iter().enumerate() {
+        let token = now(cache.refresh_token(hash)).expect("token");
+        let client = Client {
+            id: i as i64,
+            name: format!("c{i}"),
+            expires_at: None,
+            owner: None,
+        };
+        let verdict = Verdict::Valid(std::sync::Arc::new(client));
+        now(cache.put(*hash, token, verdict, Duration::from_secs(600))).expect("put");
+    }
+    for i in 0..1_000_000u32 {
+        // Random enough, and cheap: the flood's keys need not be secrets.
+        let hash = KeyHash::from_bytes({
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            b[4..12].copy_from_slice(
+                &u64::from(i)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .to_le_bytes(),
+            );
+            b
+        });
+        if let CacheRead::Miss { token, .. } = now(cache.get(&hash)).expect("get") {
+            now(cache.put(hash, token, Verdict::Invalid, Duration::from_secs(30))).expect("put");
+        }
+    }
+    assert!(
+        cache.negative_count() <= 1_000,
+        "{}",
+        cache.negative_count()
+    );
+    for (i, hash) in valid.iter().enumerate() {
+        let read = now(cache.get(hash)).expect("get");
+        assert!(
+            matches!(read, CacheRead::Hit(Verdict::Valid(ref c)) if c.id == i as i64),
+            "valid key {i} was pushed out"
+        );
+    }
+    assert_eq!(cache.positive_count(), 1_000);
+}

@@ -50,7 +50,7 @@ mod tiered {
     );
 }
 
-/// `NaiveCache`, on moka's plain `insert` and `invalidate`, ignores its
+/// `NaiveCache`, on a map's plain `insert` and `remove`, ignores its
 /// tokens and TTLs: the checks that guard the contract must fail on it.
 mod a_naive_cache_fails {
     use std::future::{ready, Future};

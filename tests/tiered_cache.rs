@@ -489,7 +489,7 @@ async fn an_l1_entry_never_outlives_its_l2_entry() {
         assert!(start.elapsed() < Duration::from_secs(5), "Redis kept them");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // A little slack for moka's clock; L1's deadline was set no later than Redis's.
+    // A little slack for the clocks; L1's deadline was set no later than Redis's.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
         !l1_holds(cb, UNKNOWN).await,

@@ -2,7 +2,8 @@
 //!
 //! The engine was chosen by `benches/hit_path.rs` (see BENCHMARKS.md): on a
 //! long tail of keys a read of quick_cache (S3-FIFO, expiry kept in the
-//! value and checked on read) costs a fraction of moka's.
+//! value and checked on read) costs a fraction of moka's, which the crate
+//! used before.
 
 use std::fmt;
 use std::future::{ready, Future, Ready};

@@ -11,7 +11,7 @@
 //!
 //! A backend stores [`Verdict`]s by [`KeyHash`], each for the TTL the layer
 //! gives it, and drops them when told to. It speaks of hashes, verdicts, TTLs
-//! and invalidation only: no engine type (moka, fred) crosses it, so a backend
+//! and invalidation only: no engine type (quick_cache, fred) crosses it, so a backend
 //! can be swapped without touching the layer.
 //!
 //! A [`get`](KeyCache::get) is a [`CacheRead`]: a **hit** carries the cached

@@ -335,7 +335,7 @@ pub struct Race {
     pub lookups: usize,
 }
 
-/// A cache that uses moka's plain `insert` and `invalidate`, ignoring the
+/// A cache that uses a map's plain `insert` and `remove`, ignoring the
 /// token and the TTL: the naive implementation the race test and the conformance suite must
 /// catch.
 pub struct NaiveCache<P>(quick_cache::sync::Cache<KeyHash, Verdict<P>>);

@@ -41,7 +41,7 @@ pub(crate) use builder::DEFAULT_L1_TTL;
 
 use invalidation::{Invalidation, Origin};
 
-/// Two tiers: an in-process moka cache (L1) in front of Redis (L2), with
+/// Two tiers: an in-process cache (L1, a [`MemoryCache`]) in front of Redis (L2), with
 /// invalidations broadcast to every instance over Redis pub/sub (feature
 /// `tiered`).
 ///
