@@ -3,7 +3,9 @@
 //! on one private `redis-server` (started here on a free loopback port).
 //! Rounds come in pairs, one of each, the order alternating; prints the
 //! medians of throughput and p50/p99 latency of each, and the median of the
-//! pairs' ratios (robust to the machine's drift during the run).
+//! pairs' ratios (robust to the machine's drift during the run). Then the
+//! same again with redis-server pinned to one core and the client to the
+//! other, where the ratio is about the client's own work.
 //!
 //! ```sh
 //! cargo bench --bench redis_hit --features redis
@@ -128,6 +130,19 @@ fn main() {
                 }
             }
         };
+        // For a profiler: REDIS_HIT_ONLY=layer (or bare) runs that side
+        // alone, for 20 rounds.
+        if let Ok(side) = std::env::var("REDIS_HIT_ONLY") {
+            for _ in 0..20 {
+                let run = if side == "bare" {
+                    load(bare_get.clone()).await
+                } else {
+                    load(layer_hit.clone()).await
+                };
+                println!("{side}: {:.0} ops/s", run.ops_per_sec);
+            }
+            return;
+        }
         // Pairs of rounds, each pair in alternating order, so that the
         // machine's drift hits both sides of a pair alike.
         let mut bare = Vec::new();
@@ -216,4 +231,5 @@ fn main() {
         );
         let _ = pool.quit().await;
     });
+    common::pinned_too();
 }

@@ -33,12 +33,21 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    pub fn start() -> Self {
+    /// On a free port; with `cpu`, pinned to that CPU (`taskset`).
+    pub fn start(cpu: Option<usize>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let child = Command::new("redis-server")
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "redis-server"]);
+                c
+            }
+            None => Command::new("redis-server"),
+        };
+        let child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -63,6 +72,11 @@ impl Drop for RedisServer {
 /// Runs a load script: a private `redis-server`, a 2-worker tokio runtime,
 /// and `script(url)` on it. Does nothing for `--test`/`--list` (the probes of
 /// `cargo bench --no-run` and `cargo test --benches`).
+///
+/// With `REDIS_BENCH_PINNED=1`, redis-server runs on CPU 0 and this process
+/// (one worker) on CPU 1, so that neither takes the other's core: what is
+/// measured is the client's own work. [`pinned_too`] runs a script both
+/// ways.
 pub fn on_private_redis<F, Fut>(script: F)
 where
     F: FnOnce(String) -> Fut,
@@ -71,13 +85,37 @@ where
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
-    let server = RedisServer::start();
+    let pinned = std::env::var_os("REDIS_BENCH_PINNED").is_some();
+    let server = RedisServer::start(pinned.then_some(0));
+    if pinned {
+        let me = std::process::id().to_string();
+        let status = Command::new("taskset").args(["-acp", "1", &me]).stdout(Stdio::null()).status();
+        assert!(status.is_ok_and(|s| s.success()), "taskset -acp 1 {me}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(if pinned { 1 } else { 2 })
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(script(server.url()));
+}
+
+/// After an unpinned run of this bench, runs it again pinned (see
+/// [`on_private_redis`]) in a child process, whose report follows.
+pub fn pinned_too() {
+    if std::env::var_os("REDIS_BENCH_PINNED").is_some()
+        || std::env::args().any(|a| a == "--test" || a == "--list")
+    {
+        return;
+    }
+    println!();
+    println!("pinned: redis-server on CPU 0, the client on CPU 1 (one worker):");
+    let status = Command::new(std::env::current_exe().expect("this bench"))
+        .args(std::env::args().skip(1))
+        .env("REDIS_BENCH_PINNED", "1")
+        .status()
+        .expect("the pinned run");
+    assert!(status.success(), "the pinned run failed");
 }
 
 /// Calls a service whose future is ready at once (an in-process cache hit),
