@@ -89,7 +89,10 @@ where
     let server = RedisServer::start(pinned.then_some(0));
     if pinned {
         let me = std::process::id().to_string();
-        let status = Command::new("taskset").args(["-acp", "1", &me]).stdout(Stdio::null()).status();
+        let status = Command::new("taskset")
+            .args(["-acp", "1", &me])
+            .stdout(Stdio::null())
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "taskset -acp 1 {me}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
