@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -12,7 +12,7 @@ use tower_service::Service;
 use crate::cache::KeyCache;
 use crate::lookup::Lookup;
 use crate::rejection::AuthRejection;
-use crate::request_path::Authentication;
+use crate::request_path::{Authentication, Extra};
 
 pin_project! {
     /// Response future for [`ApiKeyAuth`](crate::ApiKeyAuth).
@@ -44,6 +44,8 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
+            // The rate-limit fields, for the response.
+            extra: Extra,
         },
         Rejected {
             rejection: Option<AuthRejection>,
@@ -65,9 +67,9 @@ where
     S: Service<Request<ReqB>>,
     C: KeyCache,
 {
-    pub(crate) fn inner(future: S::Future) -> Self {
+    pub(crate) fn inner(future: S::Future, extra: Extra) -> Self {
         Self {
-            state: State::Inner { future },
+            state: State::Inner { future, extra },
         }
     }
 
@@ -121,15 +123,22 @@ where
                     };
                     let Pending { req, mut inner, .. } = *waiting;
                     match decided {
-                        Ok(()) => State::Inner {
+                        Ok(extra) => State::Inner {
                             future: inner.call(req),
+                            extra,
                         },
                         Err(rejection) => State::Rejected {
                             rejection: Some(rejection),
                         },
                     }
                 }
-                StateProj::Inner { future } => return future.poll(cx),
+                StateProj::Inner { future, extra } => {
+                    let mut answer = ready!(future.poll(cx));
+                    if let (Ok(res), Some(fields)) = (&mut answer, extra.take()) {
+                        res.headers_mut().extend(*fields);
+                    }
+                    return Poll::Ready(answer);
+                }
                 StateProj::Rejected { rejection } => {
                     return match rejection.take() {
                         Some(r) => Poll::Ready(Ok(r.to_response().map(ResB::from))),

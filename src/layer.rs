@@ -13,6 +13,7 @@ use tower_layer::Layer;
 use crate::cache::{CacheError, KeyCache};
 use crate::lookup::Lookup;
 use crate::policy::{InvalidRoute, RoutePolicy, RouteTable};
+use crate::ratelimit::{CounterError, CounterKey, RateLimiter};
 use crate::rejection::{sanitize_realm, AuthRejection, Challenge};
 use crate::request_path::{Config, RequestPath};
 use crate::stats::Stats;
@@ -219,6 +220,42 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
         self.with_route(|routes| routes.set_bypass(Some(method), template))
     }
 
+    /// Limits the rate of each key after it is authenticated: its
+    /// [`rate_limits`](crate::Principal::rate_limits) (or the limiter's
+    /// default) counted in the limiter's store; over a quota, `429` with
+    /// `Retry-After` and the `RateLimit-Policy` / `RateLimit` fields. See
+    /// [`ratelimit`](crate::ratelimit).
+    pub fn rate_limits(mut self, limiter: RateLimiter) -> Self {
+        self.config_mut().rate_limiter = Some(limiter);
+        self
+    }
+
+    /// What a request on this route costs against its key's rate limits
+    /// (default 1; 0 exempts the route), for every method. Routes are matched
+    /// as [`route_policy`](Self::route_policy) matches them.
+    ///
+    /// # Panics
+    ///
+    /// As [`route_policy`](Self::route_policy).
+    pub fn route_cost(self, template: &str, cost: u64) -> Self {
+        self.with_route(|routes| routes.set_cost(None, template, cost))
+    }
+
+    /// [`route_cost`](Self::route_cost) for one method of the route.
+    ///
+    /// # Panics
+    ///
+    /// As [`route_policy`](Self::route_policy).
+    pub fn method_route_cost(self, method: Method, template: &str, cost: u64) -> Self {
+        self.with_route(|routes| routes.set_cost(Some(method), template, cost))
+    }
+
+    /// Shorthand for `route_cost(template, 0)`: requests on this route never
+    /// touch a counter.
+    pub fn exempt_from_rate_limits(self, template: &str) -> Self {
+        self.route_cost(template, 0)
+    }
+
     /// The `realm` of the `WWW-Authenticate` challenge (default `api`).
     /// Characters that can't appear in a quoted string are dropped.
     pub fn realm(mut self, realm: &str) -> Self {
@@ -293,6 +330,25 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// backend must support it (all of this crate's do).
     pub async fn invalidate_owner(&self, owner: &str) -> Result<(), CacheError> {
         self.path.cache().invalidate_owner(owner).await
+    }
+
+    /// Forgets a key's rate-limit counts (after raising its limits, say).
+    /// Does nothing without a [`RateLimiter`].
+    pub async fn reset_rate_limits(&self, hash: &KeyHash) -> Result<(), CounterError> {
+        self.reset_counts(CounterKey::key(hash)).await
+    }
+
+    /// Forgets the rate-limit counts an owner's keys share (see
+    /// [`limits_per_owner`](crate::Principal::limits_per_owner)).
+    pub async fn reset_owner_rate_limits(&self, owner: &str) -> Result<(), CounterError> {
+        self.reset_counts(CounterKey::owner(owner)).await
+    }
+
+    async fn reset_counts(&self, key: CounterKey) -> Result<(), CounterError> {
+        match &self.path.config().rate_limiter {
+            Some(limiter) => limiter.reset(&key).await,
+            None => Ok(()),
+        }
     }
 
     /// A snapshot of the counters.

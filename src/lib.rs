@@ -84,6 +84,7 @@
 #![deny(unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod breaker;
 pub mod cache;
 #[cfg(feature = "axum")]
 mod extract;
@@ -93,6 +94,7 @@ mod layer;
 mod lookup;
 mod policy;
 mod principal;
+pub mod ratelimit;
 mod rejection;
 mod request_path;
 mod service;
@@ -107,6 +109,7 @@ pub use layer::ApiKeyAuthLayer;
 pub use lookup::{lookup_fn, BoxError, Lookup, LookupFn};
 pub use policy::{InvalidRoute, RoutePolicy};
 pub use principal::Principal;
+pub use ratelimit::policy::{InvalidRateLimit, RateLimit};
 pub use rejection::{AuthRejection, RejectionHandler, RejectionKind};
 pub use request_path::{DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
 pub use service::ApiKeyAuth;

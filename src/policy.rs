@@ -47,6 +47,8 @@ struct Rule {
     specificity: Vec<u8>,
     policy: Option<RoutePolicy>,
     bypass_cache: bool,
+    /// Rate-limit units a request costs (0: exempt).
+    cost: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,12 +63,15 @@ enum Segment {
 pub(crate) struct Resolved {
     pub(crate) policy: RoutePolicy,
     pub(crate) bypass_cache: bool,
+    /// Rate-limit units the request costs (1 unless a rule says; 0: exempt).
+    pub(crate) cost: u64,
 }
 
 impl Resolved {
     const DEFAULT: Self = Self {
         policy: RoutePolicy::Required,
         bypass_cache: false,
+        cost: 1,
     };
 }
 
@@ -151,6 +156,7 @@ impl RouteTable {
                     specificity,
                     policy: None,
                     bypass_cache: false,
+                    cost: None,
                 });
                 self.rules.len() - 1
             }
@@ -174,6 +180,16 @@ impl RouteTable {
         template: &str,
     ) -> Result<(), InvalidRoute> {
         self.rule_mut(method, template)?.bypass_cache = true;
+        Ok(())
+    }
+
+    pub(crate) fn set_cost(
+        &mut self,
+        method: Option<Method>,
+        template: &str,
+        cost: u64,
+    ) -> Result<(), InvalidRoute> {
+        self.rule_mut(method, template)?.cost = Some(cost);
         Ok(())
     }
 
@@ -203,34 +219,37 @@ impl RouteTable {
             None => true,
             Some(m) => m == method || (method == Method::HEAD && m == Method::GET),
         };
-        let mut best: Option<&Rule> = None;
-        let mut bypass_cache = false;
-        for rule in self.rules.iter().filter(|r| applies(r) && matches(r)) {
-            // Bypass is the stricter choice: any matching rule asking for it wins.
-            bypass_cache |= rule.bypass_cache;
-            if rule.policy.is_some() && best.is_none_or(|b| rule.specificity > b.specificity) {
-                best = Some(rule);
-            }
-        }
-        // The most specific template decides; on it, a method rule overrides
-        // the any-method rule.
-        let policy = best.map_or(RoutePolicy::Required, |best| {
+        let matching = || self.rules.iter().filter(|r| applies(r) && matches(r));
+        // The most specific template that says something decides; on it, a
+        // method rule overrides the any-method rule.
+        let decide = |says: &dyn Fn(&Rule) -> bool| {
+            let best =
+                matching()
+                    .filter(|r| says(r))
+                    .fold(None::<&Rule>, |best, r| match best {
+                        Some(b) if r.specificity <= b.specificity => Some(b),
+                        _ => Some(r),
+                    })?;
             let on_template = |with_method: bool| {
                 self.rules.iter().find(|r| {
                     r.template == best.template
                         && r.method.is_some() == with_method
-                        && r.policy.is_some()
+                        && says(r)
                         && applies(r)
                 })
             };
-            on_template(true)
-                .or_else(|| on_template(false))
-                .and_then(|r| r.policy)
-                .unwrap_or_default()
-        });
+            on_template(true).or_else(|| on_template(false))
+        };
         Resolved {
-            policy,
-            bypass_cache,
+            policy: decide(&|r| r.policy.is_some())
+                .and_then(|r| r.policy)
+                .unwrap_or_default(),
+            // Bypass is the stricter choice: any matching rule asking for it
+            // wins.
+            bypass_cache: matching().any(|r| r.bypass_cache),
+            cost: decide(&|r| r.cost.is_some())
+                .and_then(|r| r.cost)
+                .unwrap_or(1),
         }
     }
 }
@@ -418,6 +437,27 @@ mod tests {
         assert_eq!(p("/files/public/x"), RoutePolicy::Public);
         assert_eq!(p("/docs/intro"), RoutePolicy::Optional);
         assert_eq!(p("/docs/a/b"), RoutePolicy::Public);
+    }
+
+    #[test]
+    fn costs_follow_the_most_specific_template_and_default_to_one() {
+        let mut t = RouteTable::default();
+        t.set_cost(None, "/v1/reports/{*rest}", 10).unwrap();
+        t.set_cost(None, "/v1/reports/cheap", 2).unwrap();
+        t.set_cost(Some(Method::POST), "/v1/reports/cheap", 5)
+            .unwrap();
+        t.set_cost(None, "/v1/usage", 0).unwrap();
+        let c = |m, path| resolve(&t, m, path).cost;
+        assert_eq!(c(Method::GET, "/v1/reports/big/one"), 10);
+        assert_eq!(c(Method::GET, "/v1/reports/cheap"), 2);
+        assert_eq!(c(Method::POST, "/v1/reports/cheap"), 5);
+        assert_eq!(c(Method::GET, "/v1/usage"), 0, "exempt");
+        assert_eq!(c(Method::GET, "/v1/other"), 1);
+        assert_eq!(
+            c(Method::GET, "/v1/usage/"),
+            1,
+            "a path that is not canonical is never exempt"
+        );
     }
 
     #[test]

@@ -3,15 +3,18 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
+use crate::RateLimit;
+
 /// What the layer knows about a principal, the value your lookup returns for
 /// a valid key (a client, an account, a service identity).
 ///
-/// Both methods are optional. A key that expires says when: the cache never
+/// Every method is optional. A key that expires says when: the cache never
 /// keeps it past that instant (its positive TTL is capped), and a cached
 /// principal whose expiry has passed is rejected even before the cache drops
 /// it. A key that belongs to an owner (a tenant, an organisation) says which,
 /// so that [`invalidate_owner`](crate::ApiKeyAuthLayer::invalidate_owner)
-/// can drop all of that owner's keys at once.
+/// can drop all of that owner's keys at once. A key with rate limits says
+/// which ([`rate_limits`](Self::rate_limits)).
 ///
 /// ```
 /// use std::borrow::Cow;
@@ -44,5 +47,34 @@ pub trait Principal: Send + Sync + 'static {
     /// drops every cached key of one owner at once.
     fn owner(&self) -> Option<Cow<'_, str>> {
         None
+    }
+
+    /// The key's rate-limit policies, when the layer has a
+    /// [`RateLimiter`](crate::ratelimit::RateLimiter): `None` (the default)
+    /// for the limiter's default policies, `Some(&[])` for none at all (an
+    /// admin key), `Some(limits)` for the key's own.
+    ///
+    /// ```
+    /// use tower_api_key::{Principal, RateLimit};
+    ///
+    /// struct Client { limits: Option<Vec<RateLimit>> }
+    ///
+    /// impl Principal for Client {
+    ///     fn rate_limits(&self) -> Option<&[RateLimit]> {
+    ///         self.limits.as_deref()
+    ///     }
+    /// }
+    /// # let _ = Client { limits: Some(vec![RateLimit::per_second(10), RateLimit::per_day(10_000)]) }.rate_limits();
+    /// ```
+    fn rate_limits(&self) -> Option<&[RateLimit]> {
+        None
+    }
+
+    /// Whether the key's limits count for its whole
+    /// [`owner`](Self::owner) (an organisation-wide quota, shared by all its
+    /// keys) rather than for the key alone. Default `false`; a key without
+    /// an owner counts alone either way.
+    fn limits_per_owner(&self) -> bool {
+        false
     }
 }

@@ -10,7 +10,8 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::MalformedKey;
+use crate::ratelimit::{Fields, RateLimitStatus};
+use crate::{MalformedKey, RateLimit};
 
 /// Why a request was not passed to the inner service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +30,12 @@ pub enum RejectionKind {
     /// [`Authenticated`](crate::Authenticated) was used on a route that the
     /// layer does not cover: a server bug, not a client error.
     LayerMissing,
+    /// The key is valid but one of its rate-limit policies is spent
+    /// ([`AuthRejection::rate_limit`] says which).
+    RateLimited,
+    /// The rate-limit counter store failed and the limiter's fallback is
+    /// fail-closed.
+    RateLimiterUnavailable,
 }
 
 /// A rejection, ready to render. Your [`on_rejection`] handler receives it;
@@ -40,6 +47,8 @@ pub enum RejectionKind {
 /// | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` |
 /// | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
 /// | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` |
+/// | a rate-limit policy spent | 429 + `Retry-After`, `RateLimit-Policy`, `RateLimit` | — | `rate_limited` |
+/// | counter store failed, fail-closed | 503 + `Retry-After` | — | `rate_limiter_unavailable` |
 /// | extractor used without the layer | 500 | — | `auth_layer_missing` |
 ///
 /// Bodies are RFC 9457 `application/problem+json`:
@@ -49,6 +58,15 @@ pub enum RejectionKind {
 ///  "detail":"the API key is not valid","code":"invalid_token"}
 /// ```
 ///
+/// A `429`'s is of the httpapi problem type `quota-exceeded`, naming the
+/// policies it broke:
+///
+/// ```json
+/// {"type":"https://iana.org/assignments/http-problem-types#quota-exceeded",
+///  "title":"Too Many Requests","status":429,"detail":"…","code":"rate_limited",
+///  "violated-policies":["burst"]}
+/// ```
+///
 /// Neither the headers nor the body ever contain the presented key.
 ///
 /// [`on_rejection`]: crate::ApiKeyAuthLayer::on_rejection
@@ -56,6 +74,8 @@ pub enum RejectionKind {
 pub struct AuthRejection {
     kind: RejectionKind,
     config: Option<Arc<RejectionConfig>>,
+    /// For `RateLimited`: what the policies said, and the fields to write.
+    rate_limit: Option<Box<(RateLimitStatus, Fields)>>,
 }
 
 /// Renders a rejection: your replacement for the default problem+json body.
@@ -108,6 +128,8 @@ struct Problem<'a> {
     status: u16,
     detail: &'a str,
     code: &'static str,
+    #[serde(rename = "violated-policies", skip_serializing_if = "Vec::is_empty")]
+    violated_policies: Vec<&'a str>,
 }
 
 impl AuthRejection {
@@ -115,6 +137,19 @@ impl AuthRejection {
         Self {
             kind,
             config: Some(config),
+            rate_limit: None,
+        }
+    }
+
+    pub(crate) fn rate_limited(
+        config: Arc<RejectionConfig>,
+        status: RateLimitStatus,
+        fields: Fields,
+    ) -> Self {
+        Self {
+            kind: RejectionKind::RateLimited,
+            config: Some(config),
+            rate_limit: Some(Box::new((status, fields))),
         }
     }
 
@@ -123,7 +158,14 @@ impl AuthRejection {
         Self {
             kind: RejectionKind::LayerMissing,
             config: None,
+            rate_limit: None,
         }
+    }
+
+    /// For a rate-limit refusal: each policy of the key and what it has
+    /// left (the ones that refused have a `retry_after`).
+    pub fn rate_limit(&self) -> Option<&RateLimitStatus> {
+        self.rate_limit.as_deref().map(|(status, _)| status)
     }
 
     /// What went wrong.
@@ -136,8 +178,11 @@ impl AuthRejection {
         match self.kind {
             RejectionKind::MissingKey | RejectionKind::InvalidKey => StatusCode::UNAUTHORIZED,
             RejectionKind::MalformedKey(_) => StatusCode::BAD_REQUEST,
-            RejectionKind::LookupUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::LookupUnavailable | RejectionKind::RateLimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RejectionKind::LayerMissing => StatusCode::INTERNAL_SERVER_ERROR,
+            RejectionKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -149,6 +194,8 @@ impl AuthRejection {
             RejectionKind::InvalidKey => "invalid_token",
             RejectionKind::LookupUnavailable => "lookup_unavailable",
             RejectionKind::LayerMissing => "auth_layer_missing",
+            RejectionKind::RateLimited => "rate_limited",
+            RejectionKind::RateLimiterUnavailable => "rate_limiter_unavailable",
         }
     }
 
@@ -163,6 +210,12 @@ impl AuthRejection {
             }
             RejectionKind::LayerMissing => {
                 "the Authenticated extractor is used on a route that ApiKeyAuthLayer does not cover (or the layer's principal type differs)"
+            }
+            RejectionKind::RateLimited => {
+                "this API key has spent a rate-limit quota; retry after the time given"
+            }
+            RejectionKind::RateLimiterUnavailable => {
+                "the rate limit could not be checked right now; retry later"
             }
         }
     }
@@ -199,10 +252,18 @@ impl AuthRejection {
         HeaderValue::from_str(&value).ok()
     }
 
-    /// How long a client should wait before retrying, on 503.
+    /// How long a client should wait before retrying, on 503 and 429 (for a
+    /// rate limit: until every refusing policy would admit the request,
+    /// never earlier).
     pub fn retry_after(&self) -> Option<Duration> {
         match self.kind {
-            RejectionKind::LookupUnavailable => self.config.as_ref().map(|c| c.retry_after),
+            RejectionKind::LookupUnavailable | RejectionKind::RateLimiterUnavailable => {
+                self.config.as_ref().map(|c| c.retry_after)
+            }
+            RejectionKind::RateLimited => self
+                .rate_limit()
+                .and_then(RateLimitStatus::retry_after)
+                .map(Duration::from_secs),
             _ => None,
         }
     }
@@ -212,11 +273,20 @@ impl AuthRejection {
     pub fn default_response(&self) -> Response<Bytes> {
         let status = self.status();
         let problem = Problem {
-            kind: "about:blank",
+            kind: match self.kind {
+                RejectionKind::RateLimited => {
+                    "https://iana.org/assignments/http-problem-types#quota-exceeded"
+                }
+                _ => "about:blank",
+            },
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: self.detail(),
             code: self.code(),
+            violated_policies: self
+                .rate_limit()
+                .map(|s| s.violated().map(RateLimit::name).collect())
+                .unwrap_or_default(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = Response::new(Bytes::from(body));
@@ -232,6 +302,9 @@ impl AuthRejection {
         if let Some(after) = self.retry_after() {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Some((status, fields)) = self.rate_limit.as_deref() {
+            headers.extend(status.headers(*fields));
         }
         res
     }

@@ -92,7 +92,7 @@ where
         match self.layer.request_path().authenticate(&mut req) {
             // Decided at once (a hit, a public route): the instance
             // `poll_ready` made ready is called here and now.
-            Progress::Decided(Ok(())) => ResponseFuture::inner(self.inner.call(req)),
+            Progress::Decided(Ok(extra)) => ResponseFuture::inner(self.inner.call(req), extra),
             Progress::Decided(Err(rejection)) => ResponseFuture::rejected(rejection),
             // The ready instance goes with the request, a clone stays.
             Progress::Waiting(authentication) => {

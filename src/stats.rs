@@ -33,6 +33,15 @@ pub struct Stats {
     /// Requests that waited on another request's lookup instead of making
     /// their own (single flight).
     pub coalesced: u64,
+    /// Requests the rate limit counted and admitted.
+    pub rate_limit_admitted: u64,
+    /// Requests refused with `429`.
+    pub rate_limited: u64,
+    /// Requests decided by the limiter's fallback (the counter store failed,
+    /// or its breaker was open).
+    pub rate_limit_fallbacks: u64,
+    /// Counter store operations that failed.
+    pub rate_limit_store_errors: u64,
 }
 
 /// How many cells a counter is split into. Each thread bumps one, so two
@@ -102,6 +111,10 @@ pub(crate) struct Counters {
     pub(crate) lookup_errors: Counter,
     pub(crate) cache_errors: Counter,
     pub(crate) coalesced: Counter,
+    pub(crate) rate_limit_admitted: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) rate_limit_fallbacks: Counter,
+    pub(crate) rate_limit_store_errors: Counter,
 }
 
 impl Counters {
@@ -114,6 +127,10 @@ impl Counters {
             lookup_errors: self.lookup_errors.get(),
             cache_errors: self.cache_errors.get(),
             coalesced: self.coalesced.get(),
+            rate_limit_admitted: self.rate_limit_admitted.get(),
+            rate_limited: self.rate_limited.get(),
+            rate_limit_fallbacks: self.rate_limit_fallbacks.get(),
+            rate_limit_store_errors: self.rate_limit_store_errors.get(),
         }
     }
 }

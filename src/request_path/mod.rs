@@ -11,7 +11,10 @@
 //! 5. [**Miss: look up once, store**](RequestPath::look_up) (in `miss.rs`):
 //!    concurrent misses share one lookup (`flight.rs`), whose answer is
 //!    stored with the miss's token.
-//! 6. [**Forward**](RequestPath::forward): the principal into the request's
+//! 6. [**Rate limit**](RequestPath::admit) (in `limit.rs`, with a
+//!    [`RateLimiter`](crate::ratelimit::RateLimiter)): the key's policies, the
+//!    route's cost, one hit of the counter store; over a quota, `429`.
+//! 7. [**Forward**](RequestPath::forward): the principal into the request's
 //!    extensions.
 //!
 //! Each stage is a method of [`RequestPath`] that either decides
@@ -24,6 +27,7 @@
 //! variant of [`Wait`] if it can wait; nothing else changes.
 
 mod flight;
+mod limit;
 mod miss;
 
 use std::future::Future;
@@ -33,12 +37,13 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::task::noop_waker_ref;
-use http::Request;
+use http::HeaderMap;
 
 use self::flight::{Flight, Flights, Outcome};
 use self::miss::Miss;
 use crate::cache::{CacheError, CacheRead, KeyCache, Verdict};
 use crate::policy::RouteTable;
+use crate::ratelimit::RateLimiter;
 use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind};
 use crate::source::RequestHead;
 use crate::stats::{Counters, Stats, WarnLimiter};
@@ -59,6 +64,7 @@ pub(crate) struct Config {
     pub(crate) positive_ttl: Duration,
     pub(crate) negative_ttl: Duration,
     pub(crate) rejection: Arc<RejectionConfig>,
+    pub(crate) rate_limiter: Option<RateLimiter>,
 }
 
 impl Default for Config {
@@ -70,6 +76,7 @@ impl Default for Config {
             positive_ttl: DEFAULT_POSITIVE_TTL,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             rejection: Arc::new(RejectionConfig::default()),
+            rate_limiter: None,
         }
     }
 }
@@ -82,6 +89,7 @@ struct Shared<C: KeyCache, L> {
     flights: Arc<Flights<C::Principal, C::Token>>,
     cache_warnings: WarnLimiter,
     lookup_warnings: WarnLimiter,
+    counter_warnings: WarnLimiter,
 }
 
 /// The request path of one layer: its settings and its shared state (two
@@ -100,11 +108,17 @@ impl<C: KeyCache, L> Clone for RequestPath<C, L> {
     }
 }
 
+/// What the response of a forwarded request gets on its way out: the
+/// rate-limit fields, when the limiter writes them on every response.
+pub(crate) type Extra = Option<Box<HeaderMap>>;
+
+/// A decision: forward the request (with its principal, if it has one, in
+/// its extensions), or answer with the rejection.
+pub(crate) type Decided = Result<Extra, AuthRejection>;
+
 /// What a stage decided.
 pub(crate) enum Step<C: KeyCache> {
-    /// Forward the request (with its principal, if it has one, in its
-    /// extensions), or answer with the rejection.
-    Done(Result<(), AuthRejection>),
+    Done(Decided),
     /// Wait on this, then go on.
     Wait(Wait<C>),
 }
@@ -115,12 +129,13 @@ pub(crate) enum Wait<C: KeyCache> {
     Cache(C::Get),
     /// This key's lookup, shared with other requests.
     Lookup(Flight<C::Principal>),
+    /// A counter store that didn't answer at once.
+    Count(limit::Counting<C::Principal>),
 }
 
 /// Where [`RequestPath::authenticate`] left a request.
 pub(crate) enum Progress<C: KeyCache, L> {
-    /// Forward it, or answer with the rejection.
-    Decided(Result<(), AuthRejection>),
+    Decided(Decided),
     /// Waiting: poll this.
     Waiting(Authentication<C, L>),
 }
@@ -129,8 +144,17 @@ pub(crate) enum Progress<C: KeyCache, L> {
 /// with it.
 pub(crate) struct Authentication<C: KeyCache, L> {
     path: RequestPath<C, L>,
-    hash: KeyHash,
+    /// The request as the stages after the wait need it.
+    request: Request,
     wait: Wait<C>,
+}
+
+/// What the stages know of a request beyond the request itself.
+#[derive(Clone, Copy)]
+pub(crate) struct Request {
+    hash: KeyHash,
+    /// Rate-limit units it costs (its route's).
+    cost: u64,
 }
 
 impl<C: KeyCache, L> RequestPath<C, L> {
@@ -144,6 +168,7 @@ impl<C: KeyCache, L> RequestPath<C, L> {
                 flights: Arc::new(Flights::new()),
                 cache_warnings: WarnLimiter::new(Duration::from_secs(10)),
                 lookup_warnings: WarnLimiter::new(Duration::from_secs(10)),
+                counter_warnings: WarnLimiter::new(Duration::from_secs(10)),
             }),
         }
     }
@@ -187,7 +212,7 @@ where
 {
     /// Runs the stages on `req` until one decides or waits. On a hit in an
     /// in-process cache this is the whole of the layer's work.
-    pub(crate) fn authenticate<B>(&self, req: &mut Request<B>) -> Progress<C, L> {
+    pub(crate) fn authenticate<B>(&self, req: &mut http::Request<B>) -> Progress<C, L> {
         // 1. Policy.
         let route = self.config.routes.resolve(req);
         if route.policy == RoutePolicy::Public {
@@ -203,13 +228,17 @@ where
             Err(malformed) => return Progress::Decided(Err(malformed)),
         };
         // 4. Cache read, unless the route asks the lookup every time.
+        let request = Request {
+            hash,
+            cost: route.cost,
+        };
         let step = if route.bypass_cache {
             self.look_up(hash, Miss::Refresh)
         } else {
             let mut get = self.shared.cache.get(&hash);
             // An in-process cache answers on the first poll.
             match Pin::new(&mut get).poll(&mut Context::from_waker(noop_waker_ref())) {
-                Poll::Ready(read) => self.on_read(req, hash, read),
+                Poll::Ready(read) => self.on_read(req, request, read),
                 Poll::Pending => Step::Wait(Wait::Cache(get)),
             }
         };
@@ -217,7 +246,7 @@ where
             Step::Done(decided) => Progress::Decided(decided),
             Step::Wait(wait) => Progress::Waiting(Authentication {
                 path: self.clone(),
-                hash,
+                request,
                 wait,
             }),
         }
@@ -225,7 +254,7 @@ where
 
     /// Stages 2 and 3: the presented secret, hashed; `Ok(None)` when the
     /// request carries none. The secret itself is dropped here.
-    fn read_key<B>(&self, req: &Request<B>) -> Result<Option<KeyHash>, AuthRejection> {
+    fn read_key<B>(&self, req: &http::Request<B>) -> Result<Option<KeyHash>, AuthRejection> {
         match self.config.source.extract(&RequestHead::of(req)) {
             Ok(secret) => Ok(secret.map(|secret| self.config.hasher.hash(&secret))),
             Err(malformed) => Err(self.rejection(RejectionKind::MalformedKey(malformed))),
@@ -234,25 +263,26 @@ where
 
     /// No principal (a public route, or anonymous on an optional one), but a
     /// mark that the layer ran, for the extractor.
-    fn pass<B>(&self, req: &mut Request<B>) -> Result<(), AuthRejection> {
+    fn pass<B>(&self, req: &mut http::Request<B>) -> Decided {
         req.extensions_mut()
             .insert(Passed::new(Arc::clone(&self.config.rejection)));
-        Ok(())
+        Ok(None)
     }
 
     /// Stage 4: what a cache read decides.
     fn on_read<B>(
         &self,
-        req: &mut Request<B>,
-        hash: KeyHash,
+        req: &mut http::Request<B>,
+        request: Request,
         read: Result<CacheRead<C::Principal, C::Token>, CacheError>,
     ) -> Step<C> {
         let counters = &self.shared.counters;
+        let hash = request.hash;
         match read {
             Ok(CacheRead::Hit(verdict)) => match judge(verdict) {
                 Some(principal) => {
                     counters.hits.incr();
-                    self.forward(req, principal)
+                    self.admit(req, request, principal)
                 }
                 None => {
                     counters.negative_hits.incr();
@@ -278,18 +308,28 @@ where
     }
 
     /// What the lookup concluded.
-    fn on_lookup<B>(&self, req: &mut Request<B>, outcome: Outcome<C::Principal>) -> Step<C> {
+    fn on_lookup<B>(
+        &self,
+        req: &mut http::Request<B>,
+        request: Request,
+        outcome: Outcome<C::Principal>,
+    ) -> Step<C> {
         match outcome {
-            Outcome::Valid(principal) => self.forward(req, principal),
+            Outcome::Valid(principal) => self.admit(req, request, principal),
             Outcome::Invalid => self.reject(RejectionKind::InvalidKey),
             Outcome::Failed => self.reject(RejectionKind::LookupUnavailable),
         }
     }
 
-    /// Stage 6: the principal goes into the request's extensions.
-    fn forward<B>(&self, req: &mut Request<B>, principal: Arc<C::Principal>) -> Step<C> {
+    /// Stage 7: the principal goes into the request's extensions.
+    fn forward<B>(
+        &self,
+        req: &mut http::Request<B>,
+        principal: Arc<C::Principal>,
+        extra: Extra,
+    ) -> Step<C> {
         req.extensions_mut().insert(principal);
-        Step::Done(Ok(()))
+        Step::Done(Ok(extra))
     }
 }
 
@@ -303,17 +343,21 @@ where
     pub(crate) fn poll<B>(
         &mut self,
         cx: &mut Context<'_>,
-        req: &mut Request<B>,
-    ) -> Poll<Result<(), AuthRejection>> {
+        req: &mut http::Request<B>,
+    ) -> Poll<Decided> {
         loop {
             let step = match &mut self.wait {
                 Wait::Cache(get) => {
                     let read = ready!(Pin::new(get).poll(cx));
-                    self.path.on_read(req, self.hash, read)
+                    self.path.on_read(req, self.request, read)
                 }
                 Wait::Lookup(flight) => {
                     let outcome = ready!(Pin::new(flight).poll(cx));
-                    self.path.on_lookup(req, outcome)
+                    self.path.on_lookup(req, self.request, outcome)
+                }
+                Wait::Count(counting) => {
+                    let counted = ready!(counting.poll(cx));
+                    self.path.on_count(req, counting.take(), counted)
                 }
             };
             match step {

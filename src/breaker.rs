@@ -1,0 +1,108 @@
+//! [`Breaker`]: stop asking a backend that keeps failing, and ask again
+//! once in a while.
+//!
+//! Closed, every call goes through. After `threshold` failures in a row it
+//! opens: calls skip the backend (the caller falls back at once) for
+//! `cooldown`. Then it half-opens: the next call goes through as a probe,
+//! and its success closes the breaker, its failure opens it again. An
+//! outage then costs the first few requests a timeout, not every request.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Default failures in a row before the breaker opens.
+pub(crate) const DEFAULT_THRESHOLD: u32 = 3;
+/// Default time an open breaker waits before it lets a probe through.
+pub(crate) const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
+
+pub(crate) struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    origin: Instant,
+    failures: AtomicU32,
+    /// While open: when (in ms since `origin`, plus one; 0 is closed) the
+    /// next probe may go.
+    open_until: AtomicU64,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            cooldown,
+            origin: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a call may go to the backend now: closed, or open and due for
+    /// a probe (the first caller to find it due takes the probe; the others
+    /// keep skipping until it answers).
+    pub(crate) fn allows(&self) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now_ms() + 1;
+        if now < until {
+            return false;
+        }
+        // Due: move the deadline on, so that only this caller probes.
+        let next = now + u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);
+        self.open_until
+            .compare_exchange(until, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The backend answered: the breaker closes.
+    pub(crate) fn succeeded(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.open_until.store(0, Ordering::Release);
+    }
+
+    /// The backend failed; returns whether this opened the breaker.
+    pub(crate) fn failed(&self) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures < self.threshold {
+            return false;
+        }
+        let until =
+            self.now_ms() + 1 + u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);
+        self.open_until.swap(until, Ordering::AcqRel) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_the_threshold_probes_after_the_cooldown_and_closes_on_success() {
+        let b = Breaker::new(3, Duration::from_millis(50));
+        assert!(b.allows());
+        assert!(!b.failed() && !b.failed());
+        assert!(b.allows(), "two failures: still closed");
+        assert!(b.failed(), "the third opens it");
+        assert!(!b.allows());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.allows(), "due for a probe");
+        assert!(!b.allows(), "one probe at a time");
+        b.succeeded();
+        assert!(b.allows());
+    }
+
+    #[test]
+    fn a_failed_probe_opens_it_again() {
+        let b = Breaker::new(1, Duration::from_millis(30));
+        assert!(b.failed());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allows());
+        b.failed();
+        assert!(!b.allows(), "open again for another cooldown");
+    }
+}
