@@ -95,6 +95,8 @@ mod lookup;
 mod policy;
 mod principal;
 pub mod ratelimit;
+#[cfg(feature = "redis")]
+mod redis_pool;
 mod rejection;
 mod request_path;
 mod service;

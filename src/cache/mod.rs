@@ -88,6 +88,8 @@ pub use any::{AnyCache, BackendError};
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryCache, MemoryCacheBuilder};
 #[cfg(feature = "redis")]
+pub(crate) use redis::check_prefix;
+#[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisCache, RedisCacheBuilder, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
 #[cfg(feature = "tiered")]

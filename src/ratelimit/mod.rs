@@ -48,7 +48,7 @@
 mod headers;
 mod memory;
 pub(crate) mod policy;
-#[cfg(any())] // next: the Redis store
+#[cfg(feature = "redis")]
 mod redis;
 mod store;
 mod window;
@@ -68,8 +68,9 @@ pub(crate) use headers::Fields;
 pub use memory::{MemoryCounters, MemoryCountersBuilder};
 pub use policy::Algorithm;
 use policy::RateLimit;
-#[cfg(any())]
-pub use redis::{RedisCounters, RedisCountersBuilder};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{RedisCounters, RedisCountersBuilder, RedisHit};
 pub use store::{Counted, CounterError, CounterKey, CounterStore};
 pub use window::Quota;
 

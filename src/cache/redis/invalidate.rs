@@ -8,10 +8,10 @@ use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use super::command::millis;
 use super::keys::Keys;
 use super::{scripts, RedisCache};
 use crate::cache::CacheError;
+use crate::redis_pool::millis;
 use crate::KeyHash;
 
 impl<P> RedisCache<P> {
@@ -53,7 +53,7 @@ impl<P> RedisCache<P> {
     pub(super) async fn invalidate_all_keys(&self) -> Result<(), CacheError> {
         let inner = &*self.inner;
         inner.epoch.fetch_add(1, Ordering::AcqRel);
-        let client = inner.pool.next().clone();
+        let client = inner.pool.pool().next().clone();
         let pattern = inner.keys.all();
         let keys = if client.is_clustered() {
             client
@@ -67,12 +67,12 @@ impl<P> RedisCache<P> {
             let mut entries = Vec::with_capacity(batch.len());
             for key in batch {
                 let key = key.map_err(CacheError::new)?;
-                if !Keys::is_version(key.as_bytes()) {
+                if !Keys::survives_invalidate_all(key.as_bytes()) {
                     entries.push(key);
                 }
             }
             // One UNLINK per key: a batch spans cluster slots.
-            let client = client.with_options(&inner.options);
+            let client = inner.pool.one();
             let results = join_all(
                 entries
                     .into_iter()

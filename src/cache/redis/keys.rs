@@ -10,9 +10,22 @@
 //!
 //! The hash tag (`{…}`) puts a key's entry and version in one cluster slot,
 //! so the scripts that touch both never cross slots. Version keys end in
-//! `}:v`, which is how `invalidate_all` knows to keep them.
+//! `}:v` and the rate-limit counters' (`prefix{<hex>}:rl`, see
+//! `ratelimit/redis.rs`) in `}:rl`, which is how `invalidate_all` knows to
+//! keep them.
 
 use crate::KeyHash;
+
+/// Refuses a prefix with braces (they would move the hash tag), glob
+/// characters (they would widen `invalidate_all`'s SCAN) or backslashes.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.contains(['{', '}', '*', '?', '[', ']', '\\']) {
+        return Err(format!(
+            "invalid Redis key prefix {prefix:?}: no braces, glob characters or backslashes"
+        ));
+    }
+    Ok(())
+}
 
 /// The key names of one prefix.
 #[derive(Clone, Debug)]
@@ -21,14 +34,9 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    /// Refuses a prefix with braces (they would move the hash tag), glob
-    /// characters (they would widen `invalidate_all`'s SCAN) or backslashes.
+    /// Names keys under `prefix`, if [`check_prefix`] accepts it.
     pub(super) fn new(prefix: String) -> Result<Self, String> {
-        if prefix.contains(['{', '}', '*', '?', '[', ']', '\\']) {
-            return Err(format!(
-                "invalid Redis key prefix {prefix:?}: no braces, glob characters or backslashes"
-            ));
-        }
+        check_prefix(&prefix)?;
         Ok(Self { prefix })
     }
 
@@ -62,10 +70,11 @@ impl Keys {
         format!("{}*", self.prefix)
     }
 
-    /// Whether a scanned key is a version (kept by `invalidate_all`: it
-    /// guards lookups still in flight).
-    pub(super) fn is_version(key: &[u8]) -> bool {
-        key.ends_with(b"}:v")
+    /// Whether a scanned key stays through `invalidate_all`: a version (it
+    /// guards lookups still in flight), or the rate-limit counters that
+    /// share the prefix (`prefix{…}:rl`), which aren't verdicts.
+    pub(super) fn survives_invalidate_all(key: &[u8]) -> bool {
+        key.ends_with(b"}:v") || key.ends_with(b"}:rl")
     }
 
     /// The pub/sub channel of the tiered cache's invalidations.
@@ -106,9 +115,11 @@ mod tests {
         let hex = hash.to_hex();
         assert_eq!(keys.entry(&hash), format!("p:{{{hex}}}"));
         assert_eq!(keys.version(&hash), format!("p:{{{hex}}}:v"));
-        assert!(Keys::is_version(keys.version(&hash).as_bytes()));
-        assert!(Keys::is_version(keys.owners().as_bytes()));
-        assert!(!Keys::is_version(keys.entry(&hash).as_bytes()));
+        assert!(Keys::survives_invalidate_all(
+            keys.version(&hash).as_bytes()
+        ));
+        assert!(Keys::survives_invalidate_all(keys.owners().as_bytes()));
+        assert!(!Keys::survives_invalidate_all(keys.entry(&hash).as_bytes()));
         assert!(!keys.owner("acme").contains("acme"));
     }
 }

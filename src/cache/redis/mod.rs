@@ -8,7 +8,7 @@
 //! | `keys.rs` | the name of every key written, from the prefix and the hash |
 //! | `codec.rs` | the stored value, a versioned JSON envelope |
 //! | `scripts.rs` | the Lua scripts: each step that must be atomic |
-//! | `command.rs` | one bounded command: fail fast, one attempt, our timeout |
+//! | `command.rs` | the crate's bounded commands (`redis_pool.rs`), failing as `CacheError` |
 //! | `read.rs` | the one read primitive, and [`RedisGet`] |
 //! | `write.rs` | the version-checked put, and owner listings |
 //! | `invalidate.rs` | invalidating a key, an owner, everything |
@@ -24,7 +24,6 @@ use std::time::Duration;
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
 use fred::prelude::Config;
-use fred::types::config::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -42,12 +41,14 @@ mod scripts;
 mod tier;
 mod write;
 
-pub use builder::{RedisCacheBuilder, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
+pub use crate::redis_pool::DEFAULT_COMMAND_TIMEOUT;
+pub use builder::{RedisCacheBuilder, DEFAULT_PREFIX};
+pub(crate) use keys::check_prefix;
 pub use read::RedisGet;
 #[cfg(feature = "tiered")] // the tiered cache's L2 read
 pub(crate) use read::RedisRead;
 
-use builder::Connection;
+use crate::redis_pool::{RedisPool, Source};
 use keys::Keys;
 
 /// The shared cache: Redis through a fred connection pool, so every instance
@@ -125,12 +126,8 @@ pub struct RedisCache<P> {
 }
 
 struct Inner {
-    pool: Pool,
+    pool: RedisPool,
     keys: Keys,
-    /// Fail fast while disconnected, one attempt (the timeout is ours: see
-    /// `command.rs`).
-    options: Options,
-    timeout: Duration,
     version_ttl: Duration,
     /// Moved by `invalidate_all`: tokens carry it, fills check it.
     epoch: AtomicU64,
@@ -157,30 +154,35 @@ impl<P> RedisCache<P> {
     /// `rediss://…` (feature `redis-tls`), or
     /// `redis-cluster://host:port?node=host:port…`.
     pub fn builder(url: impl Into<String>) -> RedisCacheBuilder<P> {
-        RedisCacheBuilder::new(Connection::Url(url.into()))
+        RedisCacheBuilder::new(Source::Url(url.into()))
     }
 
     /// A builder from a fred [`Config`] you already have (it gets this crate's
     /// timeouts and reconnect policy).
     pub fn from_config(config: Config) -> RedisCacheBuilder<P> {
-        RedisCacheBuilder::new(Connection::Config(Box::new(config)))
+        RedisCacheBuilder::new(Source::Config(Box::new(config)))
     }
 
     /// A builder around a fred [`Pool`] you already have, as it is configured.
     /// Give it a reconnect policy and a command timeout: fred's defaults
     /// never reconnect and wait forever.
     pub fn from_pool(pool: Pool) -> RedisCacheBuilder<P> {
-        RedisCacheBuilder::new(Connection::Pool(pool))
+        RedisCacheBuilder::new(Source::Pool(pool))
     }
 
     /// The underlying pool.
     pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+        self.inner.pool.pool()
     }
 
     /// The Redis key holding `hash`'s verdict.
     pub fn redis_key(&self, hash: &KeyHash) -> String {
         self.inner.keys.entry(hash)
+    }
+
+    /// The cache's connections and prefix, for counters that share them.
+    pub(crate) fn connection(&self) -> (&RedisPool, &str) {
+        (&self.inner.pool, self.inner.keys.prefix())
     }
 }
 
@@ -197,8 +199,8 @@ impl<P> fmt::Debug for RedisCache<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCache")
             .field("prefix", &self.inner.keys.prefix())
-            .field("connected", &self.inner.pool.is_connected())
-            .field("command_timeout", &self.inner.timeout)
+            .field("connected", &self.inner.pool.pool().is_connected())
+            .field("command_timeout", &self.inner.pool.timeout())
             .finish_non_exhaustive()
     }
 }

@@ -14,7 +14,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::KeysInterface;
 use serde::de::DeserializeOwned;
 
 use super::command::Command;
@@ -35,7 +35,7 @@ impl<P> RedisCache<P> {
         let epoch = inner.epoch.load(Ordering::Acquire);
         let entry = inner.keys.entry(hash);
         let command = if with_ttl {
-            let pipeline = inner.pool.next().pipeline().with_options(&inner.options);
+            let pipeline = inner.pool.pipeline();
             inner.boxed(move || async move {
                 let _: () = pipeline.get(&entry).await?;
                 let _: () = pipeline.pttl(&entry).await?;

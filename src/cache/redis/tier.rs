@@ -5,12 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, PubsubInterface};
-use fred::prelude::Config;
+use fred::interfaces::PubsubInterface;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::builder::{client_builder, Connection};
 use super::read::RedisRead;
 use super::{RedisCache, RedisCacheBuilder, RedisToken};
 use crate::cache::tier::{FarTier, FarTierBuilder, Put};
@@ -48,7 +46,7 @@ where
     fn publish(&self, message: String) -> impl Future<Output = Result<(), CacheError>> + Send {
         let inner = &*self.inner;
         // The pool has no pub/sub interface: one of its clients does.
-        let client = inner.pool.next().with_options(&inner.options);
+        let client = inner.pool.one();
         async move {
             let publish = client.publish::<i64, _, _>(inner.keys.channel(), message);
             inner.run(publish).await.map(drop)
@@ -58,19 +56,6 @@ where
 
 impl<P> FarTierBuilder for RedisCacheBuilder<P> {
     fn subscriber(&self, backlog: usize) -> Result<(Client, Duration), CacheError> {
-        let config = match &self.connection {
-            Connection::Url(url) => Config::from_url(url).map_err(CacheError::new)?,
-            Connection::Config(config) => (**config).clone(),
-            Connection::Pool(_) => {
-                return Err(CacheError::new(
-                    "a tiered cache is built from a URL or a Config, not a pool",
-                ))
-            }
-        };
-        let client = client_builder(config, self.connect_timeout)
-            .with_performance_config(|p| p.broadcast_channel_capacity = backlog)
-            .build()
-            .map_err(CacheError::new)?;
-        Ok((client, self.connect_timeout))
+        self.pool.subscriber(backlog).map_err(CacheError::new)
     }
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use fred::interfaces::{KeysInterface, LuaInterface};
 use serde::Serialize;
 
-use super::command::millis;
 use super::{codec, scripts, RedisCache, RedisToken};
 use crate::cache::tier::Put;
 use crate::cache::{CacheError, KeyCache, Verdict};
+use crate::redis_pool::millis;
 use crate::{KeyHash, Principal};
 
 /// How much longer an owner's listing of a key lasts than the key's entry:

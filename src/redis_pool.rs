@@ -1,0 +1,237 @@
+//! The crate's connection to Redis, shared by every part that talks to it
+//! (the cache, the tiered cache's L2 and subscriber, the rate-limit
+//! counters): a fred pool built with this crate's reconnect policy and
+//! connection timeouts, and one command run the crate's way.
+//!
+//! A command fails fast while the pool is disconnected, makes one attempt,
+//! and is bounded by our own timeout (a tokio `Sleep` racing it): fred's
+//! per-command timeout costs a third of the throughput under load (measured
+//! in `benches/redis_hit.rs`).
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use fred::clients::{Client, Pool, WithOptions};
+use fred::interfaces::ClientLike;
+use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::config::Options;
+use pin_project_lite::pin_project;
+
+/// Default per-command timeout: a hung Redis costs a request this, not seconds.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Why a command or a connection failed, before its caller names it.
+pub(crate) type Failure = Box<dyn StdError + Send + Sync>;
+
+/// Where a pool connects.
+pub(crate) enum Source {
+    Url(String),
+    Config(Box<Config>),
+    /// A pool the user built, used as it is.
+    Pool(Pool),
+}
+
+/// How a pool connects: where, with how many connections, how patiently.
+pub(crate) struct PoolSettings {
+    pub(crate) source: Source,
+    pub(crate) pool_size: usize,
+    pub(crate) command_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// The defaults: 4 connections, 100 ms commands, 2 s to connect.
+    pub(crate) fn new(source: Source) -> Self {
+        Self {
+            source,
+            pool_size: 4,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Connects, waiting up to the connect timeout for the first connection.
+    /// An unreachable Redis is not an error (the pool keeps reconnecting in
+    /// the background; `what` says in the warning who goes without it
+    /// meanwhile); a bad URL or configuration is.
+    pub(crate) async fn connect(self, what: &str) -> Result<RedisPool, Failure> {
+        let pool = match self.source {
+            Source::Pool(pool) => pool,
+            Source::Url(url) => build_pool(
+                Config::from_url(&url)?,
+                self.connect_timeout,
+                self.pool_size,
+            )?,
+            Source::Config(config) => build_pool(*config, self.connect_timeout, self.pool_size)?,
+        };
+        if !pool.is_connected() {
+            pool.connect_pool();
+            let wait = tokio::time::timeout(self.connect_timeout, pool.wait_for_connect()).await;
+            if !matches!(wait, Ok(Ok(()))) {
+                tracing::warn!("Redis is not reachable yet; {what} until it is");
+            }
+        }
+        Ok(RedisPool {
+            pool,
+            options: Options {
+                fail_fast: true,
+                max_attempts: Some(1),
+                ..Options::default()
+            },
+            timeout: self.command_timeout,
+        })
+    }
+
+    /// A client of its own, set up as the pool's connections are, queueing
+    /// up to `backlog` messages (a subscriber's), and how long it may take
+    /// to connect.
+    #[cfg(feature = "tiered")]
+    pub(crate) fn subscriber(&self, backlog: usize) -> Result<(Client, Duration), Failure> {
+        let config = match &self.source {
+            Source::Url(url) => Config::from_url(url)?,
+            Source::Config(config) => (**config).clone(),
+            Source::Pool(_) => {
+                return Err("a subscriber is built from a URL or a Config, not a pool".into())
+            }
+        };
+        let client = client_builder(config, self.connect_timeout)
+            .with_performance_config(|p| p.broadcast_channel_capacity = backlog)
+            .build()?;
+        Ok((client, self.connect_timeout))
+    }
+}
+
+fn build_pool(config: Config, connect_timeout: Duration, size: usize) -> Result<Pool, Failure> {
+    Ok(client_builder(config, connect_timeout).build_pool(size)?)
+}
+
+/// A fred builder with this crate's connection settings: keep reconnecting
+/// (also after a failed first attempt), forever, 50 ms doubling to 2 s
+/// (fred's default never reconnects); bounded connection attempts.
+fn client_builder(mut config: Config, connect_timeout: Duration) -> Builder {
+    config.fail_fast = false;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+            c.max_command_attempts = 1;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    builder
+}
+
+/// A connected pool and how its commands run.
+#[derive(Clone)]
+pub(crate) struct RedisPool {
+    pool: Pool,
+    /// Fail fast while disconnected, one attempt (the timeout is ours).
+    options: Options,
+    timeout: Duration,
+}
+
+/// A boxed, bounded Redis command, its failure named `E`.
+pub(crate) type Command<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl RedisPool {
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A client of the pool with the crate's command options.
+    pub(crate) fn client(&self) -> WithOptions<Pool> {
+        self.pool.with_options(&self.options)
+    }
+
+    /// One connection of the pool with the crate's command options (for what
+    /// a pool has no interface for: pipelines, pub/sub, SCAN).
+    pub(crate) fn one(&self) -> WithOptions<Client> {
+        self.pool.next().with_options(&self.options)
+    }
+
+    /// A pipeline on one connection of the pool, with the crate's options.
+    pub(crate) fn pipeline(&self) -> WithOptions<fred::clients::Pipeline<Client>> {
+        self.pool.next().pipeline().with_options(&self.options)
+    }
+
+    /// One command, bounded by the command timeout, its failure named by
+    /// `failed`.
+    pub(crate) fn run<T, F, E>(&self, command: F, failed: fn(Failure) -> E) -> Bounded<F, E>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        Bounded {
+            command,
+            deadline: None,
+            timeout: self.timeout,
+            failed,
+        }
+    }
+
+    /// [`run`](Self::run), built straight into its box: fred's command
+    /// futures are kilobytes, and moving them (into an async block, a
+    /// timeout, a box) was the largest cost of a Redis hit
+    /// (`benches/redis_hit.rs`).
+    #[inline(always)]
+    pub(crate) fn boxed<T, F, E>(
+        &self,
+        command: impl FnOnce() -> F,
+        failed: fn(Failure) -> E,
+    ) -> Command<T, E>
+    where
+        F: Future<Output = Result<T, fred::error::Error>> + Send + 'static,
+        E: 'static,
+    {
+        let bounded: Box<Bounded<F, E>> =
+            Box::write(Box::new_uninit(), self.run(command(), failed));
+        Box::into_pin(bounded)
+    }
+}
+
+/// `d` in whole milliseconds, at least one (Redis refuses a zero `PX`).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+pin_project! {
+    /// A command racing its deadline (set at the first poll, so that
+    /// building one needs no runtime).
+    pub(crate) struct Bounded<F, E> {
+        #[pin]
+        command: F,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+        timeout: Duration,
+        failed: fn(Failure) -> E,
+    }
+}
+
+impl<T, F, E> Future for Bounded<F, E>
+where
+    F: Future<Output = Result<T, fred::error::Error>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.command.poll(cx) {
+            return Poll::Ready(result.map_err(|e| (this.failed)(Box::new(e))));
+        }
+        if this.deadline.is_none() {
+            this.deadline.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        match this.deadline.as_pin_mut().map(|deadline| deadline.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err((this.failed)(
+                format!("Redis command timed out after {:?}", this.timeout).into(),
+            ))),
+            _ => Poll::Pending,
+        }
+    }
+}
