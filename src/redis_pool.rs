@@ -175,6 +175,22 @@ impl RedisPool {
         }
     }
 
+    /// [`run`](Self::run), bounded by `timeout` instead (a batch's).
+    pub(crate) fn run_within<T, F, E>(
+        &self,
+        timeout: Duration,
+        command: F,
+        failed: fn(Failure) -> E,
+    ) -> Bounded<F, E>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        Bounded {
+            timeout,
+            ..self.run(command, failed)
+        }
+    }
+
     /// [`run`](Self::run), built straight into its box: fred's command
     /// futures are kilobytes, and moving them (into an async block, a
     /// timeout, a box) was the largest cost of a Redis hit

@@ -76,7 +76,7 @@ impl Counter {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.cells
             .iter()
             .map(|c| c.0.load(Ordering::Relaxed))

@@ -176,17 +176,7 @@ pub(crate) fn count_slots(
             counts.rolled_to(window::window_of(limit, now_ms))
         })
         .collect();
-    let admits: SmallVec<[bool; 2]> = limits
-        .iter()
-        .zip(&current)
-        .map(|(limit, c)| window::admits(*c, limit, algorithm, now_ms, cost))
-        .collect();
-    let admitted = admits.iter().all(|ok| *ok);
-    if admitted {
-        for c in &mut current {
-            *c = c.plus(cost);
-        }
-    }
+    let counted = window::decide(&mut current, limits, algorithm, now_ms, cost);
     for (limit, counts) in limits.iter().zip(&current) {
         let id = fingerprint(limit);
         match slots.iter_mut().find(|(slot, _)| *slot == id) {
@@ -194,13 +184,7 @@ pub(crate) fn count_slots(
             None => slots.push((id, *counts)),
         }
     }
-    let quotas = limits
-        .iter()
-        .zip(&current)
-        .zip(&admits)
-        .map(|((limit, c), ok)| window::quota(*c, limit, algorithm, now_ms, cost, !ok))
-        .collect();
-    Counted { admitted, quotas }
+    counted
 }
 
 /// A policy's identity among a key's slots: its name and window (FNV-1a).

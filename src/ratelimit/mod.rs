@@ -14,6 +14,8 @@
 //! | [`CounterStore`] | `store.rs`: the backend contract |
 //! | [`MemoryCounters`] | `memory.rs`: in this process, bounded |
 //! | `RedisCounters` | `redis.rs`: in Redis, one script per request (feature `redis`) |
+//! | `LocalFirst` | `local_first.rs`: Redis counts, decided here, sent in batches (feature `redis`) |
+//! | [`RateLimitSettings`] | `settings.rs`: the backend picked from the environment |
 //! | the response fields | `headers.rs`: `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` |
 //!
 //! # Example
@@ -46,10 +48,13 @@
 //! ```
 
 mod headers;
+#[cfg(feature = "redis")]
+mod local_first;
 mod memory;
 pub(crate) mod policy;
 #[cfg(feature = "redis")]
 mod redis;
+mod settings;
 mod store;
 mod window;
 
@@ -65,12 +70,16 @@ use http::HeaderMap;
 use smallvec::SmallVec;
 
 pub(crate) use headers::Fields;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use local_first::{LocalFirst, LocalFirstBuilder, LocalFirstHit, LocalFirstStats};
 pub use memory::{MemoryCounters, MemoryCountersBuilder};
 pub use policy::Algorithm;
 use policy::RateLimit;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisCounters, RedisCountersBuilder, RedisHit};
+pub use settings::{RateLimitSettings, RateLimitSettingsError};
 pub use store::{Counted, CounterError, CounterKey, CounterStore};
 pub use window::Quota;
 

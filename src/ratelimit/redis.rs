@@ -27,8 +27,10 @@ use crate::redis_pool::{Command, Failure, PoolSettings, RedisPool, Source};
 /// the cost. Every policy of a counter key is a field group of one hash, so
 /// the script touches one key (one slot on a cluster).
 ///
-/// KEYS: the counter key's hash. ARGV: cost, the number of policies, then
-/// for each: its field (`name/window`), quota, window in ms, 1 for sliding.
+/// KEYS: the counter key's hash. ARGV: cost, carry (units admitted
+/// elsewhere, added whatever the policies say: a local-first instance's
+/// batch), the number of policies, then for each: its field
+/// (`name/window`), quota, window in ms, 1 for sliding.
 ///
 /// The arithmetic is `window.rs`'s, operation for operation (Lua numbers are
 /// doubles, as the crate's estimate is).
@@ -36,12 +38,13 @@ const HIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cost = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+local carry = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local rolled = {}
 local admitted = 1
 local longest = 0
 for i = 0, n - 1 do
-  local base = 3 + i * 4
+  local base = 4 + i * 4
   local field = ARGV[base]
   local quota = tonumber(ARGV[base + 1])
   local w = tonumber(ARGV[base + 2])
@@ -60,6 +63,7 @@ for i = 0, n - 1 do
   else
     idx = si
   end
+  cur = cur + carry
   local used = cur
   if sliding then
     used = cur + prev * (w - now % w) / w
@@ -226,6 +230,11 @@ impl RedisCounters {
         }
     }
 
+    /// How long one command may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.pool.timeout()
+    }
+
     /// The Redis key holding `key`'s counts.
     pub fn redis_key(&self, key: &CounterKey) -> String {
         let prefix = &self.inner.prefix;
@@ -247,10 +256,11 @@ impl fmt::Debug for RedisCounters {
 }
 
 /// The script's arguments for a hit.
-fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64) -> Vec<Value> {
+fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64, carry: u64) -> Vec<Value> {
     let sliding = i64::from(algorithm == Algorithm::SlidingWindow);
-    let mut args = Vec::with_capacity(2 + 4 * limits.len());
+    let mut args = Vec::with_capacity(3 + 4 * limits.len());
     args.push(Value::Integer(i64::try_from(cost).unwrap_or(i64::MAX)));
+    args.push(Value::Integer(i64::try_from(carry).unwrap_or(i64::MAX)));
     args.push(Value::Integer(limits.len() as i64));
     for limit in limits {
         args.push(Value::from(format!(
@@ -269,37 +279,51 @@ fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64) -> Vec<Value
     args
 }
 
-/// Reads the script's answer the way the in-process store reads its own
-/// counts.
-fn read(
-    answer: &[i64],
-    limits: &[RateLimit],
-    algorithm: Algorithm,
-    cost: u64,
-) -> Result<Counted, CounterError> {
-    let malformed = || CounterError::new("the counter script answered something else");
-    let (&admitted, rest) = answer.split_first().ok_or_else(malformed)?;
-    let (&now, counts) = rest.split_first().ok_or_else(malformed)?;
-    if counts.len() != 3 * limits.len() {
-        return Err(malformed());
-    }
-    let admitted = admitted == 1;
-    let now = u64::try_from(now).map_err(|_| malformed())?;
-    let quotas: SmallVec<_> = limits
-        .iter()
-        .zip(counts.chunks_exact(3))
-        .map(|(limit, c)| {
-            let counts = Counts {
-                window: u64::try_from(c[0]).unwrap_or(0),
-                current: u64::try_from(c[1]).unwrap_or(0),
-                previous: u64::try_from(c[2]).unwrap_or(0),
-            };
-            // Refused: the counts are before the cost; say which refused.
-            let refused = !admitted && !window::admits(counts, limit, algorithm, now, cost);
-            window::quota(counts, limit, algorithm, now, cost, refused)
+/// The script's answer: whether it admitted the request, Redis's time, and
+/// each policy's counts rolled to it (including the cost when admitted).
+pub(crate) struct Answer {
+    pub(crate) admitted: bool,
+    pub(crate) now_ms: u64,
+    pub(crate) counts: SmallVec<[Counts; 2]>,
+}
+
+impl Answer {
+    fn parse(answer: &[i64], policies: usize) -> Result<Self, CounterError> {
+        let malformed = || CounterError::new("the counter script answered something else");
+        let (&admitted, rest) = answer.split_first().ok_or_else(malformed)?;
+        let (&now, counts) = rest.split_first().ok_or_else(malformed)?;
+        if counts.len() != 3 * policies {
+            return Err(malformed());
+        }
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Self {
+            admitted: admitted == 1,
+            now_ms: u64::try_from(now).map_err(|_| malformed())?,
+            counts: counts
+                .chunks_exact(3)
+                .map(|c| Counts {
+                    window: count(c[0]),
+                    current: count(c[1]),
+                    previous: count(c[2]),
+                })
+                .collect(),
         })
-        .collect();
-    Ok(Counted { admitted, quotas })
+    }
+
+    /// Reads the counts the way the in-process store reads its own.
+    pub(crate) fn counted(&self, limits: &[RateLimit], algorithm: Algorithm, cost: u64) -> Counted {
+        let (admitted, now) = (self.admitted, self.now_ms);
+        let quotas = limits
+            .iter()
+            .zip(&self.counts)
+            .map(|(limit, &counts)| {
+                // Refused: the counts are before the cost; say which refused.
+                let refused = !admitted && !window::admits(counts, limit, algorithm, now, cost);
+                window::quota(counts, limit, algorithm, now, cost, refused)
+            })
+            .collect();
+        Counted { admitted, quotas }
+    }
 }
 
 /// The future of a Redis hit: the script's round trip, then its reading.
@@ -316,16 +340,116 @@ impl fmt::Debug for RedisHit {
     }
 }
 
+impl RedisHit {
+    /// The script's answer, and what it says of the request.
+    pub(crate) fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(Counted, Answer), CounterError>> {
+        self.command.as_mut().poll(cx).map(|answer| {
+            let answer = Answer::parse(&answer?, self.limits.len())?;
+            let counted = answer.counted(&self.limits, self.algorithm, self.cost);
+            Ok((counted, answer))
+        })
+    }
+}
+
 impl Future for RedisHit {
     type Output = Result<Counted, CounterError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        this.command
-            .as_mut()
-            .poll(cx)
-            .map(|answer| read(&answer?, &this.limits, this.algorithm, this.cost))
+        self.poll_answer(cx)
+            .map(|answer| answer.map(|(counted, _)| counted))
     }
+}
+
+impl RedisCounters {
+    /// A hit that also adds `carry` units admitted elsewhere (a local-first
+    /// instance's), whatever the policies say.
+    pub(crate) fn hit_carrying(
+        &self,
+        key: &CounterKey,
+        limits: &[RateLimit],
+        algorithm: Algorithm,
+        cost: u64,
+        carry: u64,
+    ) -> RedisHit {
+        let inner = &*self.inner;
+        let redis_key = self.redis_key(key);
+        let args = arguments(limits, algorithm, cost, carry);
+        let client = inner.pool.client();
+        let sha = inner.sha.clone();
+        let command = inner.pool.boxed(
+            move || async move {
+                match client
+                    .evalsha(sha, vec![redis_key.clone()], args.clone())
+                    .await
+                {
+                    // The server doesn't know the script (yet, or any more):
+                    // send it whole, which it then keeps.
+                    Err(e) if is_noscript(&e) => client.eval(HIT, vec![redis_key], args).await,
+                    answer => answer,
+                }
+            },
+            failed,
+        );
+        RedisHit {
+            command,
+            limits: limits.to_vec(),
+            algorithm,
+            cost,
+        }
+    }
+
+    /// Adds each batch's units to its key's counts (a script call per key,
+    /// whatever the policies say), bounded by `timeout`; answers each key's
+    /// counts, in order. The calls go out together on one connection (fred
+    /// pipelines commands in flight: one write, one read per node).
+    pub(crate) async fn carry_all(
+        &self,
+        batch: &[Carry],
+        timeout: Duration,
+    ) -> Result<Vec<Result<Answer, CounterError>>, CounterError> {
+        let inner = &*self.inner;
+        let client = inner.pool.one();
+        let calls = batch.iter().map(|c| {
+            let key = self.redis_key(&c.key);
+            let args = arguments(&c.limits, c.algorithm, 0, c.units);
+            let client = &client;
+            async move {
+                let answer: Vec<i64> = match client
+                    .evalsha(&inner.sha, vec![key.as_str()], args.clone())
+                    .await
+                {
+                    Err(e) if is_noscript(&e) => client.eval(HIT, vec![key], args).await?,
+                    answer => answer?,
+                };
+                Ok(answer)
+            }
+        });
+        let all = async { Ok(futures_util::future::join_all(calls).await) };
+        let answers: Vec<Result<Vec<i64>, fred::error::Error>> =
+            inner.pool.run_within(timeout, all, failed).await?;
+        Ok(answers
+            .into_iter()
+            .zip(batch)
+            .map(|(answer, carry)| {
+                Answer::parse(&answer.map_err(CounterError::new)?, carry.limits.len())
+            })
+            .collect())
+    }
+}
+
+/// One key's units for [`RedisCounters::carry_all`].
+pub(crate) struct Carry {
+    pub(crate) key: CounterKey,
+    pub(crate) limits: Vec<RateLimit>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) units: u64,
+}
+
+fn is_noscript(e: &fred::error::Error) -> bool {
+    e.details().starts_with("NOSCRIPT")
 }
 
 impl CounterStore for RedisCounters {
@@ -338,33 +462,7 @@ impl CounterStore for RedisCounters {
         algorithm: Algorithm,
         cost: u64,
     ) -> RedisHit {
-        let inner = &*self.inner;
-        let redis_key = self.redis_key(key);
-        let args = arguments(limits, algorithm, cost);
-        let client = inner.pool.client();
-        let sha = inner.sha.clone();
-        let command = inner.pool.boxed(
-            move || async move {
-                match client
-                    .evalsha(sha, vec![redis_key.clone()], args.clone())
-                    .await
-                {
-                    // The server doesn't know the script (yet, or any more):
-                    // send it whole, which it then keeps.
-                    Err(e) if e.details().starts_with("NOSCRIPT") => {
-                        client.eval(HIT, vec![redis_key], args).await
-                    }
-                    answer => answer,
-                }
-            },
-            failed,
-        );
-        RedisHit {
-            command,
-            limits: limits.to_vec(),
-            algorithm,
-            cost,
-        }
+        self.hit_carrying(key, limits, algorithm, cost, 0)
     }
 
     fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<(), CounterError>> + Send {

@@ -2,7 +2,10 @@
 //! The in-process store keeps [`Counts`] in memory; Redis's script stores
 //! and rolls the same three numbers, and what it returns is read here.
 
+use smallvec::SmallVec;
+
 use super::policy::{Algorithm, RateLimit};
+use super::store::Counted;
 
 /// One policy's counts: the window they belong to (its index since the
 /// epoch: `now_ms / window_ms`), its count, and the previous window's.
@@ -71,7 +74,7 @@ fn elapsed(policy: &RateLimit, now_ms: u64) -> u64 {
 
 /// The units counted against the policy now: the current window's, plus for
 /// a sliding window the previous one's weighted by what is left of it.
-fn used(counts: Counts, policy: &RateLimit, algorithm: Algorithm, now_ms: u64) -> f64 {
+pub(crate) fn used(counts: Counts, policy: &RateLimit, algorithm: Algorithm, now_ms: u64) -> f64 {
     let current = counts.current as f64;
     match algorithm {
         Algorithm::FixedWindow => current,
@@ -134,6 +137,36 @@ fn wait_ms(
             to_end + s.max(0.0).ceil() as u64
         }
     })
+}
+
+/// One request's decision, all or nothing: `cost` is added to every
+/// policy's counts (each rolled to `now_ms`'s window) if every policy admits
+/// it, and each policy says what it has left.
+pub(crate) fn decide(
+    counts: &mut [Counts],
+    limits: &[RateLimit],
+    algorithm: Algorithm,
+    now_ms: u64,
+    cost: u64,
+) -> Counted {
+    let admits: SmallVec<[bool; 2]> = limits
+        .iter()
+        .zip(counts.iter())
+        .map(|(limit, c)| admits(*c, limit, algorithm, now_ms, cost))
+        .collect();
+    let admitted = admits.iter().all(|ok| *ok);
+    if admitted {
+        for c in counts.iter_mut() {
+            *c = c.plus(cost);
+        }
+    }
+    let quotas = limits
+        .iter()
+        .zip(counts.iter())
+        .zip(&admits)
+        .map(|((limit, c), ok)| quota(*c, limit, algorithm, now_ms, cost, !ok))
+        .collect();
+    Counted { admitted, quotas }
 }
 
 fn seconds(ms: u64) -> u64 {
