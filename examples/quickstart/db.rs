@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use tower_api_key::{KeyHash, Principal};
+use tower_api_key::{KeyHash, Principal, RateLimit};
 
 /// A row of the key table, as the handlers see it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,6 +15,9 @@ pub struct ApiClient {
     pub scopes: Vec<String>,
     /// Unix seconds.
     pub expires_at: Option<u64>,
+    /// The key's own policies; `None`: the layer's default
+    /// (`APIKEY_DEFAULT_RATE_LIMIT`), an empty list: unlimited.
+    pub rate_limits: Option<Vec<RateLimit>>,
 }
 
 impl ApiClient {
@@ -26,6 +29,15 @@ impl ApiClient {
 impl Principal for ApiClient {
     fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    }
+
+    /// An admin is never limited (also one from a table kept from before
+    /// rate limits, whose row says nothing).
+    fn rate_limits(&self) -> Option<&[RateLimit]> {
+        if self.is_admin() {
+            return Some(&[]);
+        }
+        self.rate_limits.as_deref()
     }
 }
 
@@ -65,10 +77,21 @@ impl Db {
                 scopes      TEXT    NOT NULL DEFAULT '[]',
                 created_at  INTEGER NOT NULL,
                 expires_at  INTEGER,
-                revoked_at  INTEGER
+                revoked_at  INTEGER,
+                rate_limits TEXT
             );",
         )
         .map_err(|e| DbError(e.to_string()))?;
+        // A table kept from before rate limits: add their column (NULL: the
+        // default policy).
+        let has_limits = conn
+            .prepare("SELECT 1 FROM pragma_table_info('api_keys') WHERE name = 'rate_limits'")
+            .and_then(|mut q| q.exists([]))
+            .map_err(|e| DbError(e.to_string()))?;
+        if !has_limits {
+            conn.execute_batch("ALTER TABLE api_keys ADD COLUMN rate_limits TEXT;")
+                .map_err(|e| DbError(e.to_string()))?;
+        }
         Ok(Self(Arc::new(Mutex::new(conn))))
     }
 
@@ -91,18 +114,25 @@ impl Db {
         hash: KeyHash,
         scopes: Vec<String>,
         expires_at: Option<u64>,
+        rate_limits: Option<Vec<RateLimit>>,
     ) -> Result<i64, DbError> {
-        let scopes = serde_json::to_string(&scopes).map_err(|e| DbError(e.to_string()))?;
+        let json = |e: serde_json::Error| DbError(e.to_string());
+        let scopes = serde_json::to_string(&scopes).map_err(json)?;
+        let rate_limits = rate_limits
+            .map(|l| serde_json::to_string(&l))
+            .transpose()
+            .map_err(json)?;
         self.run(move |c| {
             c.execute(
-                "INSERT INTO api_keys (name, key_hash, scopes, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO api_keys (name, key_hash, scopes, created_at, expires_at, rate_limits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     name,
                     hash.as_bytes().as_slice(),
                     scopes,
                     unix_now() as i64,
-                    expires_at.map(|v| v as i64)
+                    expires_at.map(|v| v as i64),
+                    rate_limits
                 ],
             )?;
             Ok(c.last_insert_rowid())
@@ -113,16 +143,19 @@ impl Db {
     pub async fn find_by_hash(&self, hash: KeyHash) -> Result<Option<ApiClient>, DbError> {
         self.run(move |c| {
             c.query_row(
-                "SELECT id, name, scopes, expires_at FROM api_keys
+                "SELECT id, name, scopes, expires_at, rate_limits FROM api_keys
                  WHERE key_hash = ?1 AND revoked_at IS NULL",
                 [hash.as_bytes().as_slice()],
                 |row| {
                     let scopes: String = row.get(2)?;
+                    let rate_limits: Option<String> = row.get(4)?;
                     Ok(ApiClient {
                         id: row.get(0)?,
                         name: row.get(1)?,
                         scopes: serde_json::from_str(&scopes).unwrap_or_default(),
                         expires_at: row.get::<_, Option<i64>>(3)?.map(|v| v.max(0) as u64),
+                        // Unreadable limits: the default policy, not none.
+                        rate_limits: rate_limits.and_then(|l| serde_json::from_str(&l).ok()),
                     })
                 },
             )

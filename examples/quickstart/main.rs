@@ -19,6 +19,9 @@
 //! | `APIKEY_REDIS_PREFIX` | `apikey:` | prefix of the Redis keys |
 //! | `APIKEY_POSITIVE_TTL` | `300` | seconds a valid key stays cached |
 //! | `APIKEY_NEGATIVE_TTL` | `30` | seconds an unknown key stays cached |
+//! | `APIKEY_RATELIMIT_BACKEND` | `memory` | where rate-limit counts live: `memory`, or `redis` (with `REDIS_URL`; `--features tiered`) |
+//! | `APIKEY_RATELIMIT_MODE` | `strict` | `redis`: `strict` (one round trip per request) or `local-first` (decided here, sent every 100 ms) |
+//! | `APIKEY_DEFAULT_RATE_LIMIT` | none | `QUOTA/WINDOW_SECONDS` (`100/60`): the limit of keys created without `rate_limits` |
 //! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
 //! | `QUICKSTART_LOOKUP_FAIL` | off | `1`: the key store fails; cached keys keep working, others get 503 |
 //!
@@ -38,6 +41,7 @@ mod routes;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tower_api_key::ratelimit::{RateLimitSettings, RateLimiter};
 use tower_api_key::ApiKeyAuthLayer;
 
 use crate::cache::build_cache;
@@ -80,6 +84,27 @@ async fn run() -> Result<(), String> {
         Ok("1" | "true" | "yes")
     );
     let (cache, backend) = build_cache().await?;
+    let limits = RateLimitSettings::from_env();
+    let (limiter, limits_said) = match RateLimiter::from_settings_strict(limits.clone()).await {
+        Ok(limiter) => {
+            let mode = match limits.backend.as_str() {
+                "redis" => format!(" ({})", limits.mode),
+                _ => String::new(),
+            };
+            let default = limits.default_limit.as_deref().unwrap_or("none");
+            (
+                limiter,
+                format!("{}{mode}, default {default}", limits.backend),
+            )
+        }
+        // Misconfigured (redis without REDIS_URL, say): a loud error and
+        // in-process counters.
+        Err(e) => (
+            RateLimiter::from_settings(limits).await,
+            format!("memory (FALLBACK: {e})"),
+        ),
+    };
+    let limiter = limiter.headers_on_every_response();
 
     let database_url = std::env::var("DATABASE_URL").ok();
     let db = Db::open(database_url.as_deref()).map_err(|e| e.to_string())?;
@@ -97,7 +122,8 @@ async fn run() -> Result<(), String> {
     .optional("/v1/hello")
     // Key management always asks the table, not the cache.
     .bypass_cache("/v1/keys")
-    .bypass_cache("/v1/keys/{id}");
+    .bypass_cache("/v1/keys/{id}")
+    .rate_limits(limiter);
 
     // Seed the admin key (by hash; the secret is shown once and never stored).
     // A kept database that already has an admin key gets no new random one.
@@ -118,9 +144,16 @@ async fn run() -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .is_none()
         {
-            db.insert("admin".into(), hash, vec!["admin".into()], None)
-                .await
-                .map_err(|e| e.to_string())?;
+            // The admin key is never limited (an empty list, not the default).
+            db.insert(
+                "admin".into(),
+                hash,
+                vec!["admin".into()],
+                None,
+                Some(Vec::new()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         }
     }
     let shown = admin_secret.as_ref().is_some_and(|(_, shown)| *shown);
@@ -142,6 +175,7 @@ async fn run() -> Result<(), String> {
         positive_ttl.as_secs(),
         negative_ttl.as_secs()
     );
+    println!("rate limits: {limits_said}");
     if shown {
         println!("admin key (shown once, stored only as its hash): {key}");
     } else if admin_secret.is_none() {
@@ -156,7 +190,8 @@ try:
   curl -i {base}/v1/me
   curl -H "Authorization: Bearer {key}" {base}/v1/me
   curl -H "Authorization: Bearer {key}" -H "content-type: application/json" \
-       -d '{{"name":"ci-bot","scopes":["read"],"ttl_seconds":3600}}' {base}/v1/keys
+       -d '{{"name":"ci-bot","scopes":["read"],"ttl_seconds":3600,
+            "rate_limits":[{{"name":"burst","quota":5,"window_seconds":60}}]}}' {base}/v1/keys
   curl -i -X DELETE -H "Authorization: Bearer {key}" {base}/v1/keys/2
   curl -H "Authorization: Bearer {key}" {base}/v1/stats
 "#

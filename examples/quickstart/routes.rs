@@ -6,10 +6,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
-use tower_api_key::{ApiKeyAuthLayer, Authenticated};
+use tower_api_key::ratelimit::RateLimitStatus;
+use tower_api_key::{ApiKeyAuthLayer, Authenticated, RateLimit};
 
 use crate::cache::{tiered_stats, Cache};
 use crate::db::{unix_now, ApiClient, Db, DbError};
@@ -98,8 +99,32 @@ async fn hello(client: Option<Authenticated<ApiClient>>) -> Json<serde_json::Val
     })
 }
 
-async fn me(Authenticated(client): Authenticated<ApiClient>) -> Json<ApiClient> {
-    Json((*client).clone())
+/// The caller's key, and each of its rate-limit policies with what this
+/// request left of it (`rate_limits` is empty for an unlimited key).
+async fn me(
+    Authenticated(client): Authenticated<ApiClient>,
+    status: Option<Extension<RateLimitStatus>>,
+) -> Json<serde_json::Value> {
+    let limits: Vec<serde_json::Value> = status
+        .iter()
+        .flat_map(|Extension(s)| s.policies())
+        .map(|(limit, quota)| {
+            serde_json::json!({
+                "name": limit.name(),
+                "quota": limit.quota(),
+                "window_seconds": limit.window().as_secs(),
+                "remaining": quota.remaining,
+                "reset_seconds": quota.reset,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "id": client.id,
+        "name": client.name,
+        "scopes": client.scopes,
+        "expires_at": client.expires_at,
+        "rate_limits": limits,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -108,6 +133,8 @@ struct NewKey {
     #[serde(default)]
     scopes: Vec<String>,
     ttl_seconds: Option<u64>,
+    /// `None`: the default policy (`APIKEY_DEFAULT_RATE_LIMIT`, or none).
+    rate_limits: Option<Vec<RateLimit>>,
 }
 
 #[derive(Serialize)]
@@ -127,7 +154,8 @@ async fn create_key(
     let Json(new) = body.map_err(|_| {
         ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "expected JSON {\"name\": string, \"scopes\"?: [string], \"ttl_seconds\"?: number}",
+            "expected JSON {\"name\": string, \"scopes\"?: [string], \"ttl_seconds\"?: number, \
+             \"rate_limits\"?: [{\"name\"?: string, \"quota\": number > 0, \"window_seconds\": number > 0}]}",
         )
     })?;
     let name = new.name.trim().to_owned();
@@ -143,6 +171,12 @@ async fn create_key(
             "scopes must be up to 32 names of 1 to 64 characters",
         ));
     }
+    if new.rate_limits.as_ref().is_some_and(|l| l.len() > 8) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rate_limits must be up to 8 policies",
+        ));
+    }
     let expires_at = match new.ttl_seconds {
         None => None,
         Some(0) => {
@@ -155,7 +189,10 @@ async fn create_key(
     };
     let secret = new_secret();
     let hash = state.auth.hash_key(&secret);
-    let id = state.db.insert(name, hash, new.scopes, expires_at).await?;
+    let id = state
+        .db
+        .insert(name, hash, new.scopes, expires_at, new.rate_limits)
+        .await?;
     // A negative entry cached before this key existed must not block it.
     if let Err(e) = state.auth.invalidate(&hash).await {
         tracing::warn!(error = %e, "could not invalidate the new key's hash");
