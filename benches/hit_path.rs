@@ -34,20 +34,16 @@ use axum::Router;
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_api_key::cache::MemoryCache;
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
 mod common;
 use common::call_now;
+use common::traffic::{keys, request, sequences, Keys, KEYS, SEQUENCE};
 
-const KEYS: usize = 100_000;
-const SEQUENCE: usize = 1 << 20;
 const ROUNDS: usize = 40;
 const ITERS: u32 = 20_000;
 
@@ -69,59 +65,6 @@ fn respond(req: Request<Body>) -> std::future::Ready<Result<Response<Body>, Infa
 
 fn inner() -> Inner {
     service_fn(respond as fn(_) -> _)
-}
-
-/// The keys: their secrets as `Bearer` header values (static, so cloning
-/// one costs no reference count) and their hashes.
-struct Keys {
-    headers: Vec<HeaderValue>,
-    hashes: Vec<KeyHash>,
-}
-
-fn keys() -> Keys {
-    let secrets: Vec<&'static str> = (0..KEYS)
-        .map(|i| &*Box::leak(format!("sk_live_{i:08}_0123456789abcdefghij").into_boxed_str()))
-        .collect();
-    let headers = secrets
-        .iter()
-        .map(|s| HeaderValue::from_static(Box::leak(format!("Bearer {s}").into_boxed_str())))
-        .collect();
-    let hashes = secrets.iter().map(KeyHash::of).collect();
-    Keys { headers, hashes }
-}
-
-/// Which key each request carries.
-fn sequences() -> [(&'static str, Vec<u32>); 3] {
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut order: Vec<u32> = (0..KEYS as u32).collect();
-    order.shuffle(&mut rng);
-    // Zipf(1.0): rank r (1-based) with weight 1/r, ranks mapped to keys in
-    // a shuffled order, drawn by inverting the cumulative weights.
-    let mut cumulative = Vec::with_capacity(KEYS);
-    let mut total = 0.0;
-    for rank in 1..=KEYS {
-        total += 1.0 / rank as f64;
-        cumulative.push(total);
-    }
-    let zipf = (0..SEQUENCE)
-        .map(|_| {
-            let u = rng.random::<f64>() * total;
-            order[cumulative.partition_point(|&c| c < u).min(KEYS - 1)]
-        })
-        .collect();
-    let rotating = (0..SEQUENCE).map(|i| order[i % KEYS]).collect();
-    [
-        ("hot", vec![order[0]; SEQUENCE]),
-        ("rotating", rotating),
-        ("zipf", zipf),
-    ]
-}
-
-fn request(header: &HeaderValue) -> Request<Body> {
-    let mut req = Request::new(Full::new(Bytes::new()));
-    *req.uri_mut() = http::Uri::from_static("/v1/invoices");
-    req.headers_mut().insert(AUTHORIZATION, header.clone());
-    req
 }
 
 /// The minimal auth step, then the inner service: what no layer can beat.

@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fred::interfaces::{ClientLike, KeysInterface};
@@ -25,9 +25,8 @@ use tower_api_key::cache::RedisCache;
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
 mod common;
+use common::load::{load, median, Run, ROUND, TASKS};
 use common::{request, SECRET};
-const TASKS: usize = 64;
-const ROUND: Duration = Duration::from_secs(1);
 const ROUNDS: usize = 12;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -36,51 +35,6 @@ struct Client {
     name: String,
 }
 impl Principal for Client {}
-
-struct Run {
-    ops_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// Runs `op` in `TASKS` concurrent loops for `ROUND`.
-async fn load<F, Fut>(op: F) -> Run
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(100_000);
-                while start.elapsed() < ROUND {
-                    let t = Instant::now();
-                    op().await;
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    all.sort();
-    Run {
-        ops_per_sec: all.len() as f64 / secs,
-        p50: all[all.len() / 2],
-        p99: all[all.len() * 99 / 100],
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     common::on_private_redis(|url| async move {

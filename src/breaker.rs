@@ -61,8 +61,14 @@ impl Breaker {
 
     /// The backend answered: the breaker closes.
     pub(crate) fn succeeded(&self) {
-        self.failures.store(0, Ordering::Release);
-        self.open_until.store(0, Ordering::Release);
+        // Read first: on the common path (closed, no failures) nothing is
+        // written, so threads don't bounce the line between their cores.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Release);
+        }
+        if self.open_until.load(Ordering::Relaxed) != 0 {
+            self.open_until.store(0, Ordering::Release);
+        }
     }
 
     /// The backend failed; returns whether this opened the breaker.

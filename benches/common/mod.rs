@@ -3,6 +3,9 @@
 //! and interleaved timing.
 #![allow(dead_code)] // each bench uses its part
 
+pub mod load;
+pub mod traffic;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

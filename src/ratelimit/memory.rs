@@ -17,9 +17,13 @@ use crate::hash::DigestHasher;
 /// Default most counter keys kept.
 const DEFAULT_CAPACITY: u64 = 100_000;
 
-/// One key's counts, a slot per policy (named by the policy's
-/// fingerprint).
-type Slots = SmallVec<[(u64, Counts); 2]>;
+/// One key's counts, a slot per policy, in the order of its policies (each
+/// named by the policy's id).
+#[derive(Clone, Default)]
+struct Slots {
+    ids: SmallVec<[u64; 2]>,
+    counts: SmallVec<[Counts; 2]>,
+}
 
 /// What the store reads the time from: the system clock, unless a test
 /// says otherwise.
@@ -157,43 +161,37 @@ impl fmt::Debug for MemoryCounters {
 /// Counts a request against `slots` as one atomic step (the caller holds
 /// the key): the policies' counts rolled to `now_ms`, then `cost` added to
 /// all if all admit it; slots of policies the key no longer has go.
-pub(crate) fn count_slots(
+fn count_slots(
     slots: &mut Slots,
     limits: &[RateLimit],
     algorithm: Algorithm,
     now_ms: u64,
     cost: u64,
 ) -> Counted {
-    slots.retain(|(id, _)| limits.iter().any(|l| fingerprint(l) == *id));
-    let mut current: SmallVec<[Counts; 2]> = limits
+    if !slots
+        .ids
         .iter()
-        .map(|limit| {
-            let id = fingerprint(limit);
-            let counts = slots
-                .iter()
-                .find(|(slot, _)| *slot == id)
-                .map_or_else(Counts::default, |(_, c)| *c);
-            counts.rolled_to(window::window_of(limit, now_ms))
-        })
-        .collect();
-    let counted = window::decide(&mut current, limits, algorithm, now_ms, cost);
-    for (limit, counts) in limits.iter().zip(&current) {
-        let id = fingerprint(limit);
-        match slots.iter_mut().find(|(slot, _)| *slot == id) {
-            Some(slot) => slot.1 = *counts,
-            None => slots.push((id, *counts)),
-        }
+        .copied()
+        .eq(limits.iter().map(RateLimit::id))
+    {
+        // The key's policies changed (or it is new): keep the counts of the
+        // policies it still has, in the new order.
+        let counts = limits
+            .iter()
+            .map(|limit| {
+                let kept = slots.ids.iter().position(|id| *id == limit.id());
+                kept.map_or_else(Counts::default, |i| slots.counts[i])
+            })
+            .collect();
+        *slots = Slots {
+            ids: limits.iter().map(RateLimit::id).collect(),
+            counts,
+        };
     }
-    counted
-}
-
-/// A policy's identity among a key's slots: its name and window (FNV-1a).
-pub(crate) fn fingerprint(limit: &RateLimit) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in limit.name().bytes().chain(limit.window_ms().to_le_bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    for (limit, counts) in limits.iter().zip(slots.counts.iter_mut()) {
+        *counts = counts.rolled_to(window::window_of(limit, now_ms));
     }
-    h
+    window::decide(&mut slots.counts, limits, algorithm, now_ms, cost)
 }
 
 impl MemoryCounters {
@@ -211,7 +209,7 @@ impl MemoryCounters {
         }) {
             EntryResult::Retained(counted) => counted,
             EntryResult::Vacant(guard) => {
-                let mut slots = Slots::new();
+                let mut slots = Slots::default();
                 let counted = count_slots(&mut slots, limits, algorithm, now, cost);
                 // The guard holds the key: nobody else counted meanwhile.
                 let _ = guard.insert(slots);
@@ -220,7 +218,7 @@ impl MemoryCounters {
             // The callback only retains, and without a timeout there is none:
             // these can't be; count as a key seen for the first time.
             EntryResult::Removed(..) | EntryResult::Replaced(..) | EntryResult::Timeout => {
-                count_slots(&mut Slots::new(), limits, algorithm, now, cost)
+                count_slots(&mut Slots::default(), limits, algorithm, now, cost)
             }
         }
     }

@@ -1,6 +1,7 @@
 //! [`RateLimit`]: one quota policy, and [`Algorithm`]: how windows count.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -31,9 +32,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "Wire", into = "Wire")]
 pub struct RateLimit {
-    name: String,
+    /// Shared: every request's [`RateLimitStatus`](crate::ratelimit::RateLimitStatus)
+    /// holds its policies.
+    name: Arc<str>,
     quota: u64,
     window: u64,
+    /// The policy's identity among a key's counts, of its name and window.
+    id: u64,
 }
 
 /// Why a [`RateLimit`] can't be made.
@@ -83,7 +88,7 @@ impl TryFrom<Wire> for RateLimit {
 impl From<RateLimit> for Wire {
     fn from(r: RateLimit) -> Self {
         Wire {
-            name: r.name,
+            name: r.name.to_string(),
             quota: r.quota,
             window_seconds: r.window,
         }
@@ -116,11 +121,21 @@ impl RateLimit {
         if window == 0 {
             return Err(InvalidRateLimit("the window is at least one second"));
         }
-        Ok(Self {
+        Ok(Self::made(name.into(), quota, window))
+    }
+
+    fn made(name: Arc<str>, quota: u64, window: u64) -> Self {
+        // FNV-1a of the name and the window.
+        let mut id: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes().chain(window.to_le_bytes()) {
+            id = (id ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Self {
             name,
             quota,
             window,
-        })
+            id,
+        }
     }
 
     /// `quota` per second, named `second`.
@@ -144,11 +159,7 @@ impl RateLimit {
     }
 
     fn named(name: &str, quota: u64, window: u64) -> Self {
-        Self {
-            name: name.to_owned(),
-            quota: quota.max(1),
-            window,
-        }
+        Self::made(name.into(), quota.max(1), window)
     }
 
     /// The policy's name.
@@ -168,6 +179,12 @@ impl RateLimit {
 
     pub(crate) fn window_ms(&self) -> u64 {
         self.window.saturating_mul(1000)
+    }
+
+    /// The policy's identity among a key's counts (its name and window: a
+    /// changed quota keeps the counts).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 }
 

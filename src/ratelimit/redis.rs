@@ -199,6 +199,15 @@ impl RedisCountersBuilder {
 }
 
 impl RedisCounters {
+    /// The Lua script every hit runs (by `EVALSHA`): to read, to load ahead
+    /// of time, or to measure against. KEYS: the counter key's hash
+    /// ([`redis_key`](Self::redis_key)); ARGV: cost, carry (units added
+    /// whatever the policies say), the number of policies, then for each its
+    /// field (`name/window_seconds`), quota, window in ms, and 1 for a
+    /// sliding window. It answers `[admitted, now_ms, (window, current,
+    /// previous) per policy]`.
+    pub const SCRIPT: &'static str = HIT;
+
     /// A builder connecting to `url` (`redis://…`, `redis-cluster://…`).
     pub fn builder(url: impl Into<String>) -> RedisCountersBuilder {
         RedisCountersBuilder::new(Source::Url(url.into()))

@@ -2,8 +2,6 @@
 //! The in-process store keeps [`Counts`] in memory; Redis's script stores
 //! and rolls the same three numbers, and what it returns is read here.
 
-use smallvec::SmallVec;
-
 use super::policy::{Algorithm, RateLimit};
 use super::store::Counted;
 
@@ -149,12 +147,10 @@ pub(crate) fn decide(
     now_ms: u64,
     cost: u64,
 ) -> Counted {
-    let admits: SmallVec<[bool; 2]> = limits
+    let admitted = limits
         .iter()
         .zip(counts.iter())
-        .map(|(limit, c)| admits(*c, limit, algorithm, now_ms, cost))
-        .collect();
-    let admitted = admits.iter().all(|ok| *ok);
+        .all(|(limit, c)| admits(*c, limit, algorithm, now_ms, cost));
     if admitted {
         for c in counts.iter_mut() {
             *c = c.plus(cost);
@@ -163,8 +159,11 @@ pub(crate) fn decide(
     let quotas = limits
         .iter()
         .zip(counts.iter())
-        .zip(&admits)
-        .map(|((limit, c), ok)| quota(*c, limit, algorithm, now_ms, cost, !ok))
+        .map(|(limit, c)| {
+            // Refused: the counts are as they were; say which refused.
+            let refused = !admitted && !admits(*c, limit, algorithm, now_ms, cost);
+            quota(*c, limit, algorithm, now_ms, cost, refused)
+        })
         .collect();
     Counted { admitted, quotas }
 }
