@@ -42,7 +42,7 @@ use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
 
 mod common;
 use common::call_now;
-use common::traffic::{keys, request, sequences, Keys, KEYS, SEQUENCE};
+use common::traffic::{keys, request, sequences, warm, Keys, KEYS, SEQUENCE};
 
 const ROUNDS: usize = 40;
 const ITERS: u32 = 20_000;
@@ -118,20 +118,7 @@ fn layered(keys: &Keys) -> Layered {
     )
     .public("/health");
     let mut svc = ServiceBuilder::new().layer(auth.clone()).service(inner());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        for header in &keys.headers {
-            let res = svc
-                .ready()
-                .await
-                .expect("ready")
-                .call(request(header))
-                .await;
-            assert_eq!(res.expect("infallible").status(), 200);
-        }
-    });
+    warm(&mut svc, keys);
     assert_eq!(auth.stats().lookups, KEYS as u64);
     svc
 }

@@ -21,14 +21,14 @@ use futures_util::FutureExt;
 use governor::{Quota, RateLimiter as Governor};
 use http::{Request, Response};
 use http_body_util::Full;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, ServiceBuilder};
 use tower_api_key::cache::MemoryCache;
 use tower_api_key::ratelimit::{Algorithm, CounterKey, CounterStore, MemoryCounters, RateLimiter};
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal, RateLimit};
 
 mod common;
 use common::call_now;
-use common::traffic::{keys, request, sequences, Keys, KEYS, SEQUENCE};
+use common::traffic::{keys, request, sequences, warm, Keys, KEYS, SEQUENCE};
 
 const ROUNDS: usize = 40;
 const ITERS: u32 = 20_000;
@@ -73,20 +73,7 @@ fn layered(keys: &Keys, limiter: Option<RateLimiter>) -> Layered {
     let mut svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(service_fn(respond as fn(_) -> _));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        for header in &keys.headers {
-            let res = svc
-                .ready()
-                .await
-                .expect("ready")
-                .call(request(header))
-                .await;
-            assert_eq!(res.expect("infallible").status(), 200);
-        }
-    });
+    warm(&mut svc, keys);
     svc
 }
 

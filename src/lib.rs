@@ -86,6 +86,7 @@
 
 mod breaker;
 pub mod cache;
+mod env;
 #[cfg(feature = "axum")]
 mod extract;
 pub mod future;

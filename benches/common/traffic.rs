@@ -66,3 +66,27 @@ pub fn request(header: &HeaderValue) -> Request<Full<Bytes>> {
     req.headers_mut().insert(AUTHORIZATION, header.clone());
     req
 }
+
+/// Sends one request per key through `svc` on a runtime of its own: every
+/// key looked up once, and cached.
+pub fn warm<S, B>(svc: &mut S, keys: &Keys)
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for header in &keys.headers {
+            let res = svc
+                .ready()
+                .await
+                .expect("ready")
+                .call(request(header))
+                .await;
+            assert_eq!(res.expect("answered").status(), 200);
+        }
+    });
+}

@@ -1,6 +1,7 @@
 //! [`CacheSettings`]: which backend [`AnyCache`](super::AnyCache) builds,
 //! read from the environment at deploy time.
 
+use crate::env::Vars;
 use std::time::Duration;
 
 use super::memory::DEFAULT_CAPACITY;
@@ -50,15 +51,12 @@ impl CacheSettings {
 
     /// As [`from_env`](Self::from_env), reading variables through `var`.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| {
-            var(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let vars = Vars(var);
+        let get = |name: &str| vars.get(name);
         let defaults = Self::default();
         Self {
-            backend: get("APIKEY_CACHE_BACKEND")
-                .map(|b| b.to_ascii_lowercase())
+            backend: vars
+                .name("APIKEY_CACHE_BACKEND")
                 .unwrap_or(defaults.backend),
             redis_url: get("REDIS_URL"),
             redis_prefix: get("APIKEY_REDIS_PREFIX").unwrap_or(defaults.redis_prefix),

@@ -15,7 +15,7 @@ use quick_cache::sync::Cache;
 use quick_cache::UnitWeighter;
 use smallvec::SmallVec;
 
-use super::memory::{now_ms, Clock};
+use super::memory::{now_ms, table, Clock};
 use super::policy::{Algorithm, RateLimit};
 use super::redis::{Answer, Carry, RedisCounters, RedisHit};
 use super::store::{Counted, CounterError, CounterKey, CounterStore};
@@ -247,13 +247,7 @@ impl LocalFirstBuilder {
         LocalFirst {
             shared: Arc::new(Shared {
                 counters: self.counters,
-                keys: Cache::with(
-                    items,
-                    self.max_keys,
-                    UnitWeighter,
-                    DigestHasher::new(),
-                    Default::default(),
-                ),
+                keys: table(self.max_keys),
                 unsent: Mutex::new(Vec::new()),
                 max_unsent: items,
                 interval: self.interval,

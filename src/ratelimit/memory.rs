@@ -92,16 +92,9 @@ impl MemoryCountersBuilder {
 
     /// Builds the store.
     pub fn build(self) -> MemoryCounters {
-        let items = usize::try_from(self.max_keys).unwrap_or(usize::MAX);
         MemoryCounters {
             inner: Arc::new(Inner {
-                table: Cache::with(
-                    items,
-                    self.max_keys,
-                    UnitWeighter,
-                    DigestHasher::new(),
-                    DefaultLifecycle::default(),
-                ),
+                table: table(self.max_keys),
                 clock: self.clock,
             }),
         }
@@ -156,6 +149,18 @@ impl fmt::Debug for MemoryCounters {
             .field("max_keys", &self.inner.table.capacity())
             .finish()
     }
+}
+
+/// A table of at most `max_keys` counter keys, evicted by S3-FIFO.
+pub(crate) fn table<V: Clone>(max_keys: u64) -> Cache<CounterKey, V, UnitWeighter, DigestHasher> {
+    let items = usize::try_from(max_keys).unwrap_or(usize::MAX);
+    Cache::with(
+        items,
+        max_keys,
+        UnitWeighter,
+        DigestHasher::new(),
+        DefaultLifecycle::default(),
+    )
 }
 
 /// Counts a request against `slots` as one atomic step (the caller holds

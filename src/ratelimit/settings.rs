@@ -5,6 +5,7 @@ use super::policy::{InvalidRateLimit, RateLimit};
 #[cfg(feature = "redis")]
 use super::store::CounterError;
 use super::{MemoryCounters, RateLimiter};
+use crate::env::Vars;
 
 /// Where [`RateLimiter::from_settings`] counts: read from the environment,
 /// or built.
@@ -70,22 +71,18 @@ impl RateLimitSettings {
 
     /// As [`from_env`](Self::from_env), reading variables through `var`.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| {
-            var(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let vars = Vars(var);
         let defaults = Self::default();
         Self {
-            backend: get("APIKEY_RATELIMIT_BACKEND")
-                .map(|b| b.to_ascii_lowercase())
+            backend: vars
+                .name("APIKEY_RATELIMIT_BACKEND")
                 .unwrap_or(defaults.backend),
-            redis_url: get("REDIS_URL"),
-            redis_prefix: get("APIKEY_REDIS_PREFIX").unwrap_or(defaults.redis_prefix),
-            mode: get("APIKEY_RATELIMIT_MODE")
-                .map(|m| m.to_ascii_lowercase())
-                .unwrap_or(defaults.mode),
-            default_limit: get("APIKEY_DEFAULT_RATE_LIMIT"),
+            redis_url: vars.get("REDIS_URL"),
+            redis_prefix: vars
+                .get("APIKEY_REDIS_PREFIX")
+                .unwrap_or(defaults.redis_prefix),
+            mode: vars.name("APIKEY_RATELIMIT_MODE").unwrap_or(defaults.mode),
+            default_limit: vars.get("APIKEY_DEFAULT_RATE_LIMIT"),
         }
     }
 }
