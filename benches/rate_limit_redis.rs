@@ -11,7 +11,7 @@
 //! 3. **local-first, over the limit**: two instances (two stores, their own
 //!    connections) each offered the limit's worth of requests at a steady
 //!    pace, twice the limit together, for one quota; what they admitted
-//!    beyond it, against the documented bound (one interval's traffic plus
+//!    beyond it, against the documented bound (two intervals' traffic plus
 //!    one round trip's, across both), and strict beside it.
 //!
 //! ```sh
@@ -148,8 +148,10 @@ async fn strict_against_bare(url: &str) {
         .script_load(RedisCounters::SCRIPT)
         .await
         .expect("load");
+    // cost 1, no carry (0 units at 0), one policy.
     let args: Vec<Value> = vec![
         1.into(),
+        0.into(),
         0.into(),
         1.into(),
         "hour/3600".into(),
@@ -322,9 +324,9 @@ async fn local_first_over_the_limit(url: &str) {
                 .expect("counters")
         };
         let exact = two_instances(strict().await, strict().await, quota, spread).await;
-        // The bound: what both are offered in one interval (100 ms) plus one
-        // round trip (well under a millisecond here).
-        let bound = offered * 0.101;
+        // The bound: what both are offered in two intervals (100 ms each)
+        // plus one round trip (well under a millisecond here).
+        let bound = offered * 0.201;
         println!(
             "two instances offered 2 × {quota} over {spread:?} ({offered:.0}/s together): local-first admitted {admitted} ({:+}, bound +{bound:.0}), strict {exact}",
             admitted as i64 - quota as i64

@@ -73,7 +73,10 @@ pub trait Principal: Send + Sync + 'static {
     /// Whether the key's limits count for its whole
     /// [`owner`](Self::owner) (an organisation-wide quota, shared by all its
     /// keys) rather than for the key alone. Default `false`; a key without
-    /// an owner counts alone either way.
+    /// an owner counts alone either way. Every key of an owner should then
+    /// report the same policies: the owner's counts are kept per policy, and
+    /// a request with other policies starts those afresh (and, in memory,
+    /// drops the counts of policies it doesn't have).
     fn limits_per_owner(&self) -> bool {
         false
     }

@@ -213,9 +213,17 @@ async fn the_environment_picks_the_mode() {
             "REDIS_URL" => Some(url.clone()),
             _ => None,
         });
+        let limiter = RateLimiter::from_settings_strict(settings)
+            .await
+            .expect("redis settings");
+        let store = if mode == "strict" {
+            "RedisCounters"
+        } else {
+            "LocalFirst"
+        };
         assert!(
-            RateLimiter::from_settings_strict(settings).await.is_ok(),
-            "{mode}"
+            format!("{limiter:?}").contains(store),
+            "{mode}: {limiter:?}"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! [`CacheSettings`]: which backend [`AnyCache`](super::AnyCache) builds,
 //! read from the environment at deploy time.
 
-use crate::env::Vars;
+use crate::env::{redacted, Vars};
 use std::time::Duration;
 
 use super::memory::DEFAULT_CAPACITY;
@@ -9,7 +9,7 @@ use super::redis::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
 use super::tiered::DEFAULT_L1_TTL;
 
 /// Where [`AnyCache`](super::AnyCache) comes from: read from the environment, or built.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheSettings {
     /// `memory`, `redis` or `tiered` (`APIKEY_CACHE_BACKEND`, default
@@ -26,6 +26,20 @@ pub struct CacheSettings {
     pub memory_capacity: u64,
     /// `APIKEY_L1_TTL_MS`, the tiered cache's longest L1 life (default 30 s).
     pub l1_ttl: Duration,
+}
+
+/// The Redis URL's password, if it has one, is not shown.
+impl std::fmt::Debug for CacheSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheSettings")
+            .field("backend", &self.backend)
+            .field("redis_url", &self.redis_url.as_deref().map(redacted))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("redis_command_timeout", &self.redis_command_timeout)
+            .field("memory_capacity", &self.memory_capacity)
+            .field("l1_ttl", &self.l1_ttl)
+            .finish()
+    }
 }
 
 impl Default for CacheSettings {

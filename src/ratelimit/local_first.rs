@@ -17,7 +17,7 @@ use smallvec::SmallVec;
 
 use super::memory::{now_ms, table, Clock};
 use super::policy::{Algorithm, RateLimit};
-use super::redis::{Answer, Carry, RedisCounters, RedisHit};
+use super::redis::{Answer, Carried, Carry, RedisCounters, RedisHit};
 use super::store::{Counted, CounterError, CounterKey, CounterStore};
 use super::window::{self, Counts};
 use crate::hash::DigestHasher;
@@ -34,37 +34,45 @@ const DEFAULT_KEYS: u64 = 100_000;
 /// process with no round trip, the counts sent to Redis in one pipeline per
 /// interval (feature `redis`).
 ///
-/// Each instance decides on Redis's counts as of its last batch plus what it
+/// Each instance decides on Redis's counts as of its last answer plus what it
 /// admitted since, and asks Redis (one round trip, as [`RedisCounters`]
 /// does, carrying what it admitted locally) when:
 ///
 /// - it knows nothing recent of the key (first request, or nothing heard
-///   from Redis for two intervals);
+///   from Redis for an interval);
 /// - the key is near its limit (≥ 90 % of a quota, by default): from then on
 ///   every request asks, so the last units are counted exactly;
 /// - a request was refused: until the refusing window ends;
+/// - a window ended since the units it holds were admitted (they are sent
+///   to count in their own window);
 /// - its own estimate would refuse.
 ///
-/// Every interval (default 100 ms) the units admitted locally go to Redis in
-/// one pipeline, a script call per key that adds them (admitted is
-/// admitted) and answers the key's counts from every instance.
+/// Every interval (default 100 ms) the units admitted locally go to Redis
+/// together on one connection, a script call per key that adds them to the
+/// window they were admitted in (admitted is admitted) and answers the key's
+/// counts from every instance.
 ///
 /// # The bound on over-admission
 ///
-/// An instance doesn't see what the others admitted since their last batch,
-/// so across all instances a key may be admitted **at most the traffic the
-/// instances decide locally in one interval plus one round trip** beyond its
-/// quota (and, as they go strict at 90 %, usually none: the batches land
-/// before the last 10 %). The tests check this bound with two instances; the
-/// figures at twice the limit are in `BENCHMARKS.md`. Use [`RedisCounters`]
-/// when a quota must hold exactly.
+/// An instance doesn't see what the others admitted and haven't sent yet
+/// (at most an interval's worth each), nor what they sent since its own
+/// last answer (at most another interval). So across all instances a key
+/// may be admitted beyond its quota **at most the traffic the instances
+/// decide locally in two intervals plus one round trip**; as they go strict
+/// at 90 %, usually far less (none when the last 10 % of the quota is more
+/// than that traffic: the batches land first). The tests check the bound
+/// with two instances; the figures at twice the limit are in
+/// `BENCHMARKS.md`. Use [`RedisCounters`] when a quota must hold exactly.
 ///
 /// # Failures
 ///
 /// A round trip that fails falls back as the [`RateLimiter`](super::RateLimiter)
 /// says; a batch that fails is kept (its units go with the next batch or
-/// round trip) and logged at a bounded rate. Counts never sent (the process
-/// ends between two batches) are lost: at most one interval's traffic.
+/// round trip) and logged at a bounded rate. Delivery is at least once: a
+/// batch that timed out after Redis applied it is sent again and counts
+/// twice, which errs toward refusing. Units never sent (the process ends
+/// between two batches; call [`flush`](Self::flush) on shutdown) are lost:
+/// at most one interval's traffic.
 ///
 /// # Example
 ///
@@ -128,8 +136,11 @@ struct Local {
     algorithm: Algorithm,
     /// Redis's counts at its last answer, plus what was admitted here since.
     view: SmallVec<[Counts; 2]>,
-    /// Units admitted here and not yet sent.
-    unsent: u64,
+    /// Units admitted here and not yet sent, and when the first was.
+    unsent: Carried,
+    /// Bumped when the key's policies change: answers about the old ones
+    /// are not merged.
+    generation: u64,
     /// In `Shared::unsent`.
     listed: bool,
     /// Redis's clock minus this one's, in ms, at its last answer.
@@ -151,7 +162,8 @@ impl Local {
             limits: limits.to_vec(),
             algorithm,
             view: SmallVec::new(),
-            unsent: 0,
+            unsent: Carried::default(),
+            generation: 0,
             listed: false,
             offset_ms: 0,
             fresh_until: None,
@@ -173,15 +185,37 @@ impl Local {
         })
     }
 
-    /// Takes in Redis's answer: its counts (which include what was sent),
-    /// plus what was admitted here since.
-    fn merge(&mut self, answer: &Answer, shared: &Shared) {
-        let unsent = self.unsent;
-        self.view = answer.counts.iter().map(|c| c.plus(unsent)).collect();
+    /// Takes in Redis's answer about `generation`: its counts (which include
+    /// what was sent), plus what was admitted here since. Answers may land
+    /// out of order (the pool has several connections): within a window a
+    /// count only grows, so the larger one stands.
+    fn merge(&mut self, answer: &Answer, generation: u64, shared: &Shared) {
+        if generation != self.generation || answer.counts.len() != self.limits.len() {
+            return;
+        }
+        let unsent = self.unsent.units;
+        let known = mem::take(&mut self.view);
+        self.view = answer
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, told)| {
+                let told = told.plus(unsent);
+                match known.get(i) {
+                    Some(k) if k.window > told.window => *k,
+                    Some(k) if k.window == told.window => Counts {
+                        window: k.window,
+                        current: k.current.max(told.current),
+                        previous: k.previous.max(told.previous),
+                    },
+                    _ => told,
+                }
+            })
+            .collect();
         self.offset_ms = i64::try_from(answer.now_ms)
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(now_ms(&shared.clock)).unwrap_or(i64::MAX));
-        self.fresh_until = Some(Instant::now() + 2 * shared.interval);
+        self.fresh_until = Some(Instant::now() + shared.interval);
         self.near = self.is_near(answer.now_ms, shared.near);
     }
 }
@@ -353,12 +387,15 @@ async fn batches(shared: Weak<Shared>, interval: Duration) {
 }
 
 /// Puts units that weren't counted back, to go with the next batch.
-fn keep(shared: &Shared, key: CounterKey, entry: &Arc<Mutex<Local>>, units: u64) {
+fn keep(shared: &Shared, key: CounterKey, entry: &Arc<Mutex<Local>>, units: Carried) {
+    if units.units == 0 {
+        return;
+    }
     let mut local = lock(entry);
     if local.gone {
         return;
     }
-    local.unsent += units;
+    local.unsent = local.unsent.and(units);
     if !local.listed {
         local.listed = true;
         drop(local);
@@ -373,7 +410,7 @@ async fn flush(shared: &Shared) -> Result<(), CounterError> {
     for (key, entry) in listed {
         let mut local = lock(&entry);
         local.listed = false;
-        if local.gone || local.unsent == 0 {
+        if local.gone || local.unsent.units == 0 {
             continue;
         }
         batch.push(Carry {
@@ -381,6 +418,7 @@ async fn flush(shared: &Shared) -> Result<(), CounterError> {
             limits: local.limits.clone(),
             algorithm: local.algorithm,
             units: mem::take(&mut local.unsent),
+            generation: local.generation,
         });
         drop(local);
         entries.push(entry);
@@ -408,7 +446,7 @@ async fn flush(shared: &Shared) -> Result<(), CounterError> {
     let mut failed = None;
     for ((carry, entry), answer) in batch.iter().zip(&entries).zip(answers) {
         match answer {
-            Ok(answer) => lock(entry).merge(&answer, shared),
+            Ok(answer) => lock(entry).merge(&answer, carry.generation, shared),
             Err(error) => {
                 keep(shared, carry.key, entry, carry.units);
                 failed = Some(error);
@@ -436,7 +474,8 @@ enum HitState {
         shared: Arc<Shared>,
         key: CounterKey,
         entry: Arc<Mutex<Local>>,
-        carried: u64,
+        carried: Carried,
+        generation: u64,
     },
 }
 
@@ -461,6 +500,7 @@ impl Future for LocalFirstHit {
                 key,
                 entry,
                 carried,
+                generation,
             } => {
                 let answer = match hit.poll_answer(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -469,7 +509,7 @@ impl Future for LocalFirstHit {
                 Poll::Ready(match answer {
                     Ok((counted, answer)) => {
                         let mut local = lock(entry);
-                        local.merge(&answer, shared);
+                        local.merge(&answer, *generation, shared);
                         if !counted.admitted {
                             // Refused: ask until the refusing windows end.
                             let end = local
@@ -524,7 +564,20 @@ impl CounterStore for LocalFirst {
             .is_some_and(|until| Instant::now() < until);
         let room = local.listed || lock(&shared.unsent).len() < shared.max_unsent;
         let now = local.now_ms(&shared.clock);
-        if fresh && room && !local.near && now >= local.strict_until_ms {
+        // Units waiting to be sent count in their own window: once a window
+        // ends, they go (with this request) before anything is decided here.
+        let unsent = local.unsent;
+        let same_window = unsent.units == 0
+            || limits
+                .iter()
+                .all(|l| window::window_of(l, unsent.at_ms) == window::window_of(l, now));
+        if fresh
+            && room
+            && same_window
+            && !local.near
+            && local.view.len() == limits.len()
+            && now >= local.strict_until_ms
+        {
             let mut view: SmallVec<[Counts; 2]> = limits
                 .iter()
                 .zip(&local.view)
@@ -533,7 +586,10 @@ impl CounterStore for LocalFirst {
             let counted = window::decide(&mut view, limits, algorithm, now, cost);
             if counted.admitted {
                 local.view = view;
-                local.unsent += cost;
+                local.unsent = local.unsent.and(Carried {
+                    units: cost,
+                    at_ms: now,
+                });
                 local.near = local.is_near(now, shared.near);
                 if !local.listed {
                     local.listed = true;
@@ -548,6 +604,7 @@ impl CounterStore for LocalFirst {
         // Ask Redis, carrying what this instance admitted since its last
         // batch.
         let carried = mem::take(&mut local.unsent);
+        let generation = local.generation;
         drop(local);
         shared.counts.remote.incr();
         LocalFirstHit {
@@ -559,6 +616,7 @@ impl CounterStore for LocalFirst {
                 key: *key,
                 entry,
                 carried,
+                generation,
             },
         }
     }
@@ -567,7 +625,7 @@ impl CounterStore for LocalFirst {
         if let Some((_, entry)) = self.shared.keys.remove(key) {
             let mut local = lock(&entry);
             local.gone = true;
-            local.unsent = 0;
+            local.unsent = Carried::default();
         }
         let counters = self.shared.counters.clone();
         let key = *key;

@@ -121,6 +121,7 @@ pub struct RateLimiter {
 impl fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimiter")
+            .field("store", &self.store.kind())
             .field("default", &self.default)
             .field("algorithm", &self.algorithm)
             .field("on_every_response", &self.on_every_response)
@@ -287,7 +288,17 @@ impl RateLimitStatus {
     pub fn retry_after(&self) -> Option<u64> {
         self.entries
             .iter()
-            .filter_map(|(l, q)| q.retry_after.map(|r| r.min(l.window().as_secs())))
+            .filter_map(|(l, q)| {
+                // A sliding window's wait may be up to two windows: it is
+                // kept whole; only "never" becomes the window.
+                q.retry_after.map(|r| {
+                    if r == u64::MAX {
+                        l.window().as_secs()
+                    } else {
+                        r
+                    }
+                })
+            })
             .max()
     }
 
@@ -302,6 +313,9 @@ impl RateLimitStatus {
 /// A [`CounterStore`] behind one type: its hit answered at once (an
 /// in-process store), or boxed (a remote one, which allocates anyway).
 trait ErasedStore: Send + Sync {
+    /// The store's type, for `Debug`.
+    fn kind(&self) -> &'static str;
+
     fn hit(&self, key: &CounterKey, limits: &[RateLimit], algorithm: Algorithm, cost: u64) -> Hit;
 
     fn reset<'a>(
@@ -311,6 +325,10 @@ trait ErasedStore: Send + Sync {
 }
 
 impl<S: CounterStore> ErasedStore for S {
+    fn kind(&self) -> &'static str {
+        std::any::type_name::<S>()
+    }
+
     fn hit(&self, key: &CounterKey, limits: &[RateLimit], algorithm: Algorithm, cost: u64) -> Hit {
         let mut hit = CounterStore::hit(self, key, limits, algorithm, cost);
         match Pin::new(&mut hit).poll(&mut Context::from_waker(noop_waker_ref())) {
@@ -345,5 +363,37 @@ impl Future for Hit {
             },
             Hit::Waiting(future) => future.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_keeps_a_sliding_window_wait_longer_than_the_window() {
+        // One per minute, spent at the start of a window: it fades only
+        // through the next one, so the wait is nearly two windows.
+        let limits = [RateLimit::new("m", 1, Duration::from_secs(60)).unwrap()];
+        let store = MemoryCounters::builder()
+            .clock(|| std::time::UNIX_EPOCH + Duration::from_secs(6_000))
+            .build();
+        let key = CounterKey::key(&crate::KeyHash::of("k"));
+        assert!(
+            store
+                .count(&key, &limits, Algorithm::SlidingWindow, 1)
+                .admitted
+        );
+        let refused = store.count(&key, &limits, Algorithm::SlidingWindow, 1);
+        assert!(!refused.admitted);
+        let wait = RateLimitStatus::new(&limits, &refused).retry_after();
+        assert!(wait.is_some_and(|w| w > 60), "{wait:?}");
+        // A request that costs more than the quota: the window, not "never".
+        let never = store.count(&key, &limits, Algorithm::SlidingWindow, 2);
+        assert_eq!(
+            RateLimitStatus::new(&limits, &never).retry_after(),
+            Some(60)
+        );
     }
 }

@@ -41,6 +41,10 @@ pub struct RateLimit {
     id: u64,
 }
 
+/// The longest window, a year: counts live twice their window, and every
+/// arithmetic on it stays far from overflow.
+const MAX_WINDOW_SECS: u64 = 366 * 86_400;
+
 /// Why a [`RateLimit`] can't be made.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid rate limit: {0}")]
@@ -54,8 +58,10 @@ pub enum Algorithm {
     /// how much of it is still inside the last `window` (Cloudflare's
     /// estimate). Smooth across a boundary: a client that spent its whole
     /// quota at the end of one window gets it back gradually through the
-    /// next, never twice the quota within one window's length; the estimate
-    /// errs either way by the traffic's unevenness inside a window.
+    /// next, not at once. The estimate assumes the previous window's traffic
+    /// was even, and errs either way by its unevenness: a client bursting at
+    /// the end of one window and spreading through the next can get up to
+    /// nearly twice the quota within one window's length.
     #[default]
     SlidingWindow,
     /// A count per window aligned to the clock, exact within it, reset at its
@@ -99,7 +105,7 @@ impl RateLimit {
     /// At most `quota` units per `window`. The name is 1 to 64 of
     /// `A-Z a-z 0-9 - _ .` (it goes into response headers and counter
     /// names); the quota at least 1; the window whole seconds, at least one
-    /// (a fraction is rounded up).
+    /// (a fraction is rounded up) and at most a year (366 days).
     pub fn new(
         name: impl Into<String>,
         quota: u64,
@@ -120,6 +126,9 @@ impl RateLimit {
         let window = window.as_secs() + u64::from(window.subsec_nanos() > 0);
         if window == 0 {
             return Err(InvalidRateLimit("the window is at least one second"));
+        }
+        if window > MAX_WINDOW_SECS {
+            return Err(InvalidRateLimit("the window is at most a year"));
         }
         Ok(Self::made(name.into(), quota, window))
     }
@@ -224,7 +233,14 @@ mod tests {
     #[test]
     fn limits_are_checked_when_made_and_when_read() {
         assert!(RateLimit::new("burst", 1, Duration::from_secs(1)).is_ok());
-        for (name, quota, window) in [("", 1, 1), ("a b", 1, 1), ("x", 0, 1), ("x", 1, 0)] {
+        for (name, quota, window) in [
+            ("", 1, 1),
+            ("a b", 1, 1),
+            ("x", 0, 1),
+            ("x", 1, 0),
+            ("x", 1, 367 * 86_400),
+            ("x", 1, u64::MAX),
+        ] {
             assert!(RateLimit::new(name, quota, Duration::from_secs(window)).is_err());
         }
         assert_eq!(

@@ -27,10 +27,12 @@ use crate::redis_pool::{Command, Failure, PoolSettings, RedisPool, Source};
 /// the cost. Every policy of a counter key is a field group of one hash, so
 /// the script touches one key (one slot on a cluster).
 ///
-/// KEYS: the counter key's hash. ARGV: cost, carry (units admitted
-/// elsewhere, added whatever the policies say: a local-first instance's
-/// batch), the number of policies, then for each: its field
-/// (`name/window`), quota, window in ms, 1 for sliding.
+/// KEYS: the counter key's hash. ARGV: cost; carry, units admitted
+/// elsewhere (a local-first instance's) added whatever the policies say, to
+/// the window they were admitted in (carry_at, in ms: the current window,
+/// or the previous one; older units are dropped); carry_at; the number of
+/// policies, then for each: its field (`name/window`), quota, window in ms,
+/// 1 for sliding.
 ///
 /// The arithmetic is `window.rs`'s, operation for operation (Lua numbers are
 /// doubles, as the crate's estimate is).
@@ -39,12 +41,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cost = tonumber(ARGV[1])
 local carry = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
+local carry_at = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local rolled = {}
 local admitted = 1
 local longest = 0
 for i = 0, n - 1 do
-  local base = 4 + i * 4
+  local base = 5 + i * 4
   local field = ARGV[base]
   local quota = tonumber(ARGV[base + 1])
   local w = tonumber(ARGV[base + 2])
@@ -63,7 +66,14 @@ for i = 0, n - 1 do
   else
     idx = si
   end
-  cur = cur + carry
+  if carry > 0 then
+    local ci = math.floor(carry_at / w)
+    if ci >= idx then
+      cur = cur + carry
+    elseif ci + 1 == idx then
+      prev = prev + carry
+    end
+  end
   local used = cur
   if sliding then
     used = cur + prev * (w - now % w) / w
@@ -202,9 +212,10 @@ impl RedisCounters {
     /// The Lua script every hit runs (by `EVALSHA`): to read, to load ahead
     /// of time, or to measure against. KEYS: the counter key's hash
     /// ([`redis_key`](Self::redis_key)); ARGV: cost, carry (units added
-    /// whatever the policies say), the number of policies, then for each its
-    /// field (`name/window_seconds`), quota, window in ms, and 1 for a
-    /// sliding window. It answers `[admitted, now_ms, (window, current,
+    /// whatever the policies say, to the window of carry_at), carry_at (ms
+    /// since the epoch), the number of policies, then for each its field
+    /// (`name/window_seconds`), quota, window in ms, and 1 for a sliding
+    /// window. It answers `[admitted, now_ms, (window, current,
     /// previous) per policy]`.
     pub const SCRIPT: &'static str = HIT;
 
@@ -265,11 +276,13 @@ impl fmt::Debug for RedisCounters {
 }
 
 /// The script's arguments for a hit.
-fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64, carry: u64) -> Vec<Value> {
+fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64, carry: Carried) -> Vec<Value> {
     let sliding = i64::from(algorithm == Algorithm::SlidingWindow);
-    let mut args = Vec::with_capacity(3 + 4 * limits.len());
-    args.push(Value::Integer(i64::try_from(cost).unwrap_or(i64::MAX)));
-    args.push(Value::Integer(i64::try_from(carry).unwrap_or(i64::MAX)));
+    let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    let mut args = Vec::with_capacity(4 + 4 * limits.len());
+    args.push(int(cost));
+    args.push(int(carry.units));
+    args.push(int(carry.at_ms));
     args.push(Value::Integer(limits.len() as i64));
     for limit in limits {
         args.push(Value::from(format!(
@@ -373,7 +386,7 @@ impl Future for RedisHit {
 }
 
 impl RedisCounters {
-    /// A hit that also adds `carry` units admitted elsewhere (a local-first
+    /// A hit that also adds units admitted elsewhere (a local-first
     /// instance's), whatever the policies say.
     pub(crate) fn hit_carrying(
         &self,
@@ -381,7 +394,7 @@ impl RedisCounters {
         limits: &[RateLimit],
         algorithm: Algorithm,
         cost: u64,
-        carry: u64,
+        carry: Carried,
     ) -> RedisHit {
         let inner = &*self.inner;
         let redis_key = self.redis_key(key);
@@ -449,12 +462,36 @@ impl RedisCounters {
     }
 }
 
+/// Units admitted elsewhere, and when (Redis's time, ms): the window they
+/// count in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Carried {
+    pub(crate) units: u64,
+    pub(crate) at_ms: u64,
+}
+
+impl Carried {
+    /// These units and `more`, counted from the earlier of their instants.
+    pub(crate) fn and(self, more: Carried) -> Carried {
+        match (self.units, more.units) {
+            (0, _) => more,
+            (_, 0) => self,
+            _ => Carried {
+                units: self.units + more.units,
+                at_ms: self.at_ms.min(more.at_ms),
+            },
+        }
+    }
+}
+
 /// One key's units for [`RedisCounters::carry_all`].
 pub(crate) struct Carry {
     pub(crate) key: CounterKey,
     pub(crate) limits: Vec<RateLimit>,
     pub(crate) algorithm: Algorithm,
-    pub(crate) units: u64,
+    pub(crate) units: Carried,
+    /// The key's state it was taken from (its policies may change).
+    pub(crate) generation: u64,
 }
 
 fn is_noscript(e: &fred::error::Error) -> bool {
@@ -471,7 +508,7 @@ impl CounterStore for RedisCounters {
         algorithm: Algorithm,
         cost: u64,
     ) -> RedisHit {
-        self.hit_carrying(key, limits, algorithm, cost, 0)
+        self.hit_carrying(key, limits, algorithm, cost, Carried::default())
     }
 
     fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<(), CounterError>> + Send {

@@ -5,11 +5,11 @@ use super::policy::{InvalidRateLimit, RateLimit};
 #[cfg(feature = "redis")]
 use super::store::CounterError;
 use super::{MemoryCounters, RateLimiter};
-use crate::env::Vars;
+use crate::env::{redacted, Vars};
 
 /// Where [`RateLimiter::from_settings`] counts: read from the environment,
 /// or built.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateLimitSettings {
     /// `memory` or `redis` (`APIKEY_RATELIMIT_BACKEND`, default `memory`).
@@ -48,6 +48,19 @@ pub enum RateLimitSettingsError {
     #[cfg(feature = "redis")]
     #[error("Redis counters: {0}")]
     Redis(#[source] CounterError),
+}
+
+/// The Redis URL's password, if it has one, is not shown.
+impl std::fmt::Debug for RateLimitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitSettings")
+            .field("backend", &self.backend)
+            .field("redis_url", &self.redis_url.as_deref().map(redacted))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("mode", &self.mode)
+            .field("default_limit", &self.default_limit)
+            .finish()
+    }
 }
 
 impl Default for RateLimitSettings {
@@ -113,10 +126,24 @@ impl RateLimiter {
         })
     }
 
-    /// The limiter the settings describe, or in-process counters with a loud
-    /// error when they can't be used: a misconfigured deploy still limits,
-    /// each instance alone. (A bad default policy is dropped, loudly too.)
-    pub async fn from_settings(settings: RateLimitSettings) -> Self {
+    /// The limiter the settings describe, as leniently as it can be: a bad
+    /// default policy is dropped and an unknown mode is strict (each said
+    /// loudly), and when the backend can't be used (Redis asked for without
+    /// `REDIS_URL`, say) the limiter counts in process, with a loud error: a
+    /// misconfigured deploy still limits, each instance alone.
+    pub async fn from_settings(mut settings: RateLimitSettings) -> Self {
+        if let Some(Err(error)) = settings
+            .default_limit
+            .as_deref()
+            .map(str::parse::<RateLimit>)
+        {
+            tracing::error!(%error, "APIKEY_DEFAULT_RATE_LIMIT dropped: keys that report no limits are unlimited");
+            settings.default_limit = None;
+        }
+        if !matches!(settings.mode.as_str(), "strict" | "local-first") {
+            tracing::error!(mode = %settings.mode, "APIKEY_RATELIMIT_MODE is not strict or local-first: strict");
+            settings.mode = "strict".to_owned();
+        }
         let default = settings.default_limit.clone();
         match Self::from_settings_strict(settings).await {
             Ok(limiter) => limiter,
@@ -202,7 +229,12 @@ mod tests {
                     .is_err(),
                 "{what}"
             );
-            let _lenient = RateLimiter::from_settings(bad).await;
+            let lenient = RateLimiter::from_settings(bad).await;
+            assert!(
+                format!("{lenient:?}").contains("MemoryCounters"),
+                "{what}: {lenient:?}"
+            );
+            assert_eq!(lenient.limits(None), None, "{what}: no default");
         }
         let ok = RateLimiter::from_settings_strict(vars(&[("APIKEY_DEFAULT_RATE_LIMIT", "5/60")]))
             .await
