@@ -68,7 +68,9 @@ async fn a_limited_key_is_told_its_quota_then_refused_with_429() {
         .expect("Retry-After")
         .parse()
         .unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
+    // A sliding window may ask for more than the window: the five count in
+    // the next window too, weighted down, until a fifth of it has passed.
+    assert!((1..=60 + 60 / 5).contains(&retry), "{retry}");
     assert_eq!(
         header(&headers, "content-type"),
         Some("application/problem+json")

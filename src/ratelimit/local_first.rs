@@ -70,7 +70,9 @@ const DEFAULT_KEYS: u64 = 100_000;
 /// says; a batch that fails is kept (its units go with the next batch or
 /// round trip) and logged at a bounded rate. Delivery is at least once: a
 /// batch that timed out after Redis applied it is sent again and counts
-/// twice, which errs toward refusing. Units never sent (the process ends
+/// twice, and so is one given up while the connection was dropping (the
+/// Redis client replays it once it reconnects, after the batch was kept),
+/// which errs toward refusing: at most the units of the batches that failed. Units never sent (the process ends
 /// between two batches; call [`flush`](Self::flush) on shutdown) are lost:
 /// at most one interval's traffic.
 ///
