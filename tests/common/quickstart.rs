@@ -20,8 +20,15 @@ pub fn binary() -> PathBuf {
         let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
         let bin = profile_dir.join("examples").join("quickstart");
         if !bin.exists() {
+            // With the features this test was built with: a quickstart
+            // without `tiered` can't use Redis.
+            let features = if cfg!(feature = "tiered") {
+                "memory,axum,tiered"
+            } else {
+                "memory,axum"
+            };
             let status = Command::new(env!("CARGO"))
-                .args(["build", "--example", "quickstart"])
+                .args(["build", "--example", "quickstart", "--features", features])
                 .status()
                 .expect("cargo build");
             assert!(status.success(), "building the quickstart failed");
