@@ -17,7 +17,7 @@ use crate::ratelimit::{CounterError, CounterKey, RateLimiter};
 use crate::rejection::{sanitize_realm, AuthRejection, Challenge};
 use crate::request_path::{Config, RequestPath};
 use crate::stats::Stats;
-use crate::{ApiKeyAuth, KeyHash, KeyHasher, KeySource};
+use crate::{ApiKeyAuth, KeyFormat, KeyHash, KeyHasher, KeySource};
 
 /// Layer that applies [`ApiKeyAuth`], which authenticates requests by API key
 /// against a cache in front of your key store.
@@ -155,6 +155,27 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
             _ => Challenge::Bearer,
         };
         config.source = source;
+        self
+    }
+
+    /// Checks every presented key against `format` before anything else: a
+    /// key with the format's prefix and a wrong checksum (or, unless the
+    /// format allows legacy keys, a key without the prefix) is answered as an
+    /// unknown key (`401 invalid_token`) with no cache read and no lookup,
+    /// and counted in [`Stats::format_rejected`](crate::Stats::format_rejected).
+    ///
+    /// ```
+    /// use tower_api_key::{ApiKeyAuthLayer, KeyFormat};
+    /// # use tower_api_key::{cache::MemoryCache, lookup_fn, BoxError, KeyHash};
+    /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<String>, BoxError>(None) });
+    ///
+    /// let format = KeyFormat::keyed("sk_live_", [std::env::var("KEY_SECRET").unwrap_or("dev".into())])?
+    ///     .allow_legacy(true); // while older keys are migrated
+    /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup).key_format(format);
+    /// # Ok::<(), tower_api_key::FormatError>(())
+    /// ```
+    pub fn key_format(mut self, format: KeyFormat) -> Self {
+        self.config_mut().format = Some(Arc::new(format));
         self
     }
 

@@ -89,6 +89,7 @@ pub mod cache;
 mod env;
 #[cfg(feature = "axum")]
 mod extract;
+mod format;
 pub mod future;
 mod hash;
 mod layer;
@@ -107,6 +108,7 @@ mod stats;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::Authenticated;
+pub use format::{FormatCheck, FormatError, GeneratedKey, KeyFormat};
 pub use hash::{KeyHash, KeyHasher, ShortHash};
 pub use layer::ApiKeyAuthLayer;
 pub use lookup::{lookup_fn, BoxError, Lookup, LookupFn};

@@ -30,6 +30,10 @@ pub struct Stats {
     pub lookup_errors: u64,
     /// Cache operations that failed and were degraded to the lookup.
     pub cache_errors: u64,
+    /// Requests whose key failed the [`KeyFormat`](crate::KeyFormat) (its
+    /// shape or checksum, or a legacy key where none is allowed): refused
+    /// before any cache read or lookup, so not in `misses`.
+    pub format_rejected: u64,
     /// Requests that waited on another request's lookup instead of making
     /// their own (single flight).
     pub coalesced: u64,
@@ -110,6 +114,7 @@ pub(crate) struct Counters {
     pub(crate) lookups: Counter,
     pub(crate) lookup_errors: Counter,
     pub(crate) cache_errors: Counter,
+    pub(crate) format_rejected: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) rate_limit_admitted: Counter,
     pub(crate) rate_limited: Counter,
@@ -126,6 +131,7 @@ impl Counters {
             lookups: self.lookups.get(),
             lookup_errors: self.lookup_errors.get(),
             cache_errors: self.cache_errors.get(),
+            format_rejected: self.format_rejected.get(),
             coalesced: self.coalesced.get(),
             rate_limit_admitted: self.rate_limit_admitted.get(),
             rate_limited: self.rate_limited.get(),

@@ -383,3 +383,56 @@ mod shared_redis {
         );
     }
 }
+
+/// Keys made by the quickstart carry a checksum: a forged one of the same
+/// shape is refused with no lookup; the DEMO_API_KEY (no prefix) works as
+/// given; with APIKEY_KEY_SECRETS the checksum is keyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_keys_carry_a_checksum_and_forged_ones_cost_no_lookup() {
+    use reqwest::Method;
+    for (env, said) in [
+        (
+            None,
+            "keys: sk_live_…, public CRC-32 checksum, legacy keys allowed",
+        ),
+        (
+            Some("newest,older"),
+            "keys: sk_live_…, keyed checksum (2 secrets), legacy keys allowed",
+        ),
+    ] {
+        let mut vars = vec![("DEMO_API_KEY", ADMIN)];
+        if let Some(secrets) = env {
+            vars.push(("APIKEY_KEY_SECRETS", secrets));
+        }
+        let qs = start(&vars);
+        let b = qs.base.clone();
+        assert!(qs.stdout.iter().any(|l| l == said), "{:?}", qs.stdout);
+        let (s, created) = call(
+            Method::POST,
+            &format!("{b}/v1/keys"),
+            Some(ADMIN),
+            Some(json!({"name": "formatted"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{created}");
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("sk_live_"), "{secret}");
+        let checksum = if env.is_some() { 11 } else { 6 };
+        assert_eq!(secret.len(), "sk_live_".len() + 32 + checksum);
+        assert_eq!(get_status(&format!("{b}/v1/me"), Some(&secret)).await, 200);
+        let (_, before) = call(Method::GET, &format!("{b}/v1/stats"), Some(ADMIN), None).await;
+        // The same shape, one character changed.
+        let mut forged = secret.clone().into_bytes();
+        forged[12] = if forged[12] == b'a' { b'b' } else { b'a' };
+        let forged = String::from_utf8(forged).unwrap();
+        for _ in 0..20 {
+            assert_eq!(get_status(&format!("{b}/v1/me"), Some(&forged)).await, 401);
+        }
+        let (_, after) = call(Method::GET, &format!("{b}/v1/stats"), Some(ADMIN), None).await;
+        assert_eq!(after["format_rejected"], 20, "{after}");
+        assert_eq!(
+            after["lookups"], before["lookups"],
+            "no lookup for a forged key"
+        );
+    }
+}

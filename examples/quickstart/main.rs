@@ -21,6 +21,7 @@
 //! | `APIKEY_NEGATIVE_TTL` | `30` | seconds an unknown key stays cached |
 //! | `APIKEY_RATELIMIT_BACKEND` | `memory` | where rate-limit counts live: `memory`, or `redis` (with `REDIS_URL`; `--features tiered`) |
 //! | `APIKEY_RATELIMIT_MODE` | `strict` | `redis`: `strict` (one round trip per request) or `local-first` (decided here, sent every 100 ms) |
+//! | `APIKEY_KEY_SECRETS` | none | comma-separated, newest first: new keys carry a keyed checksum under the first (forged keys cost no lookup); without it a public CRC-32. Keys made before it (any without `sk_live_`) still work |
 //! | `APIKEY_DEFAULT_RATE_LIMIT` | none | `QUOTA/WINDOW_SECONDS` (`100/60`): the limit of keys created without `rate_limits` |
 //! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
 //! | `QUICKSTART_LOOKUP_FAIL` | off | `1`: the key store fails; cached keys keep working, others get 503 |
@@ -42,12 +43,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_api_key::ratelimit::{RateLimitSettings, RateLimiter};
-use tower_api_key::ApiKeyAuthLayer;
+use tower_api_key::{ApiKeyAuthLayer, KeyFormat};
 
 use crate::cache::build_cache;
 use crate::db::Db;
 use crate::lookup::DbLookup;
 use crate::routes::{new_secret, router, Auth};
+
+/// The prefix of the keys this quickstart makes.
+const KEY_PREFIX: &str = "sk_live_";
 
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
@@ -106,6 +110,23 @@ async fn run() -> Result<(), String> {
     };
     let limiter = limiter.headers_on_every_response();
 
+    // New keys are `sk_live_` + 32 random characters + a checksum; keys
+    // without the prefix (a DEMO_API_KEY as given, older keys) still pass.
+    let (format, format_said) = match std::env::var("APIKEY_KEY_SECRETS") {
+        Ok(v) if !v.trim().is_empty() => {
+            let secrets: Vec<&str> = v.split(',').map(str::trim).collect();
+            let said = format!("keyed checksum ({} secrets)", secrets.len());
+            (KeyFormat::keyed(KEY_PREFIX, secrets), said)
+        }
+        _ => (
+            KeyFormat::crc32(KEY_PREFIX),
+            "public CRC-32 checksum".to_owned(),
+        ),
+    };
+    let format = format
+        .map_err(|e| format!("APIKEY_KEY_SECRETS: {e}"))?
+        .allow_legacy(true);
+
     let database_url = std::env::var("DATABASE_URL").ok();
     let db = Db::open(database_url.as_deref()).map_err(|e| e.to_string())?;
     let auth: Auth = ApiKeyAuthLayer::new(
@@ -123,7 +144,8 @@ async fn run() -> Result<(), String> {
     // Key management always asks the table, not the cache.
     .bypass_cache("/v1/keys")
     .bypass_cache("/v1/keys/{id}")
-    .rate_limits(limiter);
+    .rate_limits(limiter)
+    .key_format(format.clone());
 
     // Seed the admin key (by hash; the secret is shown once and never stored).
     // A kept database that already has an admin key gets no new random one.
@@ -134,7 +156,7 @@ async fn run() -> Result<(), String> {
     let admin_secret = match given {
         Some(k) => Some((k, false)),
         None if db.has_admin().await.map_err(|e| e.to_string())? => None,
-        None => Some((new_secret(), true)),
+        None => Some((new_secret(&format).map_err(|e| e.to_string())?, true)),
     };
     if let Some((secret, _)) = &admin_secret {
         let hash = auth.hash_key(secret);
@@ -158,7 +180,7 @@ async fn run() -> Result<(), String> {
     }
     let shown = admin_secret.as_ref().is_some_and(|(_, shown)| *shown);
 
-    let app = router(db, auth);
+    let app = router(db, auth, format);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
@@ -176,6 +198,7 @@ async fn run() -> Result<(), String> {
         negative_ttl.as_secs()
     );
     println!("rate limits: {limits_said}");
+    println!("keys: {KEY_PREFIX}…, {format_said}, legacy keys allowed");
     if shown {
         println!("admin key (shown once, stored only as its hash): {key}");
     } else if admin_secret.is_none() {

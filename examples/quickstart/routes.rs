@@ -1,16 +1,17 @@
 //! The routes: public `/health`, optional `/v1/hello`, required `/v1/me`,
 //! and the admin's key management and counters.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 use tower_api_key::ratelimit::RateLimitStatus;
-use tower_api_key::{ApiKeyAuthLayer, Authenticated, RateLimit};
+use tower_api_key::{ApiKeyAuthLayer, Authenticated, FormatError, KeyFormat, RateLimit};
 
 use crate::cache::{tiered_stats, Cache};
 use crate::db::{unix_now, ApiClient, Db, DbError};
@@ -19,10 +20,11 @@ use crate::lookup::DbLookup;
 pub type Auth = ApiKeyAuthLayer<Cache, DbLookup>;
 
 /// The app, every route behind `auth`.
-pub fn router(db: Db, auth: Auth) -> Router {
+pub fn router(db: Db, auth: Auth, format: KeyFormat) -> Router {
     let state = AppState {
         db,
         auth: auth.clone(),
+        format: Arc::new(format),
     };
     Router::new()
         .route("/health", get(health))
@@ -39,6 +41,8 @@ pub fn router(db: Db, auth: Auth) -> Router {
 struct AppState {
     db: Db,
     auth: Auth,
+    /// How new keys are made (the layer checks the same format).
+    format: Arc<KeyFormat>,
 }
 
 /// Errors of the demo's own handlers, as problem+json.
@@ -82,8 +86,10 @@ fn require_admin(client: &ApiClient) -> Result<(), ApiError> {
     }
 }
 
-pub fn new_secret() -> String {
-    format!("sk_{}", Alphanumeric.sample_string(&mut rand::rng(), 32))
+/// A new key's secret, in the quickstart's format (`sk_live_`, 32 random
+/// characters, a checksum): shown once, stored only as its hash.
+pub fn new_secret(format: &KeyFormat) -> Result<String, FormatError> {
+    Ok(format.generate()?.into_parts().0)
 }
 
 async fn health() -> &'static str {
@@ -187,7 +193,10 @@ async fn create_key(
         }
         Some(ttl) => Some(unix_now().saturating_add(ttl)),
     };
-    let secret = new_secret();
+    let secret = new_secret(&state.format).map_err(|e| {
+        tracing::error!(error = %e, "could not make a key");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "could not make a key")
+    })?;
     let hash = state.auth.hash_key(&secret);
     let id = state
         .db

@@ -4,7 +4,9 @@
 //! 1. [**Policy**](RequestPath::authenticate): the route's [`RoutePolicy`];
 //!    a public route passes untouched.
 //! 2. [**Read the key**](RequestPath::read_key) from the request
-//!    ([`KeySource`](crate::KeySource)).
+//!    ([`KeySource`](crate::KeySource)); with a
+//!    [`KeyFormat`](crate::KeyFormat), a key that fails its checksum is
+//!    refused here, before any cache or lookup work.
 //! 3. **Hash** it ([`KeyHasher`](crate::KeyHasher)): from here on only the
 //!    hash exists.
 //! 4. [**Cache read**](RequestPath::on_read): a hit decides; a miss goes on.
@@ -47,7 +49,7 @@ use crate::ratelimit::RateLimiter;
 use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind};
 use crate::source::RequestHead;
 use crate::stats::{Counters, Stats, WarnLimiter};
-use crate::{KeyHash, KeyHasher, KeySource, Principal, RoutePolicy};
+use crate::{KeyFormat, KeyHash, KeyHasher, KeySource, Principal, RoutePolicy};
 
 /// Default time a valid key stays cached.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(300);
@@ -65,6 +67,7 @@ pub(crate) struct Config {
     pub(crate) negative_ttl: Duration,
     pub(crate) rejection: Arc<RejectionConfig>,
     pub(crate) rate_limiter: Option<RateLimiter>,
+    pub(crate) format: Option<Arc<KeyFormat>>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             rejection: Arc::new(RejectionConfig::default()),
             rate_limiter: None,
+            format: None,
         }
     }
 }
@@ -252,11 +256,22 @@ where
         }
     }
 
-    /// Stages 2 and 3: the presented secret, hashed; `Ok(None)` when the
-    /// request carries none. The secret itself is dropped here.
+    /// Stages 2 and 3: the presented secret, checked against the key format
+    /// if there is one, hashed; `Ok(None)` when the request carries none.
+    /// The secret itself is dropped here.
     fn read_key<B>(&self, req: &http::Request<B>) -> Result<Option<KeyHash>, AuthRejection> {
         match self.config.source.extract(&RequestHead::of(req)) {
-            Ok(secret) => Ok(secret.map(|secret| self.config.hasher.hash(&secret))),
+            Ok(None) => Ok(None),
+            Ok(Some(secret)) => {
+                if let Some(format) = &self.config.format {
+                    if !format.check(&secret).passes() {
+                        // Answered as an unknown key is: the check is no oracle.
+                        self.shared.counters.format_rejected.incr();
+                        return Err(self.rejection(RejectionKind::InvalidKey));
+                    }
+                }
+                Ok(Some(self.config.hasher.hash(&secret)))
+            }
             Err(malformed) => Err(self.rejection(RejectionKind::MalformedKey(malformed))),
         }
     }
