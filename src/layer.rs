@@ -166,8 +166,10 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     ///
     /// ```
     /// use tower_api_key::{ApiKeyAuthLayer, KeyFormat};
-    /// # use tower_api_key::{cache::MemoryCache, lookup_fn, BoxError, KeyHash};
-    /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<String>, BoxError>(None) });
+    /// # use tower_api_key::{cache::MemoryCache, lookup_fn, BoxError, KeyHash, Principal};
+    /// # #[derive(Clone)] struct Client;
+    /// # impl Principal for Client {}
+    /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, BoxError>(None) });
     ///
     /// let format = KeyFormat::keyed("sk_live_", [std::env::var("KEY_SECRET").unwrap_or("dev".into())])?
     ///     .allow_legacy(true); // while older keys are migrated
