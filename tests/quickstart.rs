@@ -248,6 +248,16 @@ fn quickstart_prints_a_random_admin_key_once_and_rejects_bad_config() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("APIKEY_CACHE_BACKEND"));
+
+    // A chosen admin key with the format's prefix would fail its checksum.
+    let out = Command::new(binary())
+        .env_clear()
+        .env("PORT", "0")
+        .env("DEMO_API_KEY", "sk_live_my_own_admin_key")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEMO_API_KEY starts with sk_live_"));
 }
 
 #[cfg(feature = "tiered")]

@@ -154,6 +154,14 @@ async fn run() -> Result<(), String> {
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty());
     let admin_secret = match given {
+        // A chosen key with the prefix would fail the checksum: say so now,
+        // not with a 401 later.
+        Some(k) if !format.check(&k).passes() => {
+            return Err(format!(
+                "DEMO_API_KEY starts with {KEY_PREFIX} but is not a key this quickstart made \
+                 (its checksum fails); choose one without the prefix"
+            ))
+        }
         Some(k) => Some((k, false)),
         None if db.has_admin().await.map_err(|e| e.to_string())? => None,
         None => Some((new_secret(&format).map_err(|e| e.to_string())?, true)),
