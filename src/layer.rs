@@ -171,7 +171,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// # impl Principal for Client {}
     /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, BoxError>(None) });
     ///
-    /// let format = KeyFormat::keyed("sk_live_", [std::env::var("KEY_SECRET").unwrap_or("dev".into())])?
+    /// # let key_secret_from_your_secret_store = "s3cr3t";
+    /// let format = KeyFormat::keyed("sk_live_", [key_secret_from_your_secret_store])?
     ///     .allow_legacy(true); // while older keys are migrated
     /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup).key_format(format);
     /// # Ok::<(), tower_api_key::FormatError>(())

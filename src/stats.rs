@@ -9,7 +9,8 @@ use serde::Serialize;
 /// A snapshot of a layer's counters, from [`ApiKeyAuthLayer::stats`].
 ///
 /// Every request that presents a key counts once in `hits`,
-/// `negative_hits` or `misses`. A miss is answered by a lookup of its own
+/// `negative_hits` or `misses`, or, refused by the
+/// [`KeyFormat`](crate::KeyFormat) before the cache, in `format_rejected`. A miss is answered by a lookup of its own
 /// (`lookups`) or by sharing another request's lookup for the same key
 /// (`coalesced`).
 ///

@@ -37,18 +37,25 @@ async fn a_generated_key_passes_and_a_forged_one_costs_nothing() {
     assert_eq!(status(&app, "/me", key.secret()).await, StatusCode::OK);
     assert_eq!(store.lookups(), 1);
 
-    // Refused exactly as an unknown key is, and before any work.
-    let unknown = send(app.clone(), get_with_key("/me", "sk_test_unknown")).await;
+    // Refused exactly as an unknown key is (one that reached the lookup,
+    // on a layer without a format), and before any work.
+    let plain = common::app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
+    let unknown = send(plain, get_with_key("/me", "sk_test_unknown")).await;
+    assert_eq!(store.lookups(), 2, "the unknown key was looked up");
     let forged_res = send(app.clone(), get_with_key("/me", &forged())).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     assert_eq!(forged_res.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         forged_res.header("www-authenticate"),
         unknown.header("www-authenticate")
     );
     assert_eq!(forged_res.json(), unknown.json());
-    // The unknown (legacy) key was refused by the format too: legacy keys
-    // are not allowed here.
-    assert_eq!(store.lookups(), 1);
+    // A legacy key is refused by the format too: not allowed here.
+    assert_eq!(
+        status(&app, "/me", "sk_test_unknown").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(store.lookups(), 2);
     let mut want = Stats::default();
     want.misses = 1;
     want.lookups = 1;

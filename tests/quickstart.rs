@@ -253,11 +253,11 @@ fn quickstart_prints_a_random_admin_key_once_and_rejects_bad_config() {
     let out = Command::new(binary())
         .env_clear()
         .env("PORT", "0")
-        .env("DEMO_API_KEY", "sk_live_my_own_admin_key")
+        .env("DEMO_API_KEY", "sk_pub_my_own_admin_key")
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("DEMO_API_KEY starts with sk_live_"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEMO_API_KEY starts with sk_pub_"));
 }
 
 #[cfg(feature = "tiered")]
@@ -400,14 +400,16 @@ mod shared_redis {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_keys_carry_a_checksum_and_forged_ones_cost_no_lookup() {
     use reqwest::Method;
-    for (env, said) in [
+    for (env, said, prefix) in [
         (
             None,
-            "keys: sk_live_…, public CRC-32 checksum, legacy keys allowed",
+            "keys: sk_pub_…, public CRC-32 checksum, legacy keys allowed",
+            "sk_pub_",
         ),
         (
             Some("newest,older"),
             "keys: sk_live_…, keyed checksum (2 secrets), legacy keys allowed",
+            "sk_live_",
         ),
     ] {
         let mut vars = vec![("DEMO_API_KEY", ADMIN)];
@@ -426,9 +428,9 @@ async fn quickstart_keys_carry_a_checksum_and_forged_ones_cost_no_lookup() {
         .await;
         assert_eq!(s, 201, "{created}");
         let secret = created["secret"].as_str().unwrap().to_owned();
-        assert!(secret.starts_with("sk_live_"), "{secret}");
+        assert!(secret.starts_with(prefix), "{secret}");
         let checksum = if env.is_some() { 11 } else { 6 };
-        assert_eq!(secret.len(), "sk_live_".len() + 32 + checksum);
+        assert_eq!(secret.len(), prefix.len() + 32 + checksum);
         assert_eq!(get_status(&format!("{b}/v1/me"), Some(&secret)).await, 200);
         let (_, before) = call(Method::GET, &format!("{b}/v1/stats"), Some(ADMIN), None).await;
         // The same shape, one character changed.

@@ -21,7 +21,7 @@
 //! | `APIKEY_NEGATIVE_TTL` | `30` | seconds an unknown key stays cached |
 //! | `APIKEY_RATELIMIT_BACKEND` | `memory` | where rate-limit counts live: `memory`, or `redis` (with `REDIS_URL`; `--features tiered`) |
 //! | `APIKEY_RATELIMIT_MODE` | `strict` | `redis`: `strict` (one round trip per request) or `local-first` (decided here, sent every 100 ms) |
-//! | `APIKEY_KEY_SECRETS` | none | comma-separated, newest first: new keys carry a keyed checksum under the first (forged keys cost no lookup); without it a public CRC-32. Keys made before it (any without `sk_live_`) still work |
+//! | `APIKEY_KEY_SECRETS` | none | comma-separated, newest first: new keys are `sk_live_…` with a keyed checksum under the first (forged keys cost no lookup); without it `sk_pub_…` with a public CRC-32. Keys of the other mode, or without either prefix, still work; to rotate, put the new secret first and keep the old ones listed (`sk_live_` keys made under a dropped secret stop working) |
 //! | `APIKEY_DEFAULT_RATE_LIMIT` | none | `QUOTA/WINDOW_SECONDS` (`100/60`): the limit of keys created without `rate_limits` |
 //! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
 //! | `QUICKSTART_LOOKUP_FAIL` | off | `1`: the key store fails; cached keys keep working, others get 503 |
@@ -50,8 +50,11 @@ use crate::db::Db;
 use crate::lookup::DbLookup;
 use crate::routes::{new_secret, router, Auth};
 
-/// The prefix of the keys this quickstart makes.
-const KEY_PREFIX: &str = "sk_live_";
+/// The prefixes of the keys this quickstart makes, keyed and public. Neither
+/// is a prefix of the other, so keys made in one mode are legacy keys in
+/// the other and keep working when `APIKEY_KEY_SECRETS` is set or unset.
+const KEYED_PREFIX: &str = "sk_live_";
+const PUBLIC_PREFIX: &str = "sk_pub_";
 
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
@@ -115,12 +118,15 @@ async fn run() -> Result<(), String> {
     let (format, format_said) = match std::env::var("APIKEY_KEY_SECRETS") {
         Ok(v) if !v.trim().is_empty() => {
             let secrets: Vec<&str> = v.split(',').map(str::trim).collect();
-            let said = format!("keyed checksum ({} secrets)", secrets.len());
-            (KeyFormat::keyed(KEY_PREFIX, secrets), said)
+            let said = format!(
+                "{KEYED_PREFIX}…, keyed checksum ({} secrets)",
+                secrets.len()
+            );
+            (KeyFormat::keyed(KEYED_PREFIX, secrets), said)
         }
         _ => (
-            KeyFormat::crc32(KEY_PREFIX),
-            "public CRC-32 checksum".to_owned(),
+            KeyFormat::crc32(PUBLIC_PREFIX),
+            format!("{PUBLIC_PREFIX}…, public CRC-32 checksum"),
         ),
     };
     let format = format
@@ -158,8 +164,9 @@ async fn run() -> Result<(), String> {
         // not with a 401 later.
         Some(k) if !format.check(&k).passes() => {
             return Err(format!(
-                "DEMO_API_KEY starts with {KEY_PREFIX} but is not a key this quickstart made \
-                 (its checksum fails); choose one without the prefix"
+                "DEMO_API_KEY starts with {} but is not a key this quickstart made \
+                 (its checksum fails); choose one without the prefix",
+                format.prefix()
             ))
         }
         Some(k) => Some((k, false)),
@@ -206,7 +213,7 @@ async fn run() -> Result<(), String> {
         negative_ttl.as_secs()
     );
     println!("rate limits: {limits_said}");
-    println!("keys: {KEY_PREFIX}…, {format_said}, legacy keys allowed");
+    println!("keys: {format_said}, legacy keys allowed");
     if shown {
         println!("admin key (shown once, stored only as its hash): {key}");
     } else if admin_secret.is_none() {

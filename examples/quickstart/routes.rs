@@ -86,7 +86,7 @@ fn require_admin(client: &ApiClient) -> Result<(), ApiError> {
     }
 }
 
-/// A new key's secret, in the quickstart's format (`sk_live_`, 32 random
+/// A new key's secret, in the quickstart's format (a prefix, 32 random
 /// characters, a checksum): shown once, stored only as its hash.
 pub fn new_secret(format: &KeyFormat) -> Result<String, FormatError> {
     Ok(format.generate()?.into_parts().0)
