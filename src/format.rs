@@ -248,8 +248,11 @@ impl KeyFormat {
         }
         let (signed, given) = key.split_at(key.len() - width);
         // Compared as digits (encoding the sum is cheaper than parsing
-        // them), in constant time, every secret tried: the time taken says
-        // neither how much of a tag was right nor which secret made it.
+        // them), in constant time: the time taken never says how much of a
+        // tag was right. Secrets are tried newest first and the first match
+        // ends it, so a key under the newest secret (the common case, on
+        // every hit) costs one SipHash; timing may tell an older key from a
+        // newer one, nothing about the tag.
         let matches = |sum: u64| {
             let digits = base62_digits(sum, width);
             let diff = digits[..width]
@@ -260,9 +263,7 @@ impl KeyFormat {
         };
         let valid = match &self.checksum {
             Checksum::Crc32 => matches(self.sum(signed, None)),
-            Checksum::Keyed(keys) => keys.iter().fold(false, |valid, key| {
-                valid | matches(self.sum(signed, Some(key)))
-            }),
+            Checksum::Keyed(keys) => keys.iter().any(|key| matches(self.sum(signed, Some(key)))),
         };
         if valid {
             FormatCheck::Valid
