@@ -182,6 +182,18 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
         self
     }
 
+    /// Notes each authenticated request's key in `tracker`, which hands
+    /// your recorder last-used instants and counts in batches, at most once
+    /// per key per interval, off the request path (see
+    /// [`usage`](crate::usage)). Keep a clone to
+    /// [`shutdown`](crate::usage::UsageTracker::shutdown) it.
+    #[cfg(feature = "usage")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
+    pub fn usage(mut self, tracker: crate::usage::UsageTracker<C::Principal>) -> Self {
+        self.config_mut().usage = Some(crate::usage::AnyTracker::new(tracker));
+        self
+    }
+
     /// Hashes keys with HMAC-SHA256 keyed by `pepper` instead of plain
     /// SHA-256. Your key table must store hashes made the same way: use
     /// [`hash_key`](Self::hash_key).

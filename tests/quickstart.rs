@@ -448,3 +448,74 @@ async fn quickstart_keys_carry_a_checksum_and_forged_ones_cost_no_lookup() {
         );
     }
 }
+
+/// `GET /v1/keys` shows each key's usage as recorded once per interval:
+/// null and 0 before, then the count and an RFC 3339 instant, written in
+/// one batch (the requests themselves write nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_records_usage_in_batches_and_lists_it() {
+    use reqwest::Method;
+    let qs = start(&[("DEMO_API_KEY", ADMIN), ("APIKEY_USAGE_INTERVAL_MS", "200")]);
+    let b = qs.base.clone();
+    let (s, created) = call(
+        Method::POST,
+        &format!("{b}/v1/keys"),
+        Some(ADMIN),
+        Some(json!({"name": "counted"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let listed = |keys: &serde_json::Value| {
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let (s, keys) = call(Method::GET, &format!("{b}/v1/keys"), Some(ADMIN), None).await;
+    assert_eq!(s, 200, "{keys}");
+    let fresh = listed(&keys);
+    assert_eq!(fresh["name"], "counted");
+    assert_eq!(fresh["last_used_at"], serde_json::Value::Null);
+    assert_eq!(fresh["uses"], 0);
+    // Only the admin lists keys.
+    assert_eq!(
+        get_status(&format!("{b}/v1/keys"), Some(&secret)).await,
+        403
+    );
+    for _ in 0..25 {
+        assert_eq!(get_status(&format!("{b}/v1/me"), Some(&secret)).await, 200);
+    }
+    let today = |_: ()| {
+        let out = Command::new("date")
+            .args(["-u", "+%Y-%m-%d"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let day_before = today(());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let used = loop {
+        let (_, keys) = call(Method::GET, &format!("{b}/v1/keys"), Some(ADMIN), None).await;
+        let key = listed(&keys);
+        // The 403 above was the key's 26th authenticated use.
+        if key["uses"] == 26 {
+            break key;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded: {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at = used["last_used_at"].as_str().unwrap();
+    assert_eq!(at.len(), "2026-12-01T21:13:05.123Z".len(), "{at}");
+    assert!(at.ends_with('Z') && at.as_bytes()[10] == b'T', "{at}");
+    assert!(
+        at.starts_with(&day_before) || at.starts_with(&today(())),
+        "{at} is today (UTC)"
+    );
+}

@@ -78,19 +78,27 @@ impl Db {
                 created_at  INTEGER NOT NULL,
                 expires_at  INTEGER,
                 revoked_at  INTEGER,
-                rate_limits TEXT
+                rate_limits TEXT,
+                last_used_at INTEGER,
+                uses        INTEGER NOT NULL DEFAULT 0
             );",
         )
         .map_err(|e| DbError(e.to_string()))?;
-        // A table kept from before rate limits: add their column (NULL: the
-        // default policy).
-        let has_limits = conn
-            .prepare("SELECT 1 FROM pragma_table_info('api_keys') WHERE name = 'rate_limits'")
-            .and_then(|mut q| q.exists([]))
-            .map_err(|e| DbError(e.to_string()))?;
-        if !has_limits {
-            conn.execute_batch("ALTER TABLE api_keys ADD COLUMN rate_limits TEXT;")
+        // A table kept from before rate limits or usage: add their columns
+        // (NULL rate limits: the default policy).
+        for (column, ddl) in [
+            ("rate_limits", "rate_limits TEXT"),
+            ("last_used_at", "last_used_at INTEGER"),
+            ("uses", "uses INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            let has = conn
+                .prepare("SELECT 1 FROM pragma_table_info('api_keys') WHERE name = ?1")
+                .and_then(|mut q| q.exists([column]))
                 .map_err(|e| DbError(e.to_string()))?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE api_keys ADD COLUMN {ddl};"))
+                    .map_err(|e| DbError(e.to_string()))?;
+            }
         }
         Ok(Self(Arc::new(Mutex::new(conn))))
     }
@@ -160,6 +168,52 @@ impl Db {
                 },
             )
             .optional()
+        })
+        .await
+    }
+
+    /// Records one batch of usage in one transaction: the uses added, the
+    /// last use moved forward only (never back).
+    pub async fn record_usage(&self, batch: Vec<(KeyHash, u64, u64)>) -> Result<(), DbError> {
+        self.run(move |c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE api_keys SET uses = uses + ?2,
+                         last_used_at = MAX(COALESCE(last_used_at, 0), ?3)
+                     WHERE key_hash = ?1",
+                )?;
+                for (hash, uses, last_used_ms) in &batch {
+                    update.execute(params![
+                        hash.as_bytes().as_slice(),
+                        *uses as i64,
+                        *last_used_ms as i64
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Every key that is not revoked: id, name, last use (Unix ms), uses.
+    pub async fn list(&self) -> Result<Vec<(i64, String, Option<u64>, u64)>, DbError> {
+        self.run(|c| {
+            let mut q = c.prepare(
+                "SELECT id, name, last_used_at, uses FROM api_keys
+                 WHERE revoked_at IS NULL ORDER BY id",
+            )?;
+            let rows = q.query_map([], |row| {
+                let last: Option<i64> = row.get(2)?;
+                let uses: i64 = row.get(3)?;
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    last.map(|v| v as u64),
+                    uses as u64,
+                ))
+            })?;
+            rows.collect()
         })
         .await
     }

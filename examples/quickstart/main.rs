@@ -22,6 +22,7 @@
 //! | `APIKEY_RATELIMIT_BACKEND` | `memory` | where rate-limit counts live: `memory`, or `redis` (with `REDIS_URL`; `--features tiered`) |
 //! | `APIKEY_RATELIMIT_MODE` | `strict` | `redis`: `strict` (one round trip per request) or `local-first` (decided here, sent every 100 ms) |
 //! | `APIKEY_KEY_SECRETS` | none | comma-separated, newest first: new keys are `sk_live_…` with a keyed checksum under the first (forged keys cost no lookup); without it `sk_pub_…` with a public CRC-32. Keys of the other mode, or without either prefix, still work; to rotate, put the new secret first and keep the old ones listed (`sk_live_` keys made under a dropped secret stop working) |
+//! | `APIKEY_USAGE_INTERVAL_MS` | `60000` | how often key usage (`last_used_at`, `uses` in `GET /v1/keys`) is written to the table: once per key per interval, in one batch |
 //! | `APIKEY_DEFAULT_RATE_LIMIT` | none | `QUOTA/WINDOW_SECONDS` (`100/60`): the limit of keys created without `rate_limits` |
 //! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
 //! | `QUICKSTART_LOOKUP_FAIL` | off | `1`: the key store fails; cached keys keep working, others get 503 |
@@ -43,6 +44,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_api_key::ratelimit::{RateLimitSettings, RateLimiter};
+use tower_api_key::usage::{KeyUse, UsageTracker};
 use tower_api_key::{ApiKeyAuthLayer, KeyFormat};
 
 use crate::cache::build_cache;
@@ -135,6 +137,27 @@ async fn run() -> Result<(), String> {
 
     let database_url = std::env::var("DATABASE_URL").ok();
     let db = Db::open(database_url.as_deref()).map_err(|e| e.to_string())?;
+
+    // Usage: noted per request in memory, written once per key per
+    // interval in one transaction (never a write per request).
+    let usage_interval = Duration::from_millis(env_u64("APIKEY_USAGE_INTERVAL_MS", 60_000)?);
+    let usage_db = db.clone();
+    let usage = UsageTracker::builder(move |batch: Vec<KeyUse<db::ApiClient>>| {
+        let db = usage_db.clone();
+        let rows = batch
+            .iter()
+            .map(|u| {
+                let ms = u
+                    .last_used
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                (u.hash, u.uses, ms)
+            })
+            .collect();
+        async move { db.record_usage(rows).await }
+    })
+    .interval(usage_interval)
+    .build();
     let auth: Auth = ApiKeyAuthLayer::new(
         cache,
         DbLookup {
@@ -151,7 +174,8 @@ async fn run() -> Result<(), String> {
     .bypass_cache("/v1/keys")
     .bypass_cache("/v1/keys/{id}")
     .rate_limits(limiter)
-    .key_format(format.clone());
+    .key_format(format.clone())
+    .usage(usage.clone());
 
     // Seed the admin key (by hash; the secret is shown once and never stored).
     // A kept database that already has an admin key gets no new random one.
@@ -230,6 +254,7 @@ try:
   curl -H "Authorization: Bearer {key}" -H "content-type: application/json" \
        -d '{{"name":"ci-bot","scopes":["read"],"ttl_seconds":3600,
             "rate_limits":[{{"name":"burst","quota":5,"window_seconds":60}}]}}' {base}/v1/keys
+  curl -H "Authorization: Bearer {key}" {base}/v1/keys
   curl -i -X DELETE -H "Authorization: Bearer {key}" {base}/v1/keys/2
   curl -H "Authorization: Bearer {key}" {base}/v1/stats
 "#
@@ -239,5 +264,10 @@ try:
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // What was used since the last batch, before the process goes.
+    usage
+        .shutdown(Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("usage not recorded at shutdown: {e}"))
 }

@@ -30,7 +30,7 @@ pub fn router(db: Db, auth: Auth, format: KeyFormat) -> Router {
         .route("/health", get(health))
         .route("/v1/hello", get(hello))
         .route("/v1/me", get(me))
-        .route("/v1/keys", post(create_key))
+        .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{id}", delete(revoke_key))
         .route("/v1/stats", get(stats))
         .layer(auth)
@@ -214,6 +214,57 @@ async fn create_key(
             expires_at,
         }),
     ))
+}
+
+/// One key in `GET /v1/keys`: its usage as last recorded (once per
+/// `APIKEY_USAGE_INTERVAL_MS`).
+#[derive(Serialize)]
+struct ListedKey {
+    id: i64,
+    name: String,
+    /// RFC 3339, UTC; `null` before its first recorded use.
+    last_used_at: Option<String>,
+    uses: u64,
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    Authenticated(client): Authenticated<ApiClient>,
+) -> Result<Json<Vec<ListedKey>>, ApiError> {
+    require_admin(&client)?;
+    let rows = state.db.list().await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, name, last, uses)| ListedKey {
+                id,
+                name,
+                last_used_at: last.map(rfc3339),
+                uses,
+            })
+            .collect(),
+    ))
+}
+
+/// Unix milliseconds as RFC 3339 in UTC (`2026-12-01T21:13:05.123Z`).
+fn rfc3339(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 async fn revoke_key(

@@ -18,6 +18,7 @@ use crate::{KeyHash, Lookup, Principal};
 /// A request on its way through the rate limit: who it is, whose counters
 /// it counts against, and at what cost.
 pub(crate) struct Admission<P> {
+    hash: KeyHash,
     principal: Arc<P>,
     key: CounterKey,
     cost: u64,
@@ -26,6 +27,7 @@ pub(crate) struct Admission<P> {
 impl<P> Clone for Admission<P> {
     fn clone(&self) -> Self {
         Self {
+            hash: self.hash,
             principal: Arc::clone(&self.principal),
             key: self.key,
             cost: self.cost,
@@ -75,14 +77,15 @@ where
         principal: Arc<C::Principal>,
     ) -> Step<C> {
         let Some(limiter) = &self.config.rate_limiter else {
-            return self.forward(req, principal, None);
+            return self.forward(req, &request.hash, principal, None);
         };
         let key = counter_key(&*principal, &request.hash);
         let hit = match limiter.limits(principal.rate_limits()) {
             Some(limits) if request.cost > 0 => limiter.hit(&key, limits, request.cost),
-            _ => return self.forward(req, principal, None),
+            _ => return self.forward(req, &request.hash, principal, None),
         };
         let admission = Admission {
+            hash: request.hash,
             principal,
             key,
             cost: request.cost,
@@ -103,7 +106,7 @@ where
         counted: Result<Counted, CounterError>,
     ) -> Step<C> {
         let Some(limiter) = &self.config.rate_limiter else {
-            return self.forward(req, admission.principal, None);
+            return self.forward(req, &admission.hash, admission.principal, None);
         };
         match counted {
             Ok(counted) => {
@@ -131,7 +134,7 @@ where
     ) -> Step<C> {
         self.shared.counters.rate_limit_fallbacks.incr();
         match limiter.fallback_kind() {
-            Fallback::Open => self.forward(req, admission.principal, None),
+            Fallback::Open => self.forward(req, &admission.hash, admission.principal, None),
             Fallback::Closed => self.reject(RejectionKind::RateLimiterUnavailable),
             Fallback::Memory => {
                 let limits = limiter
@@ -164,7 +167,7 @@ where
                 .fields()
                 .map(|fields| Box::new(status.headers(fields)));
             req.extensions_mut().insert(status);
-            return self.forward(req, admission.principal, extra);
+            return self.forward(req, &admission.hash, admission.principal, extra);
         }
         counters.rate_limited.incr();
         let rejection = AuthRejection::rate_limited(

@@ -16,7 +16,10 @@
 //! 6. [**Rate limit**](RequestPath::admit) (in `limit.rs`, with a
 //!    [`RateLimiter`](crate::ratelimit::RateLimiter)): the key's policies, the
 //!    route's cost, one hit of the counter store; over a quota, `429`.
-//! 7. [**Forward**](RequestPath::forward): the principal into the request's
+//! 7. [**Usage**](RequestPath::forward) (with a
+//!    [`UsageTracker`](crate::usage::UsageTracker)): the key's use noted in
+//!    memory, recorded in batches off the request path.
+//! 8. [**Forward**](RequestPath::forward): the principal into the request's
 //!    extensions.
 //!
 //! Each stage is a method of [`RequestPath`] that either decides
@@ -68,6 +71,8 @@ pub(crate) struct Config {
     pub(crate) rejection: Arc<RejectionConfig>,
     pub(crate) rate_limiter: Option<RateLimiter>,
     pub(crate) format: Option<Arc<KeyFormat>>,
+    #[cfg(feature = "usage")]
+    pub(crate) usage: Option<crate::usage::AnyTracker>,
 }
 
 impl Default for Config {
@@ -81,6 +86,8 @@ impl Default for Config {
             rejection: Arc::new(RejectionConfig::default()),
             rate_limiter: None,
             format: None,
+            #[cfg(feature = "usage")]
+            usage: None,
         }
     }
 }
@@ -336,13 +343,23 @@ where
         }
     }
 
-    /// Stage 7: the principal goes into the request's extensions.
+    /// Stages 7 and 8: the key's use is noted (with a usage tracker), and
+    /// the principal goes into the request's extensions.
     fn forward<B>(
         &self,
         req: &mut http::Request<B>,
+        hash: &KeyHash,
         principal: Arc<C::Principal>,
         extra: Extra,
     ) -> Step<C> {
+        #[cfg(feature = "usage")]
+        if let Some(usage) = &self.config.usage {
+            if let Some(tracker) = usage.get::<C::Principal>() {
+                tracker.note(hash, &principal);
+            }
+        }
+        #[cfg(not(feature = "usage"))]
+        let _ = hash;
         req.extensions_mut().insert(principal);
         Step::Done(Ok(extra))
     }

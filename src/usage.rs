@@ -1,0 +1,436 @@
+//! Usage tracking: last-used instants and use counts, debounced and batched
+//! off the request path.
+//!
+//! The layer notes each authenticated request's key in memory (a sharded
+//! map: one short lock, no I/O). Every interval (60 s by default) a task
+//! hands your [`UsageRecorder`] one batch with each key used since, once:
+//! its hash, its principal, the latest use and the number of uses. A
+//! recorder that fails is given the same data again with the next batch
+//! (merged: counts summed, the latest instant kept), so nothing is lost
+//! while the pending set has room; beyond
+//! [`max_pending`](UsageTrackerBuilder::max_pending) keys, new keys are
+//! dropped and counted ([`UsageStats::dropped_uses`]). Call
+//! [`UsageTracker::shutdown`] when the server stops to send what is
+//! pending.
+//!
+//! A typical recorder is one batched statement that never moves a
+//! timestamp backwards:
+//!
+//! ```sql
+//! UPDATE api_keys SET last_used_at = v.ts, uses = uses + v.n
+//! FROM (VALUES ...) AS v(hash, ts, n)
+//! WHERE api_keys.hash = v.hash AND (last_used_at IS NULL OR last_used_at < v.ts)
+//! ```
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_key::usage::{KeyUse, UsageTracker};
+//! use tower_api_key::{BoxError, Principal};
+//!
+//! #[derive(Clone)]
+//! struct Client { id: i64 }
+//! impl Principal for Client {}
+//!
+//! let usage = UsageTracker::builder(|batch: Vec<KeyUse<Client>>| async move {
+//!     for used in &batch {
+//!         println!("key {} used {} times, last at {:?}", used.principal.id, used.uses, used.last_used);
+//!     }
+//!     Ok::<(), BoxError>(())
+//! })
+//! .interval(Duration::from_secs(30))
+//! .build();
+//! // ApiKeyAuthLayer::new(cache, lookup).usage(usage.clone()), and on shutdown:
+//! // usage.shutdown(Duration::from_secs(5)).await
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
+
+use crate::hash::DigestHasher;
+use crate::stats::WarnLimiter;
+use crate::{BoxError, KeyHash};
+
+/// Default interval between two batches.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Default bound on the keys pending (noted, not yet recorded).
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
+const SHARDS: usize = 64;
+
+/// One key's use over an interval, as handed to a [`UsageRecorder`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct KeyUse<P> {
+    /// The key, by hash.
+    pub hash: KeyHash,
+    /// The principal the lookup answered for it (as of its latest use).
+    pub principal: Arc<P>,
+    /// The latest use.
+    pub last_used: SystemTime,
+    /// Uses since the last successful batch.
+    pub uses: u64,
+}
+
+/// A recorder's future.
+pub type RecordFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
+/// Where usage goes: typically one batched `UPDATE` of your key table.
+///
+/// Implemented for every `Fn(Vec<KeyUse<P>>) -> impl Future<Output =
+/// Result<(), E>>` (a closure, as in the [module example](self)); implement
+/// it yourself for a type that holds a pool.
+pub trait UsageRecorder<P>: Send + Sync + 'static {
+    /// Records one batch: each key at most once. An error keeps the batch
+    /// for the next interval.
+    fn record(&self, batch: Vec<KeyUse<P>>) -> RecordFuture;
+}
+
+impl<P, F, Fut, E> UsageRecorder<P> for F
+where
+    F: Fn(Vec<KeyUse<P>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    fn record(&self, batch: Vec<KeyUse<P>>) -> RecordFuture {
+        let fut = self(batch);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
+
+/// What a [`UsageTracker`] has done, from [`UsageTracker::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UsageStats {
+    /// Batches the recorder accepted.
+    pub batches: u64,
+    /// Key records in those batches.
+    pub recorded_keys: u64,
+    /// Batches the recorder failed (their data kept for the next).
+    pub failures: u64,
+    /// Uses not recorded because the pending set was full (of keys not yet
+    /// in it).
+    pub dropped_uses: u64,
+    /// Keys pending now.
+    pub pending: u64,
+}
+
+/// Debounced, batched usage tracking; see the [module docs](self). Cheap to
+/// clone: clones share one pending set and one batch task.
+pub struct UsageTracker<P> {
+    shared: Arc<Shared<P>>,
+}
+
+impl<P> Clone for UsageTracker<P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<P> fmt::Debug for UsageTracker<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageTracker")
+            .field("interval", &self.shared.interval)
+            .field(
+                "max_pending",
+                &self.shared.max_per_shard.saturating_mul(SHARDS),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder for [`UsageTracker`], from [`UsageTracker::builder`].
+pub struct UsageTrackerBuilder<P> {
+    recorder: Arc<dyn UsageRecorder<P>>,
+    interval: Duration,
+    max_pending: usize,
+}
+
+impl<P> fmt::Debug for UsageTrackerBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageTrackerBuilder")
+            .field("interval", &self.interval)
+            .field("max_pending", &self.max_pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Send + Sync + 'static> UsageTrackerBuilder<P> {
+    /// Time between two batches (default [`DEFAULT_INTERVAL`]; at least
+    /// 1 ms): a key is recorded at most once per interval.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Bound on the keys pending (default [`DEFAULT_MAX_PENDING`]): beyond
+    /// it, uses of keys not yet pending are dropped and counted.
+    pub fn max_pending(mut self, keys: usize) -> Self {
+        self.max_pending = keys.max(1);
+        self
+    }
+
+    /// The tracker. Its batches start on the Tokio runtime of the first
+    /// request it notes.
+    pub fn build(self) -> UsageTracker<P> {
+        UsageTracker {
+            shared: Arc::new(Shared {
+                recorder: self.recorder,
+                interval: self.interval,
+                max_per_shard: self.max_pending.div_ceil(SHARDS),
+                shards: std::array::from_fn(|_| {
+                    Mutex::new(HashMap::with_hasher(DigestHasher::new()))
+                }),
+                flushing: tokio::sync::Mutex::new(()),
+                started: AtomicBool::new(false),
+                batches: AtomicU64::new(0),
+                recorded_keys: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                dropped_uses: AtomicU64::new(0),
+                warnings: WarnLimiter::new(Duration::from_secs(10)),
+            }),
+        }
+    }
+}
+
+struct Pending<P> {
+    principal: Arc<P>,
+    last_used: SystemTime,
+    uses: u64,
+}
+
+type Shard<P> = Mutex<HashMap<KeyHash, Pending<P>, DigestHasher>>;
+
+struct Shared<P> {
+    recorder: Arc<dyn UsageRecorder<P>>,
+    interval: Duration,
+    max_per_shard: usize,
+    shards: [Shard<P>; SHARDS],
+    /// One batch at a time, so two can't land out of order.
+    flushing: tokio::sync::Mutex<()>,
+    started: AtomicBool,
+    batches: AtomicU64,
+    recorded_keys: AtomicU64,
+    failures: AtomicU64,
+    dropped_uses: AtomicU64,
+    warnings: WarnLimiter,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<P: Send + Sync + 'static> UsageTracker<P> {
+    /// A tracker handing batches to `recorder`.
+    pub fn builder(recorder: impl UsageRecorder<P>) -> UsageTrackerBuilder<P> {
+        UsageTrackerBuilder {
+            recorder: Arc::new(recorder),
+            interval: DEFAULT_INTERVAL,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+
+    /// Notes one use of `hash` (the layer calls this for every request it
+    /// authenticates): a short lock on one of 64 shards, no I/O.
+    pub(crate) fn note(&self, hash: &KeyHash, principal: &Arc<P>) {
+        self.start();
+        let now = SystemTime::now();
+        let shared = &*self.shared;
+        let shard = &shared.shards[usize::from(hash.as_bytes()[31]) % SHARDS];
+        let mut pending = lock(shard);
+        if let Some(entry) = pending.get_mut(hash) {
+            entry.uses += 1;
+            if now > entry.last_used {
+                entry.last_used = now;
+            }
+            return;
+        }
+        if pending.len() >= shared.max_per_shard {
+            drop(pending);
+            shared.dropped_uses.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        pending.insert(
+            *hash,
+            Pending {
+                principal: Arc::clone(principal),
+                last_used: now,
+                uses: 1,
+            },
+        );
+    }
+
+    /// Sends what is pending now as one batch (the task does this every
+    /// interval); on failure the data is kept for the next batch.
+    pub async fn flush(&self) -> Result<(), BoxError> {
+        flush(&self.shared).await
+    }
+
+    /// [`flush`](Self::flush), waiting at most `deadline` (for a server's
+    /// shutdown): `Err` if the recorder failed or took longer; the batch
+    /// then stays pending (delivery is at least once: a recorder that wrote
+    /// part of it before the deadline gets it again with the next flush).
+    pub async fn shutdown(&self, deadline: Duration) -> Result<(), BoxError> {
+        match tokio::time::timeout(deadline, self.flush()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("usage flush did not finish within {deadline:?}").into()),
+        }
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> UsageStats {
+        let s = &*self.shared;
+        UsageStats {
+            batches: s.batches.load(Ordering::Relaxed),
+            recorded_keys: s.recorded_keys.load(Ordering::Relaxed),
+            failures: s.failures.load(Ordering::Relaxed),
+            dropped_uses: s.dropped_uses.load(Ordering::Relaxed),
+            pending: s.shards.iter().map(|m| lock(m).len() as u64).sum(),
+        }
+    }
+
+    fn start(&self) {
+        let shared = &self.shared;
+        if shared.started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if shared.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(batches(Arc::downgrade(shared), shared.interval));
+    }
+}
+
+/// A tracker of any principal type, for the layer's untyped settings (the
+/// layer's builder only stores a tracker of its own principal type).
+#[derive(Clone)]
+pub(crate) struct AnyTracker(Arc<dyn std::any::Any + Send + Sync>);
+
+impl AnyTracker {
+    pub(crate) fn new<P: Send + Sync + 'static>(tracker: UsageTracker<P>) -> Self {
+        Self(Arc::new(tracker))
+    }
+
+    /// The tracker, if it is of `P` (always, as the builder stores it).
+    #[inline]
+    pub(crate) fn get<P: Send + Sync + 'static>(&self) -> Option<&UsageTracker<P>> {
+        self.0.downcast_ref()
+    }
+}
+
+impl fmt::Debug for AnyTracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UsageTracker")
+    }
+}
+
+/// Every interval, a batch; ends when the last tracker is dropped.
+async fn batches<P: Send + Sync + 'static>(shared: Weak<Shared<P>>, interval: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = flush(&shared).await {
+            if let Some(suppressed) = shared.warnings.allow() {
+                tracing::warn!(%error, suppressed, "usage recorder failed; its batch is kept for the next");
+            }
+        }
+    }
+}
+
+async fn flush<P: Send + Sync + 'static>(shared: &Shared<P>) -> Result<(), BoxError> {
+    let _one_at_a_time = shared.flushing.lock().await;
+    let mut batch = Vec::new();
+    for shard in &shared.shards {
+        let taken = {
+            let mut pending = lock(shard);
+            let fresh = HashMap::with_hasher(pending.hasher().clone());
+            mem::replace(&mut *pending, fresh)
+        };
+        batch.extend(taken.into_iter().map(|(hash, p)| KeyUse {
+            hash,
+            principal: p.principal,
+            last_used: p.last_used,
+            uses: p.uses,
+        }));
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    // The recorder gets its own copy; ours is put back unless it succeeds
+    // (an error, or this future dropped: a shutdown's deadline passed).
+    let mut kept = Restore {
+        shared,
+        records: batch
+            .iter()
+            .map(|u| (u.hash, u.last_used, u.uses, Arc::clone(&u.principal)))
+            .collect(),
+    };
+    let keys = batch.len() as u64;
+    match shared.recorder.record(batch).await {
+        Ok(()) => {
+            kept.records.clear();
+            shared.batches.fetch_add(1, Ordering::Relaxed);
+            shared.recorded_keys.fetch_add(keys, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => {
+            shared.failures.fetch_add(1, Ordering::Relaxed);
+            Err(error)
+        }
+    }
+}
+
+/// A batch in the recorder's hands: put back when dropped unfinished.
+struct Restore<'a, P> {
+    shared: &'a Shared<P>,
+    records: Vec<(KeyHash, SystemTime, u64, Arc<P>)>,
+}
+
+impl<P> Drop for Restore<'_, P> {
+    fn drop(&mut self) {
+        for (hash, last_used, uses, principal) in self.records.drain(..) {
+            keep(self.shared, hash, last_used, uses, principal);
+        }
+    }
+}
+
+/// Puts a failed batch's record back, merged with what was noted since
+/// (counts summed, the later instant and principal kept).
+fn keep<P>(shared: &Shared<P>, hash: KeyHash, last_used: SystemTime, uses: u64, principal: Arc<P>) {
+    let shard = &shared.shards[usize::from(hash.as_bytes()[31]) % SHARDS];
+    let mut pending = lock(shard);
+    if let Some(entry) = pending.get_mut(&hash) {
+        entry.uses += uses;
+        if last_used > entry.last_used {
+            entry.last_used = last_used;
+        }
+        return;
+    }
+    if pending.len() >= shared.max_per_shard {
+        drop(pending);
+        shared.dropped_uses.fetch_add(uses, Ordering::Relaxed);
+        return;
+    }
+    pending.insert(
+        hash,
+        Pending {
+            principal,
+            last_used,
+            uses,
+        },
+    );
+}
