@@ -11,7 +11,8 @@
 //! [`max_pending`](UsageTrackerBuilder::max_pending) keys, new keys are
 //! dropped and counted ([`UsageStats::dropped_uses`]). Call
 //! [`UsageTracker::shutdown`] when the server stops to send what is
-//! pending.
+//! pending. With [`RedisUsage`] (feature `redis`), a key is recorded once
+//! per interval across every instance, its uses summed in Redis.
 //!
 //! A typical recorder is one batched statement that never moves a
 //! timestamp backwards:
@@ -51,6 +52,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use redis::RedisUsage;
 
 use crate::hash::DigestHasher;
 use crate::stats::WarnLimiter;
@@ -118,6 +124,9 @@ pub struct UsageStats {
     pub dropped_uses: u64,
     /// Keys pending now.
     pub pending: u64,
+    /// Keys whose claim in Redis failed (with [`RedisUsage`]): recorded by
+    /// this instance alone.
+    pub shared_errors: u64,
 }
 
 /// Debounced, batched usage tracking; see the [module docs](self). Cheap to
@@ -151,6 +160,8 @@ pub struct UsageTrackerBuilder<P> {
     recorder: Arc<dyn UsageRecorder<P>>,
     interval: Duration,
     max_pending: usize,
+    #[cfg(feature = "redis")]
+    redis: Option<RedisUsage>,
 }
 
 impl<P> fmt::Debug for UsageTrackerBuilder<P> {
@@ -177,12 +188,25 @@ impl<P: Send + Sync + 'static> UsageTrackerBuilder<P> {
         self
     }
 
+    /// Records each key at most once per interval across every instance
+    /// that shares `redis` (see [`RedisUsage`]), counts summed there. While
+    /// Redis fails, each instance records its own uses (counted in
+    /// [`UsageStats::shared_errors`]).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_in(mut self, redis: RedisUsage) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
     /// The tracker. Its batches start on the Tokio runtime of the first
     /// request it notes.
     pub fn build(self) -> UsageTracker<P> {
         UsageTracker {
             shared: Arc::new(Shared {
                 recorder: self.recorder,
+                #[cfg(feature = "redis")]
+                redis: self.redis,
                 interval: self.interval,
                 max_per_shard: self.max_pending.div_ceil(SHARDS),
                 shards: std::array::from_fn(|_| {
@@ -194,6 +218,7 @@ impl<P: Send + Sync + 'static> UsageTrackerBuilder<P> {
                 recorded_keys: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 dropped_uses: AtomicU64::new(0),
+                shared_errors: AtomicU64::new(0),
                 warnings: WarnLimiter::new(Duration::from_secs(10)),
             }),
         }
@@ -210,6 +235,8 @@ type Shard<P> = Mutex<HashMap<KeyHash, Pending<P>, DigestHasher>>;
 
 struct Shared<P> {
     recorder: Arc<dyn UsageRecorder<P>>,
+    #[cfg(feature = "redis")]
+    redis: Option<RedisUsage>,
     interval: Duration,
     max_per_shard: usize,
     shards: [Shard<P>; SHARDS],
@@ -220,6 +247,7 @@ struct Shared<P> {
     recorded_keys: AtomicU64,
     failures: AtomicU64,
     dropped_uses: AtomicU64,
+    shared_errors: AtomicU64,
     warnings: WarnLimiter,
 }
 
@@ -234,6 +262,8 @@ impl<P: Send + Sync + 'static> UsageTracker<P> {
             recorder: Arc::new(recorder),
             interval: DEFAULT_INTERVAL,
             max_pending: DEFAULT_MAX_PENDING,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
@@ -292,6 +322,7 @@ impl<P: Send + Sync + 'static> UsageTracker<P> {
             recorded_keys: s.recorded_keys.load(Ordering::Relaxed),
             failures: s.failures.load(Ordering::Relaxed),
             dropped_uses: s.dropped_uses.load(Ordering::Relaxed),
+            shared_errors: s.shared_errors.load(Ordering::Relaxed),
             pending: s.shards.iter().map(|m| lock(m).len() as u64).sum(),
         }
     }
@@ -370,15 +401,20 @@ async fn flush<P: Send + Sync + 'static>(shared: &Shared<P>) -> Result<(), BoxEr
     if batch.is_empty() {
         return Ok(());
     }
-    // The recorder gets its own copy; ours is put back unless it succeeds
-    // (an error, or this future dropped: a shutdown's deadline passed).
+    // Ours is put back unless the recorder succeeds (an error, or this
+    // future dropped: a shutdown's deadline passed).
     let mut kept = Restore {
         shared,
-        records: batch
-            .iter()
-            .map(|u| (u.hash, u.last_used, u.uses, Arc::clone(&u.principal)))
-            .collect(),
+        records: records_of(&batch),
     };
+    #[cfg(feature = "redis")]
+    if let Some(redis) = &shared.redis {
+        batch = claimed(shared, redis, batch).await;
+        kept.records = records_of(&batch);
+        if batch.is_empty() {
+            return Ok(());
+        }
+    }
     let keys = batch.len() as u64;
     match shared.recorder.record(batch).await {
         Ok(()) => {
@@ -392,6 +428,58 @@ async fn flush<P: Send + Sync + 'static>(shared: &Shared<P>) -> Result<(), BoxEr
             Err(error)
         }
     }
+}
+
+fn records_of<P>(batch: &[KeyUse<P>]) -> Vec<(KeyHash, SystemTime, u64, Arc<P>)> {
+    batch
+        .iter()
+        .map(|u| (u.hash, u.last_used, u.uses, Arc::clone(&u.principal)))
+        .collect()
+}
+
+/// What this instance records of `batch` after meeting the others in
+/// Redis: the keys whose marker it took (with everyone's uses), and, where
+/// Redis failed, its own. A key another instance records this interval
+/// waits here with no uses of its own, to be claimed again next batch.
+#[cfg(feature = "redis")]
+async fn claimed<P>(
+    shared: &Shared<P>,
+    redis: &RedisUsage,
+    batch: Vec<KeyUse<P>>,
+) -> Vec<KeyUse<P>> {
+    let keys: Vec<_> = batch
+        .iter()
+        .map(|u| (u.hash, u.uses, u.last_used))
+        .collect();
+    let claims = redis.claim_all(&keys, shared.interval).await;
+    let mut mine = Vec::with_capacity(batch.len());
+    let mut failed = None;
+    for (used, claim) in batch.into_iter().zip(claims) {
+        match claim {
+            Ok(redis::Claim::Record { uses, last_used }) => mine.push(KeyUse {
+                uses,
+                last_used: last_used.max(used.last_used),
+                ..used
+            }),
+            Ok(redis::Claim::Elsewhere) => {
+                keep(shared, used.hash, used.last_used, 0, used.principal);
+            }
+            Ok(redis::Claim::Nothing) => {}
+            Err(error) => {
+                shared.shared_errors.fetch_add(1, Ordering::Relaxed);
+                failed = Some(error);
+                if used.uses > 0 {
+                    mine.push(used);
+                }
+            }
+        }
+    }
+    if let Some(error) = failed {
+        if let Some(suppressed) = shared.warnings.allow() {
+            tracing::warn!(%error, suppressed, "usage: Redis failed; this instance records its own uses");
+        }
+    }
+    mine
 }
 
 /// A batch in the recorder's hands: put back when dropped unfinished.

@@ -311,6 +311,13 @@ mod shared_redis {
             "{:?}",
             a.stdout
         );
+        assert!(
+            a.stdout
+                .iter()
+                .any(|l| l == "usage: recorded every 60000 ms, shared in Redis"),
+            "{:?}",
+            a.stdout
+        );
         let (s, created) = call(
             Method::POST,
             &format!("{}/v1/keys", a.base),

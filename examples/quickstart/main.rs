@@ -22,7 +22,7 @@
 //! | `APIKEY_RATELIMIT_BACKEND` | `memory` | where rate-limit counts live: `memory`, or `redis` (with `REDIS_URL`; `--features tiered`) |
 //! | `APIKEY_RATELIMIT_MODE` | `strict` | `redis`: `strict` (one round trip per request) or `local-first` (decided here, sent every 100 ms) |
 //! | `APIKEY_KEY_SECRETS` | none | comma-separated, newest first: new keys are `sk_live_…` with a keyed checksum under the first (forged keys cost no lookup); without it `sk_pub_…` with a public CRC-32. Keys of the other mode, or without either prefix, still work; to rotate, put the new secret first and keep the old ones listed (`sk_live_` keys made under a dropped secret stop working) |
-//! | `APIKEY_USAGE_INTERVAL_MS` | `60000` | how often key usage (`last_used_at`, `uses` in `GET /v1/keys`) is written to the table: once per key per interval, in one batch |
+//! | `APIKEY_USAGE_INTERVAL_MS` | `60000` | how often key usage (`last_used_at`, `uses` in `GET /v1/keys`) is written to the table: once per key per interval, in one batch; with `APIKEY_CACHE_BACKEND=redis` or `tiered`, once per key per interval across all instances (counts summed in Redis) |
 //! | `APIKEY_DEFAULT_RATE_LIMIT` | none | `QUOTA/WINDOW_SECONDS` (`100/60`): the limit of keys created without `rate_limits` |
 //! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
 //! | `QUICKSTART_LOOKUP_FAIL` | off | `1`: the key store fails; cached keys keep working, others get 503 |
@@ -142,7 +142,7 @@ async fn run() -> Result<(), String> {
     // interval in one transaction (never a write per request).
     let usage_interval = Duration::from_millis(env_u64("APIKEY_USAGE_INTERVAL_MS", 60_000)?);
     let usage_db = db.clone();
-    let usage = UsageTracker::builder(move |batch: Vec<KeyUse<db::ApiClient>>| {
+    let usage_builder = UsageTracker::builder(move |batch: Vec<KeyUse<db::ApiClient>>| {
         let db = usage_db.clone();
         let rows = batch
             .iter()
@@ -156,8 +156,27 @@ async fn run() -> Result<(), String> {
             .collect();
         async move { db.record_usage(rows).await }
     })
-    .interval(usage_interval)
-    .build();
+    .interval(usage_interval);
+    // Instances that share a Redis for the cache share usage there too: one
+    // record per key per interval between them.
+    #[cfg(feature = "tiered")]
+    let (usage_builder, usage_said) = match (
+        std::env::var("APIKEY_CACHE_BACKEND").as_deref(),
+        std::env::var("REDIS_URL"),
+    ) {
+        (Ok("redis" | "tiered"), Ok(url)) if !url.trim().is_empty() => {
+            let prefix =
+                std::env::var("APIKEY_REDIS_PREFIX").unwrap_or_else(|_| "apikey:".to_owned());
+            let redis = tower_api_key::usage::RedisUsage::connect(url.trim(), prefix)
+                .await
+                .map_err(|e| format!("usage in Redis: {e}"))?;
+            (usage_builder.shared_in(redis), "shared in Redis")
+        }
+        _ => (usage_builder, "this process"),
+    };
+    #[cfg(not(feature = "tiered"))]
+    let usage_said = "this process";
+    let usage = usage_builder.build();
     let auth: Auth = ApiKeyAuthLayer::new(
         cache,
         DbLookup {
@@ -238,6 +257,10 @@ async fn run() -> Result<(), String> {
     );
     println!("rate limits: {limits_said}");
     println!("keys: {format_said}, legacy keys allowed");
+    println!(
+        "usage: recorded every {} ms, {usage_said}",
+        usage_interval.as_millis()
+    );
     if shown {
         println!("admin key (shown once, stored only as its hash): {key}");
     } else if admin_secret.is_none() {
