@@ -18,9 +18,10 @@
 //! timestamp backwards:
 //!
 //! ```sql
-//! UPDATE api_keys SET last_used_at = v.ts, uses = uses + v.n
+//! UPDATE api_keys SET uses = uses + v.n,
+//!     last_used_at = GREATEST(COALESCE(last_used_at, v.ts), v.ts)
 //! FROM (VALUES ...) AS v(hash, ts, n)
-//! WHERE api_keys.hash = v.hash AND (last_used_at IS NULL OR last_used_at < v.ts)
+//! WHERE api_keys.hash = v.hash
 //! ```
 //!
 //! ```
@@ -49,7 +50,7 @@ use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -66,6 +67,8 @@ use crate::{BoxError, KeyHash};
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Default bound on the keys pending (noted, not yet recorded).
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
+/// Default time the recorder may take with one batch.
+pub const DEFAULT_RECORD_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SHARDS: usize = 64;
 
@@ -147,10 +150,7 @@ impl<P> fmt::Debug for UsageTracker<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageTracker")
             .field("interval", &self.shared.interval)
-            .field(
-                "max_pending",
-                &self.shared.max_per_shard.saturating_mul(SHARDS),
-            )
+            .field("max_pending", &self.shared.max_pending)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +160,7 @@ pub struct UsageTrackerBuilder<P> {
     recorder: Arc<dyn UsageRecorder<P>>,
     interval: Duration,
     max_pending: usize,
+    record_timeout: Duration,
     #[cfg(feature = "redis")]
     redis: Option<RedisUsage>,
 }
@@ -181,10 +182,19 @@ impl<P: Send + Sync + 'static> UsageTrackerBuilder<P> {
         self
     }
 
-    /// Bound on the keys pending (default [`DEFAULT_MAX_PENDING`]): beyond
-    /// it, uses of keys not yet pending are dropped and counted.
+    /// Bound on the keys pending, all shards together (default
+    /// [`DEFAULT_MAX_PENDING`]): beyond it, uses of keys not yet pending are
+    /// dropped and counted.
     pub fn max_pending(mut self, keys: usize) -> Self {
         self.max_pending = keys.max(1);
+        self
+    }
+
+    /// How long the recorder may take with one batch (default
+    /// [`DEFAULT_RECORD_TIMEOUT`]); past it the batch counts as failed and
+    /// is merged back for the next.
+    pub fn record_timeout(mut self, timeout: Duration) -> Self {
+        self.record_timeout = timeout;
         self
     }
 
@@ -208,7 +218,11 @@ impl<P: Send + Sync + 'static> UsageTrackerBuilder<P> {
                 #[cfg(feature = "redis")]
                 redis: self.redis,
                 interval: self.interval,
-                max_per_shard: self.max_pending.div_ceil(SHARDS),
+                max_pending: self.max_pending,
+                pending_keys: AtomicUsize::new(0),
+                record_timeout: self.record_timeout,
+                #[cfg(feature = "redis")]
+                instance: random_id(),
                 shards: std::array::from_fn(|_| {
                     Mutex::new(HashMap::with_hasher(DigestHasher::new()))
                 }),
@@ -238,7 +252,13 @@ struct Shared<P> {
     #[cfg(feature = "redis")]
     redis: Option<RedisUsage>,
     interval: Duration,
-    max_per_shard: usize,
+    max_pending: usize,
+    /// Keys in the shards now (the bound is on all of them together).
+    pending_keys: AtomicUsize,
+    record_timeout: Duration,
+    /// This tracker in Redis's markers: its own marker is no obstacle.
+    #[cfg(feature = "redis")]
+    instance: u64,
     shards: [Shard<P>; SHARDS],
     /// One batch at a time, so two can't land out of order.
     flushing: tokio::sync::Mutex<()>,
@@ -262,6 +282,7 @@ impl<P: Send + Sync + 'static> UsageTracker<P> {
             recorder: Arc::new(recorder),
             interval: DEFAULT_INTERVAL,
             max_pending: DEFAULT_MAX_PENDING,
+            record_timeout: DEFAULT_RECORD_TIMEOUT,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -282,7 +303,7 @@ impl<P: Send + Sync + 'static> UsageTracker<P> {
             }
             return;
         }
-        if pending.len() >= shared.max_per_shard {
+        if !room(shared) {
             drop(pending);
             shared.dropped_uses.fetch_add(1, Ordering::Relaxed);
             return;
@@ -298,15 +319,22 @@ impl<P: Send + Sync + 'static> UsageTracker<P> {
     }
 
     /// Sends what is pending now as one batch (the task does this every
-    /// interval); on failure the data is kept for the next batch.
+    /// interval; a flush of your own is one more batch); on failure the
+    /// data is kept for the next batch. The batch runs as a task of its
+    /// own: dropping this future (a deadline) never cuts it in half.
     pub async fn flush(&self) -> Result<(), BoxError> {
-        flush(&self.shared).await
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move { flush(&shared).await })
+            .await
+            .unwrap_or_else(|e| Err(format!("usage batch task failed: {e}").into()))
     }
 
     /// [`flush`](Self::flush), waiting at most `deadline` (for a server's
-    /// shutdown): `Err` if the recorder failed or took longer; the batch
-    /// then stays pending (delivery is at least once: a recorder that wrote
-    /// part of it before the deadline gets it again with the next flush).
+    /// shutdown): `Err` if the recorder failed or took longer. Past the
+    /// deadline the batch goes on in the background (merged back if the
+    /// recorder then fails or passes its
+    /// [`record_timeout`](UsageTrackerBuilder::record_timeout)); a process
+    /// that exits then loses it.
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), BoxError> {
         match tokio::time::timeout(deadline, self.flush()).await {
             Ok(result) => result,
@@ -391,6 +419,9 @@ async fn flush<P: Send + Sync + 'static>(shared: &Shared<P>) -> Result<(), BoxEr
             let fresh = HashMap::with_hasher(pending.hasher().clone());
             mem::replace(&mut *pending, fresh)
         };
+        shared
+            .pending_keys
+            .fetch_sub(taken.len(), Ordering::Relaxed);
         batch.extend(taken.into_iter().map(|(hash, p)| KeyUse {
             hash,
             principal: p.principal,
@@ -416,7 +447,16 @@ async fn flush<P: Send + Sync + 'static>(shared: &Shared<P>) -> Result<(), BoxEr
         }
     }
     let keys = batch.len() as u64;
-    match shared.recorder.record(batch).await {
+    let recorded = tokio::time::timeout(shared.record_timeout, shared.recorder.record(batch))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the usage recorder took more than {:?}",
+                shared.record_timeout
+            )
+            .into())
+        });
+    match recorded {
         Ok(()) => {
             kept.records.clear();
             shared.batches.fetch_add(1, Ordering::Relaxed);
@@ -428,6 +468,28 @@ async fn flush<P: Send + Sync + 'static>(shared: &Shared<P>) -> Result<(), BoxEr
             Err(error)
         }
     }
+}
+
+/// Whether one more key may be pending (and counts it if so).
+fn room<P>(shared: &Shared<P>) -> bool {
+    if shared.pending_keys.load(Ordering::Relaxed) >= shared.max_pending {
+        return false;
+    }
+    shared.pending_keys.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+#[cfg(feature = "redis")]
+fn random_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness, a clock-derived id still tells instances apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return nanos as u64 ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(bytes)
 }
 
 fn records_of<P>(batch: &[KeyUse<P>]) -> Vec<(KeyHash, SystemTime, u64, Arc<P>)> {
@@ -451,7 +513,9 @@ async fn claimed<P>(
         .iter()
         .map(|u| (u.hash, u.uses, u.last_used))
         .collect();
-    let claims = redis.claim_all(&keys, shared.interval).await;
+    let claims = redis
+        .claim_all(&keys, shared.interval, shared.instance)
+        .await;
     let mut mine = Vec::with_capacity(batch.len());
     let mut failed = None;
     for (used, claim) in batch.into_iter().zip(claims) {
@@ -470,6 +534,10 @@ async fn claimed<P>(
                 failed = Some(error);
                 if used.uses > 0 {
                     mine.push(used);
+                } else {
+                    // Uses of other instances may wait in Redis: claim
+                    // again next batch.
+                    keep(shared, used.hash, used.last_used, 0, used.principal);
                 }
             }
         }
@@ -508,7 +576,7 @@ fn keep<P>(shared: &Shared<P>, hash: KeyHash, last_used: SystemTime, uses: u64, 
         }
         return;
     }
-    if pending.len() >= shared.max_per_shard {
+    if !room(shared) {
         drop(pending);
         shared.dropped_uses.fetch_add(uses, Ordering::Relaxed);
         return;

@@ -27,9 +27,25 @@ async fn instance(
     prefix: &str,
     interval: Duration,
 ) -> UsageTracker<Client> {
+    failing_instance(name, calls, url, prefix, interval, 0).await
+}
+
+/// An instance whose recorder fails its first `failures` calls.
+async fn failing_instance(
+    name: &'static str,
+    calls: &Calls,
+    url: &str,
+    prefix: &str,
+    interval: Duration,
+    failures: usize,
+) -> UsageTracker<Client> {
     let calls = Arc::clone(calls);
+    let tried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let redis = RedisUsage::connect(url, prefix).await.expect("redis");
     UsageTracker::builder(move |batch: Vec<KeyUse<Client>>| {
+        if tried.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+            return std::future::ready(Err::<(), BoxError>("the database is down".into()));
+        }
         let seen = batch.iter().map(|u| (u.hash, u.uses)).collect();
         calls.lock().unwrap().push((name, seen));
         std::future::ready(Ok::<(), BoxError>(()))
@@ -59,8 +75,10 @@ async fn two_instances_make_one_record_per_interval(t: &Target<'_>, prefix: &str
     let store = KeyStore::new();
     store.create("alice", "sk_usage_shared", None);
     let calls = Calls::default();
-    // Batches only when the test flushes; the marker lasts 500 ms.
-    let interval = Duration::from_millis(500);
+    // The marker lasts an interval, 1.5 s; the background batches tick far
+    // from the test's own flushes, and find the marker taken or do what the
+    // next flush would.
+    let interval = Duration::from_millis(1500);
     let a = instance("a", &calls, &t.url(), prefix, interval).await;
     let b = instance("b", &calls, &t.url(), prefix, interval).await;
     use_key(&store, &a, "sk_usage_shared", 50).await;
@@ -118,9 +136,35 @@ async fn uses_noted_before_the_claim_are_summed_into_it(t: &Target<'_>, prefix: 
     assert_eq!(per_call, vec![10, 25], "{calls:?}");
 }
 
+/// The claimer's recorder fails: the uses it took from Redis are kept
+/// and recorded at its next batch (its own marker is no obstacle).
+async fn a_failed_record_keeps_the_uses_it_claimed(t: &Target<'_>, prefix: &str) {
+    let store = KeyStore::new();
+    store.create("dan", "sk_usage_retry", None);
+    let calls = Calls::default();
+    let interval = Duration::from_millis(300);
+    let a = failing_instance("a", &calls, &t.url(), prefix, interval, 1).await;
+    let b = instance("b", &calls, &t.url(), prefix, interval).await;
+    use_key(&store, &b, "sk_usage_retry", 20).await;
+    b.flush().await.unwrap();
+    use_key(&store, &a, "sk_usage_retry", 50).await;
+    // a's batches (every 300 ms) claim once b's marker is gone; the first
+    // record fails, the next carries the same 50.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while calls.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.stats().failures, 1);
+    let calls = calls.lock().unwrap();
+    let records: Vec<(&str, u64)> = calls.iter().map(|c| (c.0, c.1[0].1)).collect();
+    assert_eq!(records, vec![("b", 20), ("a", 50)], "{calls:?}");
+}
+
 on_each_target!(
     two_instances_make_one_record_per_interval,
     uses_noted_before_the_claim_are_summed_into_it,
+    a_failed_record_keeps_the_uses_it_claimed,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

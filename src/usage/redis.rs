@@ -21,7 +21,9 @@ use crate::{BoxError, KeyHash};
 
 /// Adds uses to a key's pending counts, and takes the record if the marker
 /// is free. KEYS: pending (hash), marker. ARGV: uses, last used (ms),
-/// interval (ms), how long pending counts wait for a record (ms).
+/// interval (ms), how long pending counts wait for a record (ms), this
+/// instance's id (its own marker, from its last record, is no obstacle:
+/// its batches are an interval apart, give or take the timer).
 /// Answers `{uses, last}` to the instance that records, `0` when another
 /// instance holds the marker, `-1` when nothing is pending (the marker let
 /// go again).
@@ -32,7 +34,10 @@ if tonumber(ARGV[1]) > 0 then
   if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[1], 't', ARGV[2]) end
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[5], 'NX', 'PX', ARGV[3]) then
+  if redis.call('GET', KEYS[2]) ~= ARGV[5] then return 0 end
+  redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[3])
+end
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 local t = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
 redis.call('DEL', KEYS[1])
@@ -122,6 +127,7 @@ impl RedisUsage {
         &self,
         keys: &[(KeyHash, u64, SystemTime)],
         interval: Duration,
+        instance: u64,
     ) -> Vec<Result<Claim, BoxError>> {
         let client = self.pool.one();
         let interval_ms = crate::redis_pool::millis(interval);
@@ -137,9 +143,14 @@ impl RedisUsage {
                 last_ms.try_into().unwrap_or(i64::MAX).into(),
                 interval_ms.try_into().unwrap_or(i64::MAX).into(),
                 keep_ms.try_into().unwrap_or(i64::MAX).into(),
+                instance.to_string().into(),
             ];
             let client = &client;
-            let bounded = self.pool.run(
+            // A batch's commands may take longer than a request's (up to a
+            // second): an answer lost to a timeout after the script ran
+            // counts uses twice, or leaves another instance's to expire.
+            let bounded = self.pool.run_within(
+                Duration::from_secs(1).max(self.pool.timeout()),
                 async move {
                     client
                         .eval::<Value, _, _, _>(CLAIM, vec![pending, marker], args)
