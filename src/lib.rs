@@ -84,6 +84,8 @@
 #![deny(unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "redis", feature = "usage"))]
+mod background;
 mod breaker;
 pub mod cache;
 mod env;

@@ -357,16 +357,9 @@ impl<P: Send + Sync + 'static> UsageTracker<P> {
 
     fn start(&self) {
         let shared = &self.shared;
-        if shared.started.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if shared.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        runtime.spawn(batches(Arc::downgrade(shared), shared.interval));
+        crate::background::spawn_once(&shared.started, || {
+            batches(Arc::downgrade(shared), shared.interval)
+        });
     }
 }
 

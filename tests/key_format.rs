@@ -25,8 +25,17 @@ fn forged() -> String {
         .0
 }
 
-#[tokio::test]
-async fn a_generated_key_passes_and_a_forged_one_costs_nothing() {
+/// A layer with the keyed format in front of a store holding one valid key
+/// (looked up once, and cached).
+struct Formatted<L> {
+    store: KeyStore,
+    key: tower_api_key::GeneratedKey,
+    cache: MemoryCache<Client>,
+    auth: ApiKeyAuthLayer<MemoryCache<Client>, L>,
+    app: axum::Router,
+}
+
+async fn formatted() -> Formatted<impl tower_api_key::Lookup<Client>> {
     let store = KeyStore::new();
     let format = keyed();
     let key = format.generate().unwrap();
@@ -35,6 +44,20 @@ async fn a_generated_key_passes_and_a_forged_one_costs_nothing() {
     let auth = ApiKeyAuthLayer::new(cache.clone(), store.lookup()).key_format(format);
     let app = app(auth.clone());
     assert_eq!(status(&app, "/me", key.secret()).await, StatusCode::OK);
+    Formatted {
+        store,
+        key,
+        cache,
+        auth,
+        app,
+    }
+}
+
+#[tokio::test]
+async fn a_generated_key_passes_and_a_forged_one_costs_nothing() {
+    let Formatted {
+        store, auth, app, ..
+    } = formatted().await;
     assert_eq!(store.lookups(), 1);
 
     // Refused exactly as an unknown key is (one that reached the lookup,
@@ -65,14 +88,13 @@ async fn a_generated_key_passes_and_a_forged_one_costs_nothing() {
 
 #[tokio::test]
 async fn a_flood_of_forged_keys_makes_no_lookup_and_no_cache_entry() {
-    let store = KeyStore::new();
-    let format = keyed();
-    let key = format.generate().unwrap();
-    store.create_hashed("alice", *key.hash(), None);
-    let cache = MemoryCache::new();
-    let auth = ApiKeyAuthLayer::new(cache.clone(), store.lookup()).key_format(format);
-    let app = app(auth.clone());
-    assert_eq!(status(&app, "/me", key.secret()).await, StatusCode::OK);
+    let Formatted {
+        store,
+        key,
+        cache,
+        auth,
+        app,
+    } = formatted().await;
     let shapes = [
         forged(),
         format!("sk_live_{}", "A".repeat(43)),

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -334,16 +334,9 @@ impl LocalFirst {
     /// Starts the batches, once, on the current Tokio runtime.
     fn start(&self) {
         let shared = &self.shared;
-        if shared.started.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if shared.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        runtime.spawn(batches(Arc::downgrade(shared), shared.interval));
+        crate::background::spawn_once(&shared.started, || {
+            batches(Arc::downgrade(shared), shared.interval)
+        });
     }
 
     fn entry(
