@@ -13,6 +13,27 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A port for a server: below the kernel's ephemeral range (32768 and up
+/// here), so no outgoing connection of another test can hold it or, for a
+/// cluster node, its bus port (the port + 10000); free when chosen. Another
+/// process can still take it before the server binds it: `spawn` then tries
+/// another.
+fn server_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 12_000;
+    const SPAN: u32 = 10_000; // ports 12000..22000, buses 22000..32000
+    let seed = std::process::id().wrapping_mul(7_919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + seed.wrapping_add(n.wrapping_mul(97)) % SPAN) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
 fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tower-api-key-redis-{tag}-{}-{}",
@@ -42,21 +63,39 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::spawn(free_port(), scratch_dir("single"), false)
+        Self::spawn(scratch_dir("single"), false)
     }
 
-    fn spawn(port: u16, dir: PathBuf, cluster: bool) -> Self {
+    /// A server on a port of its own: when another process took the port
+    /// first, another one.
+    fn spawn(dir: PathBuf, cluster: bool) -> Self {
         let mut server = Self {
             child: None,
-            port,
+            port: server_port(),
             dir,
             cluster,
         };
-        server.launch();
-        server
+        for _ in 0..5 {
+            if server.try_launch() {
+                return server;
+            }
+            server.kill();
+            server.port = server_port();
+        }
+        panic!("redis-server did not start on five ports in a row");
     }
 
     fn launch(&mut self) {
+        assert!(
+            self.try_launch(),
+            "redis-server did not start again on {}",
+            self.port
+        );
+    }
+
+    /// Starts the process and waits until it answers: false when it
+    /// exits first (its port taken) or does not answer within 10 s.
+    fn try_launch(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -71,19 +110,21 @@ impl RedisServer {
                     &format!("nodes-{}.conf", self.port),
                 ]);
         }
-        self.child = Some(
+        let child = self.child.insert(
             cmd.spawn()
                 .expect("redis-server (scripts/test installs it with apt-get when it is missing)"),
         );
+        // Ours answering, not a server of another test on the same port.
+        let ours = format!("process_id:{}\r", child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(self.port, &["ping"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
-            );
+        while !cli(self.port, &["info", "server"]).contains(&ours) {
+            let exited = !matches!(child.try_wait(), Ok(None));
+            if exited || Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     pub fn url(&self) -> String {
@@ -125,7 +166,7 @@ impl RedisCluster {
     pub fn start() -> Self {
         let dir = scratch_dir("cluster");
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::spawn(free_port(), dir.clone(), true))
+            .map(|_| RedisServer::spawn(dir.clone(), true))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
