@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tower_api_key::cache::{KeyCache, MemoryCache, Verdict};
+use tower_api_key::cache::{KeyCache, MemoryCache, Ttl, Verdict};
 use tower_api_key::{KeyHash, Principal};
 
 const KEYS: usize = 1_000_000;
@@ -60,7 +60,7 @@ fn memory_cache() -> usize {
     for (i, h) in hashes.iter().enumerate() {
         let token = now(cache.refresh_token(h)).expect("token");
         let verdict = Verdict::Valid(Arc::new(Client { id: i as u64 }));
-        now(cache.put(*h, token, verdict, Duration::from_secs(3600))).expect("put");
+        now(cache.put(*h, token, verdict, Ttl::fresh(Duration::from_secs(3600)))).expect("put");
     }
     let after = resident_bytes();
     assert!(cache.positive_count() as usize >= KEYS * 99 / 100);

@@ -146,6 +146,76 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
         self
     }
 
+    /// Serve-stale (off by default): when the lookup fails (an error or a
+    /// timeout, not an unknown key) and the key's valid entry went past its
+    /// fresh time less than `stale_for` ago, the request is answered with
+    /// that entry, counted in [`Stats::stale_served`](crate::Stats::stale_served)
+    /// and logged at a bounded rate. So that there is such an entry, valid
+    /// keys are kept `stale_for` longer than [`positive_ttl`](Self::positive_ttl)
+    /// (Redis: the entry's `PX`, with its fresh deadline in the value).
+    ///
+    /// Never for a key that was invalidated (revocation removes the entry,
+    /// it does not expire it), never from a negative entry, never past the
+    /// key's own [`expires_at`](crate::Principal::expires_at). A stale entry
+    /// answers nothing while the lookup works: the lookup's answer replaces
+    /// it. On the tiered cache the stale entry is Redis's; with Redis
+    /// unreachable too, only an L1 entry that L1 still trusts while cut off
+    /// from the broadcasts (its disconnected bound) can serve.
+    /// `Duration::ZERO` turns it off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use tower_api_key::{cache::MemoryCache, lookup_fn, ApiKeyAuthLayer, BoxError, KeyHash, Principal};
+    /// # #[derive(Clone)] struct Client;
+    /// # impl Principal for Client {}
+    /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, BoxError>(None) });
+    ///
+    /// // Keys checked in the last 5 minutes keep working through a
+    /// // 15-minute outage of the key store.
+    /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup)
+    ///     .positive_ttl(Duration::from_secs(300))
+    ///     .serve_stale(Duration::from_secs(900));
+    /// ```
+    pub fn serve_stale(mut self, stale_for: Duration) -> Self {
+        self.config_mut().stale_for = stale_for;
+        self
+    }
+
+    /// Refresh-ahead (off by default): a hit on a valid entry within the
+    /// last `part` of its positive TTL (`0.1`: the last tenth) answers at
+    /// once and starts one background lookup of the key (unless one is in
+    /// flight), whose answer replaces the entry: a key in steady use never
+    /// makes a request wait for the lookup. The refresh takes its cache
+    /// token before its lookup starts, so an invalidation during it wins; a
+    /// failed refresh stores nothing (the entry lives out its TTL). Counted
+    /// in [`Stats::refreshes`](crate::Stats::refreshes). An entry whose TTL
+    /// the key's own expiry cut short is not refreshed. The task runs on
+    /// the Tokio runtime of the request that started it (outside a runtime,
+    /// no refresh).
+    ///
+    /// # Panics
+    ///
+    /// If `part` is not within `0.0..=1.0`: a configuration error.
+    ///
+    /// ```
+    /// # use tower_api_key::{cache::MemoryCache, lookup_fn, ApiKeyAuthLayer, BoxError, KeyHash, Principal};
+    /// # #[derive(Clone)] struct Client;
+    /// # impl Principal for Client {}
+    /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, BoxError>(None) });
+    /// // A key used in the last 30 s of its 5 minutes is refreshed.
+    /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup).refresh_ahead(0.1);
+    /// ```
+    #[cfg(feature = "refresh-ahead")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "refresh-ahead")))]
+    pub fn refresh_ahead(mut self, part: f64) -> Self {
+        assert!(
+            (0.0..=1.0).contains(&part),
+            "refresh_ahead takes the part of the TTL to refresh in, within 0.0..=1.0; got {part}"
+        );
+        self.config_mut().refresh_ahead = (part > 0.0).then_some(part);
+        self
+    }
+
     /// Where keys are read from (default `Authorization: Bearer`).
     pub fn source(mut self, source: KeySource) -> Self {
         let config = self.config_mut();

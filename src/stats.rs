@@ -38,6 +38,14 @@ pub struct Stats {
     /// Requests that waited on another request's lookup instead of making
     /// their own (single flight).
     pub coalesced: u64,
+    /// Requests answered from a stale entry because the lookup failed
+    /// ([`serve_stale`](crate::ApiKeyAuthLayer::serve_stale)); also counted
+    /// in `misses` and `lookup_errors`.
+    pub stale_served: u64,
+    /// Background refreshes started by hits on aging entries
+    /// ([`refresh_ahead`](crate::ApiKeyAuthLayer::refresh_ahead)); each is a
+    /// lookup (in `lookups`), not a miss.
+    pub refreshes: u64,
     /// Requests the rate limit counted and admitted.
     pub rate_limit_admitted: u64,
     /// Requests refused with `429`.
@@ -117,6 +125,8 @@ pub(crate) struct Counters {
     pub(crate) cache_errors: Counter,
     pub(crate) format_rejected: Counter,
     pub(crate) coalesced: Counter,
+    pub(crate) stale_served: Counter,
+    pub(crate) refreshes: Counter,
     pub(crate) rate_limit_admitted: Counter,
     pub(crate) rate_limited: Counter,
     pub(crate) rate_limit_fallbacks: Counter,
@@ -134,6 +144,8 @@ impl Counters {
             cache_errors: self.cache_errors.get(),
             format_rejected: self.format_rejected.get(),
             coalesced: self.coalesced.get(),
+            stale_served: self.stale_served.get(),
+            refreshes: self.refreshes.get(),
             rate_limit_admitted: self.rate_limit_admitted.get(),
             rate_limited: self.rate_limited.get(),
             rate_limit_fallbacks: self.rate_limit_fallbacks.get(),

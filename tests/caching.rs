@@ -267,7 +267,7 @@ async fn a_flood_of_unknown_keys_does_not_evict_valid_ones() {
 #[tokio::test]
 async fn a_flood_of_a_million_random_keys_leaves_every_valid_key_cached() {
     use futures_util::FutureExt;
-    use tower_api_key::cache::{CacheRead, KeyCache, Verdict};
+    use tower_api_key::cache::{CacheRead, KeyCache, Ttl, Verdict};
 
     let cache = MemoryCache::<Client>::builder()
         .max_capacity(10_000)
@@ -289,7 +289,7 @@ async fn a_flood_of_a_million_random_keys_leaves_every_valid_key_cached() {
             owner: None,
         };
         let verdict = Verdict::Valid(std::sync::Arc::new(client));
-        now(cache.put(*hash, token, verdict, Duration::from_secs(600))).expect("put");
+        now(cache.put(*hash, token, verdict, Ttl::fresh(Duration::from_secs(600)))).expect("put");
     }
     for i in 0..1_000_000u32 {
         // Random enough, and cheap: the flood's keys need not be secrets.
@@ -304,7 +304,13 @@ async fn a_flood_of_a_million_random_keys_leaves_every_valid_key_cached() {
             b
         });
         if let CacheRead::Miss { token, .. } = now(cache.get(&hash)).expect("get") {
-            now(cache.put(hash, token, Verdict::Invalid, Duration::from_secs(30))).expect("put");
+            now(cache.put(
+                hash,
+                token,
+                Verdict::Invalid,
+                Ttl::fresh(Duration::from_secs(30)),
+            ))
+            .expect("put");
         }
     }
     assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Verdict};
+use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Ttl, Verdict};
 use tower_api_key::{ApiKeyAuthLayer, KeyHash};
 
 const SECRET: &str = "sk_test_race";
@@ -142,7 +142,7 @@ impl KeyCache for BrokenCache {
         _: KeyHash,
         _: (),
         _: Verdict<Client>,
-        _: Duration,
+        _: Ttl,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         ready(Err(CacheError::new("connection refused")))
     }

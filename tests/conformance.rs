@@ -91,4 +91,22 @@ mod a_naive_cache_fails {
             conformance::invalidate_owner_drops_that_owners_keys_only,
         );
     }
+
+    #[test]
+    #[should_panic(expected = "did not age")]
+    fn on_entries_that_never_age() {
+        conformance::run(
+            naive,
+            conformance::a_valid_entry_ages_in_the_last_part_of_its_fresh_time,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not kept stale")]
+    fn on_entries_that_never_go_stale() {
+        conformance::run(
+            naive,
+            conformance::a_valid_entry_is_kept_stale_after_its_fresh_time,
+        );
+    }
 }

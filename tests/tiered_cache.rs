@@ -725,7 +725,7 @@ async fn an_unresponsive_subscriber_connection_is_noticed_and_replaced() {
 /// another `AnyCache`), rather than storing nothing in silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_cache_refuses_a_token_of_another_backend_loudly() {
-    use tower_api_key::cache::{AnyCache, CacheRead, CacheSettings, Verdict};
+    use tower_api_key::cache::{AnyCache, CacheRead, CacheSettings, Ttl, Verdict};
     let server = RedisServer::start();
     let memory = AnyCache::<Client>::from_settings(CacheSettings::default()).await;
     let mut settings = CacheSettings::default();
@@ -739,7 +739,12 @@ async fn any_cache_refuses_a_token_of_another_backend_loudly() {
         panic!("an empty cache hit");
     };
     let put = redis
-        .put(hash, token, Verdict::Invalid, Duration::from_secs(60))
+        .put(
+            hash,
+            token,
+            Verdict::Invalid,
+            Ttl::fresh(Duration::from_secs(60)),
+        )
         .await;
     let error = put.expect_err("a memory token filled Redis");
     assert!(error.to_string().contains("memory token"), "{error}");

@@ -8,7 +8,6 @@ use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::future::{Either, MapOk};
 use futures_util::TryFutureExt;
@@ -19,7 +18,8 @@ use serde::Serialize;
 use super::future::{RedisGet, TieredGet};
 use super::token::{MemoryToken, RedisToken, TieredToken};
 use super::{
-    CacheError, CacheRead, CacheSettings, KeyCache, MemoryCache, RedisCache, TieredCache, Verdict,
+    CacheError, CacheRead, CacheSettings, KeyCache, MemoryCache, RedisCache, TieredCache, Ttl,
+    Verdict,
 };
 use crate::{KeyHash, Principal};
 
@@ -317,7 +317,7 @@ where
         hash: KeyHash,
         token: AnyToken,
         verdict: Verdict<P>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         let put = match (self, token) {
             (Self::Memory(c), AnyToken::Memory(t)) => Dispatch::Memory {

@@ -21,7 +21,7 @@
 //! ```
 //!
 //! Each check is also a function here, to run as you like with [`run`]. The
-//! TTL checks sleep about a second and a half; the rest take what the
+//! TTL checks sleep two to three seconds; the rest take what the
 //! backend's round trips take.
 
 use std::borrow::Cow;
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CacheRead, KeyCache, Verdict};
+use super::{CacheRead, KeyCache, Ttl, Verdict};
 use crate::{KeyHash, Principal};
 
 /// The principal the suite's caches hold.
@@ -91,6 +91,9 @@ macro_rules! key_cache_conformance {
             tokens_are_equal_until_an_invalidation,
             a_refresh_token_fills_over_a_cached_entry,
             a_refresh_token_from_before_invalidate_stores_nothing,
+            a_valid_entry_ages_in_the_last_part_of_its_fresh_time,
+            a_valid_entry_is_kept_stale_after_its_fresh_time,
+            invalidations_drop_stale_entries_too,
         );
     };
     ($make:expr, owners) => {
@@ -98,6 +101,7 @@ macro_rules! key_cache_conformance {
         $crate::key_cache_conformance!(@checks $make;
             invalidate_owner_drops_that_owners_keys_only,
             an_owned_put_with_a_token_from_before_invalidate_owner_stores_nothing,
+            invalidate_owner_drops_stale_entries_too,
         );
     };
     (@checks $make:expr; $($check:ident),+ $(,)?) => {
@@ -110,11 +114,16 @@ macro_rules! key_cache_conformance {
     };
 }
 
-const LONG: Duration = Duration::from_secs(60);
+const LONG: Ttl = Ttl::fresh(Duration::from_secs(60));
 /// Short enough to wait out, long enough that a read right after the put
 /// can't miss it on a busy machine.
-const SHORT: Duration = Duration::from_secs(1);
+const SHORT: Ttl = Ttl::fresh(Duration::from_secs(1));
 const PAST_SHORT: Duration = Duration::from_millis(1_600);
+/// Fresh for a second, then stale for a minute.
+const STALE_LONG: Ttl = Ttl {
+    stale: Duration::from_secs(60),
+    ..SHORT
+};
 
 fn hash(name: &str) -> KeyHash {
     KeyHash::of(format!("tower-api-key conformance {name}"))
@@ -135,20 +144,56 @@ fn owned(id: u64, owner: &str) -> Verdict<Client> {
 /// valid entry, `Some(None)` a negative one, `None` a miss.
 async fn found<C: KeyCache<Principal = Client>>(cache: &C, hash: &KeyHash) -> Option<Option<u64>> {
     match cache.get(hash).await.expect("get") {
-        CacheRead::Hit(Verdict::Valid(p)) => Some(Some(p.id)),
+        CacheRead::Hit(Verdict::Valid(p)) | CacheRead::Aging(p) => Some(Some(p.id)),
         CacheRead::Hit(Verdict::Invalid) => Some(None),
         CacheRead::Miss { .. } => None,
+    }
+}
+
+/// What a read found, with its kind.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Hit(Option<u64>),
+    Aging(u64),
+    Stale(u64),
+    Miss,
+}
+
+async fn seen<C: KeyCache<Principal = Client>>(cache: &C, hash: &KeyHash) -> Seen {
+    match cache.get(hash).await.expect("get") {
+        CacheRead::Hit(Verdict::Valid(p)) => Seen::Hit(Some(p.id)),
+        CacheRead::Hit(Verdict::Invalid) => Seen::Hit(None),
+        CacheRead::Aging(p) => Seen::Aging(p.id),
+        CacheRead::Miss {
+            stale: Some(p),
+            degraded: None,
+            ..
+        } => Seen::Stale(p.id),
+        CacheRead::Miss {
+            stale: None,
+            degraded: None,
+            ..
+        } => Seen::Miss,
+        CacheRead::Miss {
+            degraded: Some(error),
+            ..
+        } => panic!("a miss reported as degraded: {error}"),
     }
 }
 
 /// The token of a read that must miss.
 async fn miss<C: KeyCache<Principal = Client>>(cache: &C, hash: &KeyHash) -> C::Token {
     match cache.get(hash).await.expect("get") {
-        CacheRead::Miss { token, degraded } => {
+        CacheRead::Miss {
+            token,
+            degraded,
+            stale,
+        } => {
             assert!(degraded.is_none(), "a plain miss reported as degraded");
+            assert!(stale.is_none(), "a plain miss carried a stale verdict");
             token
         }
-        CacheRead::Hit(_) => panic!("expected a miss, got a hit"),
+        CacheRead::Hit(_) | CacheRead::Aging(_) => panic!("expected a miss, got a hit"),
     }
 }
 
@@ -156,7 +201,7 @@ async fn fill<C: KeyCache<Principal = Client>>(
     cache: &C,
     hash: KeyHash,
     verdict: Verdict<Client>,
-    ttl: Duration,
+    ttl: Ttl,
 ) {
     let token = cache.refresh_token(&hash).await.expect("refresh_token");
     cache.put(hash, token, verdict, ttl).await.expect("put");
@@ -353,6 +398,97 @@ pub async fn a_refresh_token_from_before_invalidate_stores_nothing<
     );
 }
 
+/// Refresh-ahead: a valid entry is an [`Aging`](CacheRead::Aging) hit in
+/// the last `refresh` of its fresh time, and a plain hit before; a negative
+/// entry never ages.
+pub async fn a_valid_entry_ages_in_the_last_part_of_its_fresh_time<
+    C: KeyCache<Principal = Client>,
+>(
+    cache: C,
+) {
+    let (a, n) = (hash("a"), hash("n"));
+    let ttl = Ttl {
+        fresh: Duration::from_secs(2),
+        refresh: Duration::from_secs(1),
+        stale: Duration::ZERO,
+    };
+    fill(&cache, a, valid(1), ttl).await;
+    fill(&cache, n, Verdict::Invalid, ttl).await;
+    assert_eq!(seen(&cache, &a).await, Seen::Hit(Some(1)), "aged at once");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(seen(&cache, &a).await, Seen::Aging(1), "did not age");
+    assert_eq!(
+        seen(&cache, &n).await,
+        Seen::Hit(None),
+        "a negative entry aged"
+    );
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(
+        seen(&cache, &a).await,
+        Seen::Miss,
+        "outlived its fresh time"
+    );
+}
+
+/// Serve-stale: a valid entry is kept `stale` past its fresh time, as a
+/// miss that carries it (whose token fills as any miss's does); then gone.
+/// A negative entry is never kept.
+pub async fn a_valid_entry_is_kept_stale_after_its_fresh_time<C: KeyCache<Principal = Client>>(
+    cache: C,
+) {
+    let (a, b, n) = (hash("a"), hash("b"), hash("n"));
+    let ttl = Ttl {
+        stale: Duration::from_millis(1_500),
+        ..SHORT
+    };
+    fill(&cache, a, valid(1), ttl).await;
+    fill(&cache, b, valid(2), ttl).await;
+    fill(&cache, n, Verdict::Invalid, ttl).await;
+    assert_eq!(seen(&cache, &a).await, Seen::Hit(Some(1)));
+    tokio::time::sleep(Duration::from_millis(1_400)).await;
+    assert_eq!(seen(&cache, &a).await, Seen::Stale(1), "not kept stale");
+    assert_eq!(
+        seen(&cache, &n).await,
+        Seen::Miss,
+        "a negative entry kept stale"
+    );
+    // The stale miss's token fills like any other.
+    let CacheRead::Miss { token, .. } = cache.get(&b).await.expect("get") else {
+        panic!("a hit past the fresh time");
+    };
+    cache.put(b, token, valid(3), LONG).await.expect("put");
+    assert_eq!(
+        seen(&cache, &b).await,
+        Seen::Hit(Some(3)),
+        "the stale miss's token did not fill"
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        seen(&cache, &a).await,
+        Seen::Miss,
+        "kept past its stale time"
+    );
+}
+
+/// Revocation removes, it does not expire: after `invalidate` or
+/// `invalidate_all` no stale copy is left to carry.
+pub async fn invalidations_drop_stale_entries_too<C: KeyCache<Principal = Client>>(cache: C) {
+    let (a, b) = (hash("a"), hash("b"));
+    fill(&cache, a, valid(1), STALE_LONG).await;
+    fill(&cache, b, valid(2), STALE_LONG).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(seen(&cache, &a).await, Seen::Stale(1));
+    cache.invalidate(&a).await.expect("invalidate");
+    assert_eq!(seen(&cache, &a).await, Seen::Miss, "stale after invalidate");
+    assert_eq!(seen(&cache, &b).await, Seen::Stale(2));
+    cache.invalidate_all().await.expect("invalidate_all");
+    assert_eq!(
+        seen(&cache, &b).await,
+        Seen::Miss,
+        "stale after invalidate_all"
+    );
+}
+
 /// `invalidate_owner` drops every key of that owner, and only those.
 pub async fn invalidate_owner_drops_that_owners_keys_only<C: KeyCache<Principal = Client>>(
     cache: C,
@@ -411,5 +547,28 @@ pub async fn an_owned_put_with_a_token_from_before_invalidate_owner_stores_nothi
         found(&cache, &a).await,
         Some(Some(2)),
         "a fresh token must fill"
+    );
+}
+
+/// `invalidate_owner` leaves no stale copy of that owner's keys.
+pub async fn invalidate_owner_drops_stale_entries_too<C: KeyCache<Principal = Client>>(cache: C) {
+    let (a, g) = (hash("a"), hash("g"));
+    fill(&cache, a, owned(1, "acme"), STALE_LONG).await;
+    fill(&cache, g, owned(2, "globex"), STALE_LONG).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(seen(&cache, &a).await, Seen::Stale(1));
+    cache
+        .invalidate_owner("acme")
+        .await
+        .expect("invalidate_owner");
+    assert_eq!(
+        seen(&cache, &a).await,
+        Seen::Miss,
+        "stale after invalidate_owner"
+    );
+    assert_eq!(
+        seen(&cache, &g).await,
+        Seen::Stale(2),
+        "globex's stale key went too"
     );
 }

@@ -16,7 +16,7 @@ use quick_cache::sync::DefaultLifecycle;
 use quick_cache::UnitWeighter;
 
 use super::tier::NearTier;
-use super::{CacheError, CacheRead, KeyCache, Verdict};
+use super::{CacheError, CacheRead, KeyCache, Ttl, Verdict};
 use crate::hash::DigestHasher;
 use crate::{KeyHash, Principal};
 
@@ -109,7 +109,12 @@ struct Stripe {
 struct Entry<P> {
     verdict: Verdict<P>,
     epoch: u64,
+    /// A hit until then.
     expires: Instant,
+    /// An aging hit from then (`expires` when there is no refresh point).
+    refresh_at: Instant,
+    /// Kept as a stale principal until then (`expires` when nothing is).
+    keep_until: Instant,
     filled: Instant,
 }
 
@@ -119,6 +124,8 @@ impl<P> Clone for Entry<P> {
             verdict: self.verdict.clone(),
             epoch: self.epoch,
             expires: self.expires,
+            refresh_at: self.refresh_at,
+            keep_until: self.keep_until,
             filled: self.filled,
         }
     }
@@ -235,11 +242,16 @@ impl<P: Principal> NearTier for MemoryCache<P> {
             .or_else(|| inner.negative.get(hash));
         if let Some(entry) = found {
             let now = Instant::now();
-            let current = entry.epoch == epoch
-                && now < entry.expires
-                && filled_since.is_none_or(|t| entry.filled >= t);
-            if current {
-                return CacheRead::Hit(entry.verdict);
+            let current = entry.epoch == epoch && filled_since.is_none_or(|t| entry.filled >= t);
+            if current && now < entry.expires {
+                return match entry.verdict {
+                    Verdict::Valid(p) if now >= entry.refresh_at => CacheRead::Aging(p),
+                    verdict => CacheRead::Hit(verdict),
+                };
+            }
+            // Only valid entries are kept past `expires`.
+            if let (true, Verdict::Valid(p)) = (current && now < entry.keep_until, entry.verdict) {
+                return CacheRead::stale(self.refresh_token_now(hash), p);
             }
         }
         CacheRead::miss(self.refresh_token_now(hash))
@@ -254,7 +266,7 @@ impl<P: Principal> NearTier for MemoryCache<P> {
         }
     }
 
-    fn put_now(&self, hash: KeyHash, token: MemoryToken, verdict: Verdict<P>, ttl: Duration) {
+    fn put_now(&self, hash: KeyHash, token: MemoryToken, verdict: Verdict<P>, ttl: Ttl) {
         let inner = &*self.inner;
         let owned = matches!(&verdict, Verdict::Valid(p) if p.owner().is_some());
         let _owner_guard = owned.then(|| {
@@ -273,17 +285,22 @@ impl<P: Principal> NearTier for MemoryCache<P> {
         if !fresh {
             return;
         }
-        let (target, other) = match verdict {
-            Verdict::Valid(_) => (&inner.positive, &inner.negative),
-            Verdict::Invalid => (&inner.negative, &inner.positive),
+        let (target, other, ttl) = match verdict {
+            Verdict::Valid(_) => (&inner.positive, &inner.negative, ttl),
+            Verdict::Invalid => (&inner.negative, &inner.positive, Ttl::fresh(ttl.fresh)),
         };
         let now = Instant::now();
+        let at = |d: Duration| {
+            now.checked_add(d)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365))
+        };
+        let expires = at(ttl.fresh);
         let entry = Entry {
             verdict,
             epoch: token.epoch,
-            expires: now
-                .checked_add(ttl)
-                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            expires,
+            refresh_at: expires.checked_sub(ttl.refresh).unwrap_or(now).max(now),
+            keep_until: at(ttl.total()),
             filled: now,
         };
         target.insert(hash, entry);
@@ -376,7 +393,7 @@ impl<P: Principal> KeyCache for MemoryCache<P> {
         hash: KeyHash,
         token: MemoryToken,
         verdict: Verdict<P>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         self.put_now(hash, token, verdict, ttl);
         ready(Ok(()))
@@ -411,7 +428,7 @@ mod tests {
 
     fn fill<Q: Principal>(c: &MemoryCache<Q>, h: KeyHash, verdict: Verdict<Q>) {
         let token = c.refresh_token_now(&h);
-        c.put_now(h, token, verdict, Duration::from_secs(60));
+        c.put_now(h, token, verdict, Ttl::fresh(Duration::from_secs(60)));
     }
 
     fn is_hit<Q: Principal>(c: &MemoryCache<Q>, h: &KeyHash) -> bool {
@@ -422,11 +439,16 @@ mod tests {
     fn a_hit_carries_the_verdict_and_a_miss_a_token_that_fills() {
         let c = MemoryCache::<P>::new();
         let h = KeyHash::of("a");
-        let CacheRead::Miss { token, degraded } = c.get_now(&h, None) else {
+        let CacheRead::Miss {
+            token,
+            degraded,
+            stale,
+        } = c.get_now(&h, None)
+        else {
             panic!("an empty cache hit");
         };
-        assert!(degraded.is_none());
-        c.put_now(h, token, valid(), Duration::from_secs(60));
+        assert!(degraded.is_none() && stale.is_none());
+        c.put_now(h, token, valid(), Ttl::fresh(Duration::from_secs(60)));
         assert!(matches!(
             c.get_now(&h, None),
             CacheRead::Hit(Verdict::Valid(_))
@@ -478,7 +500,7 @@ mod tests {
             h,
             before,
             Verdict::Valid(Arc::new(Owned("acme"))),
-            Duration::from_secs(60),
+            Ttl::fresh(Duration::from_secs(60)),
         );
         assert!(!is_hit(&c, &h), "the in-flight fill lost");
         // A read after it fills again.

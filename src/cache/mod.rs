@@ -37,9 +37,12 @@
 //!
 //! And four guarantees beside the tokens:
 //!
-//! - **TTLs are the layer's.** An entry lives no longer than the TTL its
-//!   `put` gave, and storing one kind of verdict for a hash replaces the other
-//!   kind.
+//! - **TTLs are the layer's.** An entry lives no longer than the [`Ttl`]
+//!   its `put` gave, and storing one kind of verdict for a hash replaces the
+//!   other kind. A valid verdict is a [`Hit`](CacheRead::Hit) for
+//!   `ttl.fresh`, an [`Aging`](CacheRead::Aging) hit in its last
+//!   `ttl.refresh`, then a miss carrying it as `stale` for `ttl.stale`; a
+//!   negative one is a hit for `ttl.fresh` and nothing else.
 //! - **`invalidate` returns when the entry is gone** from every tier the
 //!   process controls.
 //! - **Bounded.** Whatever keys arrive, memory stays within configuration.
@@ -148,12 +151,81 @@ impl<P> Clone for Verdict<P> {
     }
 }
 
+/// How long a [`put`](KeyCache::put)'s entry serves, from the moment it is
+/// stored: a hit for `fresh`; for a valid verdict, an [`Aging`] hit in the
+/// last `refresh` of that (refresh-ahead), then a miss that still carries
+/// the principal for `stale` more (serve-stale). A negative verdict uses
+/// `fresh` only.
+///
+/// The layer gives `refresh` and `stale` only when they are switched on
+/// ([`refresh_ahead`], [`serve_stale`]); otherwise both are zero and an
+/// entry is a hit for `fresh`, then gone.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::cache::Ttl;
+///
+/// let ttl = Ttl::fresh(Duration::from_secs(300));
+/// assert_eq!(ttl.stale, Duration::ZERO);
+/// assert_eq!(ttl.total(), Duration::from_secs(300));
+/// // An L1 copy that may live 60 s at most keeps the same refresh point.
+/// let ttl = Ttl { refresh: Duration::from_secs(30), ..ttl };
+/// assert_eq!(ttl.cap(Duration::from_secs(60)).refresh, Duration::ZERO);
+/// ```
+///
+/// [`Aging`]: CacheRead::Aging
+/// [`refresh_ahead`]: crate::ApiKeyAuthLayer::refresh_ahead
+/// [`serve_stale`]: crate::ApiKeyAuthLayer::serve_stale
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ttl {
+    /// How long the verdict is a hit.
+    pub fresh: Duration,
+    /// The last part of `fresh` in which a valid verdict's hit is
+    /// [`Aging`](CacheRead::Aging); zero: never.
+    pub refresh: Duration,
+    /// How long after `fresh` a valid verdict is kept for a miss to carry;
+    /// zero: not kept.
+    pub stale: Duration,
+}
+
+impl Ttl {
+    /// Fresh for `ttl`, no refresh point, nothing kept after.
+    pub const fn fresh(ttl: Duration) -> Self {
+        Self {
+            fresh: ttl,
+            refresh: Duration::ZERO,
+            stale: Duration::ZERO,
+        }
+    }
+
+    /// How long the entry is kept at all: `fresh` and then `stale`.
+    pub fn total(&self) -> Duration {
+        self.fresh.saturating_add(self.stale)
+    }
+
+    /// The same entry for a tier that may hold it `max_fresh` at most: the
+    /// refresh point stays where it was (and is dropped when the copy
+    /// lapses first); what is kept after is unchanged.
+    pub fn cap(self, max_fresh: Duration) -> Self {
+        let cut = self.fresh.saturating_sub(max_fresh);
+        Self {
+            fresh: self.fresh - cut,
+            refresh: self.refresh.saturating_sub(cut),
+            stale: self.stale,
+        }
+    }
+}
+
 /// What [`KeyCache::get`] found.
 #[derive(Debug)]
 pub enum CacheRead<P, T> {
     /// A cached verdict. Nothing will be stored for this read, so it carries
     /// no token.
     Hit(Verdict<P>),
+    /// A valid verdict in the last [`refresh`](Ttl::refresh) part of its
+    /// fresh time: the layer answers with it as with a hit and refreshes the
+    /// entry in the background.
+    Aging(Arc<P>),
     /// Nothing usable cached: the layer looks the key up and stores the
     /// answer with `token` (see the [token protocol](self#the-contract)).
     Miss {
@@ -165,6 +237,11 @@ pub enum CacheRead<P, T> {
         /// it in [`Stats::cache_errors`](crate::Stats::cache_errors) and logs
         /// it, and the lookup's answer overwrites the entry.
         degraded: Option<CacheError>,
+        /// A valid verdict past its fresh time and within its
+        /// [`stale`](Ttl::stale) time: what the layer may answer with if the
+        /// lookup fails (serve-stale). Never after an invalidation, never a
+        /// negative verdict.
+        stale: Option<Arc<P>>,
     },
 }
 
@@ -174,6 +251,7 @@ impl<P, T> CacheRead<P, T> {
         Self::Miss {
             token,
             degraded: None,
+            stale: None,
         }
     }
 
@@ -182,12 +260,23 @@ impl<P, T> CacheRead<P, T> {
         Self::Miss {
             token,
             degraded: Some(error),
+            stale: None,
         }
     }
 
-    /// Whether a verdict was cached.
+    /// A miss that carries a stale valid verdict.
+    pub fn stale(token: T, principal: Arc<P>) -> Self {
+        Self::Miss {
+            token,
+            degraded: None,
+            stale: Some(principal),
+        }
+    }
+
+    /// Whether a verdict was cached and is fresh ([`Hit`](Self::Hit) or
+    /// [`Aging`](Self::Aging)).
     pub fn is_hit(&self) -> bool {
-        matches!(self, Self::Hit(_))
+        !matches!(self, Self::Miss { .. })
     }
 
     /// The same read with its token converted: for a backend that wraps
@@ -195,9 +284,15 @@ impl<P, T> CacheRead<P, T> {
     pub fn map_token<U>(self, f: impl FnOnce(T) -> U) -> CacheRead<P, U> {
         match self {
             Self::Hit(verdict) => CacheRead::Hit(verdict),
-            Self::Miss { token, degraded } => CacheRead::Miss {
+            Self::Aging(principal) => CacheRead::Aging(principal),
+            Self::Miss {
+                token,
+                degraded,
+                stale,
+            } => CacheRead::Miss {
                 token: f(token),
                 degraded,
+                stale,
             },
         }
     }
@@ -255,14 +350,15 @@ pub trait KeyCache: Send + Sync + 'static {
         hash: &KeyHash,
     ) -> impl Future<Output = Result<Self::Token, CacheError>> + Send;
 
-    /// Stores `verdict` for `ttl`, unless `hash` was invalidated since
-    /// `token` was taken. Storing one kind of verdict replaces the other.
+    /// Stores `verdict` for `ttl` (see [`Ttl`]), unless `hash` was
+    /// invalidated since `token` was taken. Storing one kind of verdict
+    /// replaces the other.
     fn put(
         &self,
         hash: KeyHash,
         token: Self::Token,
         verdict: Verdict<Self::Principal>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
 
     /// Drops whatever is cached for `hash` (positive or negative), and makes

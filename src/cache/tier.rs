@@ -14,6 +14,8 @@ use std::time::Instant;
 #[cfg(feature = "tiered")]
 use super::CacheError;
 #[cfg(feature = "memory")]
+use super::Ttl;
+#[cfg(feature = "memory")]
 use super::{CacheRead, KeyCache, Verdict};
 #[cfg(feature = "memory")]
 use crate::KeyHash;
@@ -41,7 +43,7 @@ pub(crate) trait NearTier: KeyCache {
         hash: KeyHash,
         token: Self::Token,
         verdict: Verdict<Self::Principal>,
-        ttl: std::time::Duration,
+        ttl: Ttl,
     );
 
     /// [`invalidate`](KeyCache::invalidate), at once.
@@ -65,9 +67,9 @@ pub(crate) enum Put {
 }
 
 /// A read of the far tier: what [`get`](KeyCache::get) found, and for a hit
-/// how long its entry has left.
+/// what its entry has left.
 #[cfg(feature = "tiered")]
-pub(crate) type FarRead<P, T> = (CacheRead<P, T>, Option<Duration>);
+pub(crate) type FarRead<P, T> = (CacheRead<P, T>, Option<Ttl>);
 
 /// A tier behind (L2): shared by every instance, and the channel they hear
 /// each other's invalidations on.
@@ -91,7 +93,7 @@ pub(crate) trait FarTier: KeyCache {
         hash: KeyHash,
         token: Self::Token,
         verdict: &Verdict<Self::Principal>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> impl Future<Output = Result<Put, CacheError>> + Send;
 
     /// What [`invalidate_all`](KeyCache::invalidate_all) does to this

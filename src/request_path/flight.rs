@@ -106,6 +106,31 @@ impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
                 }
             }
         }
+        (self.start_locked(&mut shard, hash, token, start), false)
+    }
+
+    /// Starts a flight for `hash` with `start` unless one is live (whatever
+    /// its token): a refresh-ahead that any lookup of the key makes moot.
+    /// Nobody joins it (its token is none).
+    pub(crate) fn start_unless_flying(
+        self: &Arc<Self>,
+        hash: KeyHash,
+        start: impl FnOnce(FlightGuard<P, T>) -> BoxFuture<'static, Outcome<P>>,
+    ) -> Option<Flight<P>> {
+        let mut shard = self.shard(&hash);
+        if shard.get(&hash).and_then(|s| s.flight.upgrade()).is_some() {
+            return None;
+        }
+        Some(self.start_locked(&mut shard, hash, None, start))
+    }
+
+    fn start_locked(
+        self: &Arc<Self>,
+        shard: &mut HashMap<KeyHash, Slot<P, T>>,
+        hash: KeyHash,
+        token: Option<T>,
+        start: impl FnOnce(FlightGuard<P, T>) -> BoxFuture<'static, Outcome<P>>,
+    ) -> Flight<P> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let guard = FlightGuard {
             flights: Arc::clone(self),
@@ -126,7 +151,7 @@ impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
                 },
             );
         }
-        (flight, false)
+        flight
     }
 
     #[cfg(test)]
@@ -203,6 +228,26 @@ mod tests {
         });
         assert!(!joined);
         assert!(matches!(fresh.await, Outcome::Failed));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_starts_only_when_nothing_flies() {
+        let flights = Arc::new(Flights::<(), u32>::new());
+        let h = KeyHash::of("a");
+        let (_live, _) = flights.join_or_start(h, Some(1), true, stuck);
+        assert!(flights.start_unless_flying(h, stuck).is_none());
+        let refresh = flights.start_unless_flying(KeyHash::of("b"), |g| {
+            async move {
+                let _g = g;
+                Outcome::Invalid
+            }
+            .boxed()
+        });
+        let refresh = refresh.expect("nothing flies for b");
+        // Nobody joins a refresh: a miss with a token starts its own.
+        let (_, joined) = flights.join_or_start(KeyHash::of("b"), Some(1), true, stuck);
+        assert!(!joined);
+        assert!(matches!(refresh.await, Outcome::Invalid));
     }
 
     #[tokio::test]

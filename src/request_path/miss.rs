@@ -1,7 +1,10 @@
 //! Stage 5, the miss path: concurrent misses for one key share one call of
 //! the lookup (single flight, `flight.rs`), and its answer is stored with
 //! the miss's token: valid keys for the positive TTL (never past the key's
-//! own expiry), unknown ones for the negative TTL, failures never.
+//! own expiry; with serve-stale, kept that much longer; with refresh-ahead,
+//! with a refresh point), unknown ones for the negative TTL, failures never.
+//! A refresh-ahead is the same flight, started in the background by a hit
+//! that found its entry aging.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,11 +13,11 @@ use futures_util::future::{poll_fn, BoxFuture, FutureExt};
 
 use super::flight::{Flight, FlightGuard, Outcome};
 use super::{judge, RequestPath};
-use crate::cache::{CacheRead, KeyCache, Verdict};
+use crate::cache::{CacheRead, KeyCache, Ttl, Verdict};
 use crate::{BoxError, KeyHash, Lookup, Principal};
 
 /// What to cache, and for how long.
-type ToStore<P> = Option<(Verdict<P>, Duration)>;
+type ToStore<P> = Option<(Verdict<P>, Ttl)>;
 
 /// Why a request needs the lookup, and what its answer is stored with.
 pub(super) enum Miss<T> {
@@ -55,6 +58,31 @@ where
         flight
     }
 
+    /// Refreshes `hash`'s aging entry in the background: a flight of its
+    /// own (its token taken before its lookup, so a revocation in between
+    /// wins), unless a lookup of the key is already in flight; spawned on
+    /// the current Tokio runtime (outside one, nothing: the entry expires
+    /// and the next request looks it up).
+    pub(super) fn refresh_ahead(&self, hash: KeyHash) {
+        #[cfg(feature = "refresh-ahead")]
+        {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let refresh = self.shared.flights.start_unless_flying(hash, |guard| {
+                self.clone().lookup_and_store(hash, Miss::Refresh, guard)
+            });
+            if let Some(flight) = refresh {
+                self.shared.counters.refreshes.incr();
+                runtime.spawn(async move {
+                    flight.await;
+                });
+            }
+        }
+        #[cfg(not(feature = "refresh-ahead"))]
+        let _ = hash;
+    }
+
     /// The flight itself: the lookup, then the store.
     fn lookup_and_store(
         self,
@@ -73,7 +101,12 @@ where
                     // entry found is good: a backend only stores a fill whose
                     // token was still current, so it is at least as fresh as
                     // the read that missed.
-                    if let Ok(CacheRead::Hit(verdict)) = cache.get(&hash).await {
+                    let found = match cache.get(&hash).await {
+                        Ok(CacheRead::Hit(verdict)) => Some(verdict),
+                        Ok(CacheRead::Aging(principal)) => Some(Verdict::Valid(principal)),
+                        _ => None,
+                    };
+                    if let Some(verdict) = found {
                         self.shared.counters.coalesced.incr();
                         return judge(verdict).map_or(Outcome::Invalid, Outcome::Valid);
                     }
@@ -127,10 +160,14 @@ where
         found: Option<C::Principal>,
     ) -> (Outcome<C::Principal>, ToStore<C::Principal>) {
         let config = &self.config;
-        let negative = (Outcome::Invalid, Verdict::Invalid, config.negative_ttl);
+        let negative = (
+            Outcome::Invalid,
+            Verdict::Invalid,
+            Ttl::fresh(config.negative_ttl),
+        );
         let (outcome, verdict, ttl) = match found {
             None => negative,
-            Some(principal) => match ttl_within_expiry(&principal, config.positive_ttl) {
+            Some(principal) => match self.positive_ttl(&principal) {
                 Some(ttl) => {
                     let principal = Arc::new(principal);
                     let outcome = Outcome::Valid(Arc::clone(&principal));
@@ -140,19 +177,39 @@ where
                 None => negative,
             },
         };
-        (outcome, (!ttl.is_zero()).then_some((verdict, ttl)))
+        (outcome, (!ttl.fresh.is_zero()).then_some((verdict, ttl)))
     }
-}
 
-/// The positive TTL, capped by the key's own expiry; `None` once that has
-/// passed.
-fn ttl_within_expiry<P: Principal>(principal: &P, positive_ttl: Duration) -> Option<Duration> {
-    match principal.expires_at() {
-        None => Some(positive_ttl),
-        Some(at) => at
+    /// A valid key's [`Ttl`]: the positive TTL, its refresh point and its
+    /// stale time, none of them past the key's own expiry (when that comes
+    /// first it ends the entry: nothing to refresh, nothing to keep);
+    /// `None` once that expiry has passed.
+    fn positive_ttl(&self, principal: &C::Principal) -> Option<Ttl> {
+        let config = &self.config;
+        #[cfg(feature = "refresh-ahead")]
+        let refresh = config
+            .refresh_ahead
+            .map_or(Duration::ZERO, |part| config.positive_ttl.mul_f64(part));
+        #[cfg(not(feature = "refresh-ahead"))]
+        let refresh = Duration::ZERO;
+        let ttl = Ttl {
+            fresh: config.positive_ttl,
+            refresh,
+            stale: config.stale_for,
+        };
+        let Some(at) = principal.expires_at() else {
+            return Some(ttl);
+        };
+        let left = at
             .duration_since(SystemTime::now())
             .ok()
-            .filter(|d| !d.is_zero())
-            .map(|d| d.min(positive_ttl)),
+            .filter(|d| !d.is_zero())?;
+        Some(match left.checked_sub(ttl.fresh) {
+            Some(after) => Ttl {
+                stale: ttl.stale.min(after),
+                ..ttl
+            },
+            None => Ttl::fresh(left),
+        })
     }
 }

@@ -71,6 +71,13 @@ pub(crate) struct Config {
     pub(crate) rejection: Arc<RejectionConfig>,
     pub(crate) rate_limiter: Option<RateLimiter>,
     pub(crate) format: Option<Arc<KeyFormat>>,
+    /// How long past its fresh time a valid key may answer when the lookup
+    /// fails (zero: never).
+    pub(crate) stale_for: Duration,
+    /// The last part of the positive TTL in which a hit refreshes its entry
+    /// in the background (none: never).
+    #[cfg(feature = "refresh-ahead")]
+    pub(crate) refresh_ahead: Option<f64>,
     #[cfg(feature = "usage")]
     pub(crate) usage: Option<crate::usage::AnyTracker>,
 }
@@ -86,6 +93,9 @@ impl Default for Config {
             rejection: Arc::new(RejectionConfig::default()),
             rate_limiter: None,
             format: None,
+            stale_for: Duration::ZERO,
+            #[cfg(feature = "refresh-ahead")]
+            refresh_ahead: None,
             #[cfg(feature = "usage")]
             usage: None,
         }
@@ -100,6 +110,7 @@ struct Shared<C: KeyCache, L> {
     flights: Arc<Flights<C::Principal, C::Token>>,
     cache_warnings: WarnLimiter,
     lookup_warnings: WarnLimiter,
+    stale_warnings: WarnLimiter,
     counter_warnings: WarnLimiter,
 }
 
@@ -138,8 +149,9 @@ pub(crate) enum Step<C: KeyCache> {
 pub(crate) enum Wait<C: KeyCache> {
     /// A cache that didn't answer at once.
     Cache(C::Get),
-    /// This key's lookup, shared with other requests.
-    Lookup(Flight<C::Principal>),
+    /// This key's lookup, shared with other requests; and the key's stale
+    /// entry, to answer with if the lookup fails (serve-stale).
+    Lookup(Flight<C::Principal>, Option<Arc<C::Principal>>),
     /// A counter store that didn't answer at once.
     Count(limit::Counting<C::Principal>),
 }
@@ -179,6 +191,7 @@ impl<C: KeyCache, L> RequestPath<C, L> {
                 flights: Arc::new(Flights::new()),
                 cache_warnings: WarnLimiter::new(Duration::from_secs(10)),
                 lookup_warnings: WarnLimiter::new(Duration::from_secs(10)),
+                stale_warnings: WarnLimiter::new(Duration::from_secs(10)),
                 counter_warnings: WarnLimiter::new(Duration::from_secs(10)),
             }),
         }
@@ -244,7 +257,7 @@ where
             cost: route.cost,
         };
         let step = if route.bypass_cache {
-            self.look_up(hash, Miss::Refresh)
+            self.look_up(hash, Miss::Refresh, None)
         } else {
             let mut get = self.shared.cache.get(&hash);
             // An in-process cache answers on the first poll.
@@ -300,46 +313,74 @@ where
     ) -> Step<C> {
         let counters = &self.shared.counters;
         let hash = request.hash;
-        match read {
-            Ok(CacheRead::Hit(verdict)) => match judge(verdict) {
-                Some(principal) => {
-                    counters.hits.incr();
-                    self.admit(req, request, principal)
-                }
-                None => {
-                    counters.negative_hits.incr();
-                    self.reject(RejectionKind::InvalidKey)
-                }
-            },
-            Ok(CacheRead::Miss { token, degraded }) => {
+        let (verdict, aging) = match read {
+            Ok(CacheRead::Hit(verdict)) => (verdict, false),
+            Ok(CacheRead::Aging(principal)) => (Verdict::Valid(principal), true),
+            Ok(CacheRead::Miss {
+                token,
+                degraded,
+                stale,
+            }) => {
                 if let Some(error) = degraded {
                     self.note_cache_error("get", &error);
                 }
-                self.look_up(hash, Miss::Read(token))
+                // Another instance's entry may be kept stale; this layer
+                // answers with it only if it serves stale itself.
+                let stale = stale.filter(|_| !self.config.stale_for.is_zero());
+                return self.look_up(hash, Miss::Read(token), stale);
             }
             Err(error) => {
                 self.note_cache_error("get", &error);
-                self.look_up(hash, Miss::Unreadable)
+                return self.look_up(hash, Miss::Unreadable, None);
+            }
+        };
+        match judge(verdict) {
+            Some(principal) => {
+                counters.hits.incr();
+                if aging {
+                    self.refresh_ahead(hash);
+                }
+                self.admit(req, request, principal)
+            }
+            None => {
+                counters.negative_hits.incr();
+                self.reject(RejectionKind::InvalidKey)
             }
         }
     }
 
     /// Stage 5: joins or starts this key's lookup (`miss.rs`).
-    fn look_up(&self, hash: KeyHash, miss: Miss<C::Token>) -> Step<C> {
-        Step::Wait(Wait::Lookup(self.flight(hash, miss)))
+    fn look_up(
+        &self,
+        hash: KeyHash,
+        miss: Miss<C::Token>,
+        stale: Option<Arc<C::Principal>>,
+    ) -> Step<C> {
+        Step::Wait(Wait::Lookup(self.flight(hash, miss), stale))
     }
 
-    /// What the lookup concluded.
+    /// What the lookup concluded. When it failed, a stale entry of the key
+    /// answers if there is one and the key's own expiry has not passed.
     fn on_lookup<B>(
         &self,
         req: &mut http::Request<B>,
         request: Request,
         outcome: Outcome<C::Principal>,
+        stale: Option<Arc<C::Principal>>,
     ) -> Step<C> {
         match outcome {
             Outcome::Valid(principal) => self.admit(req, request, principal),
             Outcome::Invalid => self.reject(RejectionKind::InvalidKey),
-            Outcome::Failed => self.reject(RejectionKind::LookupUnavailable),
+            Outcome::Failed => match stale.and_then(|p| judge(Verdict::Valid(p))) {
+                Some(principal) => {
+                    self.shared.counters.stale_served.incr();
+                    if let Some(suppressed) = self.shared.stale_warnings.allow() {
+                        tracing::warn!(key = %request.hash, suppressed, "API key lookup failed; answering from a stale cache entry");
+                    }
+                    self.admit(req, request, principal)
+                }
+                None => self.reject(RejectionKind::LookupUnavailable),
+            },
         }
     }
 
@@ -383,9 +424,10 @@ where
                     let read = ready!(Pin::new(get).poll(cx));
                     self.path.on_read(req, self.request, read)
                 }
-                Wait::Lookup(flight) => {
+                Wait::Lookup(flight, stale) => {
                     let outcome = ready!(Pin::new(flight).poll(cx));
-                    self.path.on_lookup(req, self.request, outcome)
+                    let stale = stale.take();
+                    self.path.on_lookup(req, self.request, outcome, stale)
                 }
                 Wait::Count(counting) => {
                     let counted = ready!(counting.poll(cx));

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 use tower::ServiceExt;
-use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Verdict};
+use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Ttl, Verdict};
 use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Lookup, Principal};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -367,7 +367,7 @@ impl<P: Principal> KeyCache for NaiveCache<P> {
         hash: KeyHash,
         _: (),
         verdict: Verdict<P>,
-        _: Duration,
+        _: Ttl,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         self.0.insert(hash, verdict);
         ready(Ok(()))

@@ -27,7 +27,7 @@ use fred::prelude::Config;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{CacheError, KeyCache, Verdict};
+use super::{CacheError, KeyCache, Ttl, Verdict};
 use crate::{KeyHash, Principal};
 
 mod builder;
@@ -236,7 +236,7 @@ where
         hash: KeyHash,
         token: RedisToken,
         verdict: Verdict<P>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         let this = self.clone();
         async move { this.put_checked(hash, token, &verdict, ttl).await.map(drop) }

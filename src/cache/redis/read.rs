@@ -10,6 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -17,14 +18,15 @@ use bytes::Bytes;
 use fred::interfaces::KeysInterface;
 use serde::de::DeserializeOwned;
 
+use super::codec::{self, Freshness};
 use super::command::Command;
-use super::{codec, RedisCache, RedisToken, Version};
-use crate::cache::{CacheError, CacheRead};
+use super::{RedisCache, RedisToken, Version};
+use crate::cache::{CacheError, CacheRead, Ttl};
 use crate::KeyHash;
 
-/// What a read answers: the read, and for a hit asked with its TTL how long
-/// the entry has left.
-pub(crate) type Read<P> = Result<(CacheRead<P, RedisToken>, Option<Duration>), CacheError>;
+/// What a read answers: the read, and for a hit asked with its TTL what the
+/// entry has left.
+pub(crate) type Read<P> = Result<(CacheRead<P, RedisToken>, Option<Ttl>), CacheError>;
 
 impl<P> RedisCache<P> {
     /// Reads `hash`; with `with_ttl`, also how long a hit has left (`PTTL`,
@@ -77,15 +79,18 @@ pub(crate) struct RedisRead<P> {
     hash: KeyHash,
     epoch: u64,
     asked: Option<Instant>,
-    state: ReadState,
+    state: ReadState<P>,
 }
 
-enum ReadState {
+/// What a miss found besides the absence of a fresh entry.
+type Miss<P> = (Option<CacheError>, Option<Arc<P>>);
+
+enum ReadState<P> {
     /// The entry (and its `PTTL`, when asked).
     Entry(Command<(Option<Bytes>, Option<i64>)>),
     /// A miss reading the versions its fill must match; with why, when the
-    /// entry was there but undecodable.
-    Version(Command<Version>, Option<CacheError>),
+    /// entry was there but undecodable, or the stale principal it holds.
+    Version(Command<Version>, Miss<P>),
     Done,
 }
 
@@ -105,30 +110,41 @@ impl<P: DeserializeOwned> Future for RedisRead<P> {
                             return Poll::Ready(Err(error));
                         }
                     };
-                    match codec::decode::<P>(raw.as_deref()) {
-                        Ok(verdict) => {
-                            this.state = ReadState::Done;
-                            let left = pttl.and_then(|ms| u64::try_from(ms).ok()).map(|ms| {
-                                let asked = this.asked.map_or(Duration::ZERO, |t| t.elapsed());
-                                Duration::from_millis(ms).saturating_sub(asked)
-                            });
-                            return Poll::Ready(Ok((CacheRead::Hit(verdict), left)));
-                        }
-                        Err(degraded) => {
-                            let command = this.cache.read_version(&this.hash);
-                            this.state = ReadState::Version(command, degraded);
-                        }
-                    }
+                    let left = pttl.and_then(|ms| u64::try_from(ms).ok()).map(|ms| {
+                        let asked = this.asked.map_or(Duration::ZERO, |t| t.elapsed());
+                        Duration::from_millis(ms).saturating_sub(asked)
+                    });
+                    let miss = match codec::decode::<P>(raw.as_deref()) {
+                        Ok(stored) => match stored.at(codec::now_ms(), left) {
+                            (Freshness::Fresh(verdict), left) => {
+                                this.state = ReadState::Done;
+                                return Poll::Ready(Ok((CacheRead::Hit(verdict), left)));
+                            }
+                            (Freshness::Aging(principal), left) => {
+                                this.state = ReadState::Done;
+                                return Poll::Ready(Ok((CacheRead::Aging(principal), left)));
+                            }
+                            (Freshness::Stale(principal), _) => (None, Some(principal)),
+                        },
+                        Err(degraded) => (degraded, None),
+                    };
+                    let command = this.cache.read_version(&this.hash);
+                    this.state = ReadState::Version(command, miss);
                 }
-                ReadState::Version(command, degraded) => {
+                ReadState::Version(command, miss) => {
                     let version = ready!(command.as_mut().poll(cx));
-                    let degraded = degraded.take();
+                    let (degraded, stale) = std::mem::take(miss);
                     this.state = ReadState::Done;
                     let token = RedisToken {
                         epoch: this.epoch,
                         version: version?,
                     };
-                    return Poll::Ready(Ok((CacheRead::Miss { token, degraded }, None)));
+                    let miss = CacheRead::Miss {
+                        token,
+                        degraded,
+                        stale,
+                    };
+                    return Poll::Ready(Ok((miss, None)));
                 }
                 ReadState::Done => return Poll::Pending,
             }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::read::RedisRead;
 use super::{RedisCache, RedisCacheBuilder, RedisToken};
 use crate::cache::tier::{FarTier, FarTierBuilder, Put};
-use crate::cache::{CacheError, Verdict};
+use crate::cache::{CacheError, Ttl, Verdict};
 use crate::{KeyHash, Principal};
 
 impl<P> FarTier for RedisCache<P>
@@ -30,7 +30,7 @@ where
         hash: KeyHash,
         token: RedisToken,
         verdict: &Verdict<P>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> impl Future<Output = Result<Put, CacheError>> + Send {
         RedisCache::put_checked(self, hash, token, verdict, ttl)
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{codec, scripts, RedisCache, RedisToken};
 use crate::cache::tier::Put;
-use crate::cache::{CacheError, KeyCache, Verdict};
+use crate::cache::{CacheError, KeyCache, Ttl, Verdict};
 use crate::redis_pool::millis;
 use crate::{KeyHash, Principal};
 
@@ -28,13 +28,18 @@ where
         hash: KeyHash,
         token: RedisToken,
         verdict: &Verdict<P>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> Result<Put, CacheError> {
         let inner = &*self.inner;
         if inner.epoch.load(Ordering::Acquire) != token.epoch {
             return Ok(Put::Refused); // invalidate_all since the read
         }
-        let value = codec::encode(verdict)?;
+        let value = codec::encode(verdict, ttl, codec::now_ms())?;
+        // Kept for its stale time too (a valid entry's only).
+        let ttl = match verdict {
+            Verdict::Valid(_) => ttl.total(),
+            Verdict::Invalid => ttl.fresh,
+        };
         if let Verdict::Valid(principal) = verdict {
             if let Some(owner) = principal.owner() {
                 // Listed first, checked second: an `invalidate_owner` that

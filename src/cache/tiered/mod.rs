@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use super::redis::RedisRead;
 use super::tier::{FarTier, NearTier, Put};
 use super::token::{MemoryToken, RedisToken};
-use super::{CacheError, CacheRead, KeyCache, MemoryCache, RedisCache, Verdict};
+use super::{CacheError, CacheRead, KeyCache, MemoryCache, RedisCache, Ttl, Verdict};
 use crate::{KeyHash, Principal};
 
 mod builder;
@@ -288,13 +288,17 @@ where
             Instant::now().checked_sub(shared.disconnected_l1_ttl)
         };
         let state = match shared.l1.get_now(hash, filled_since) {
-            CacheRead::Hit(verdict) => GetState::Ready(Some(verdict)),
-            CacheRead::Miss { token: l1, .. } => GetState::L2 {
+            CacheRead::Miss {
+                token: l1, stale, ..
+            } => GetState::L2 {
                 read: shared.l2.get_with_ttl(hash),
                 cache: self.clone(),
                 hash: *hash,
                 l1,
+                stale,
             },
+            CacheRead::Hit(verdict) => GetState::Ready(Some(CacheRead::Hit(verdict))),
+            CacheRead::Aging(principal) => GetState::Ready(Some(CacheRead::Aging(principal))),
         };
         TieredGet { state }
     }
@@ -317,10 +321,10 @@ where
         hash: KeyHash,
         token: TieredToken,
         verdict: Verdict<P>,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> Result<(), CacheError> {
         let shared = &*self.shared;
-        let l1_ttl = ttl.min(shared.l1_ttl);
+        let l1_ttl = ttl.cap(shared.l1_ttl);
         let put = match token.l2 {
             L2Token::Read(l2) => shared.l2.put_checked(hash, l2, &verdict, ttl).await,
             L2Token::Unavailable => Ok(Put::Stored),
@@ -367,13 +371,15 @@ pub struct TieredGet<P> {
 
 enum GetState<P> {
     /// Answered by L1 (`None` once taken).
-    Ready(Option<Verdict<P>>),
+    Ready(Option<CacheRead<P, TieredToken>>),
     /// Reading Redis, with what its answer needs.
     L2 {
         read: RedisRead<P>,
         cache: TieredCache<P>,
         hash: KeyHash,
         l1: MemoryToken,
+        /// L1's stale copy, for when Redis can't answer.
+        stale: Option<Arc<P>>,
     },
 }
 
@@ -394,10 +400,10 @@ where
     type Output = Result<CacheRead<P, TieredToken>, CacheError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (read, cache, hash, l1) = match &mut self.state {
-            GetState::Ready(verdict) => {
-                return match verdict.take() {
-                    Some(verdict) => Poll::Ready(Ok(CacheRead::Hit(verdict))),
+        let (read, cache, hash, l1, l1_stale) = match &mut self.state {
+            GetState::Ready(read) => {
+                return match read.take() {
+                    Some(read) => Poll::Ready(Ok(read)),
                     None => Poll::Pending, // polled after completion
                 };
             }
@@ -406,33 +412,52 @@ where
                 cache,
                 hash,
                 l1,
-            } => (ready!(Pin::new(read).poll(cx)), &*cache.shared, *hash, *l1),
+                stale,
+            } => {
+                let read = ready!(Pin::new(read).poll(cx));
+                (read, &*cache.shared, *hash, *l1, stale.take())
+            }
         };
         let token = |l2| TieredToken { l1, l2 };
+        // Never longer in L1 than in Redis. The L1 token was taken before
+        // the Redis read: a broadcast invalidation that lands in between
+        // makes this fill a no-op.
+        let fill = |verdict: Verdict<P>, left: Option<Ttl>| {
+            cache.signals.l2_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(left) = left.filter(|t| !t.fresh.is_zero()) {
+                cache.l1.put_now(hash, l1, verdict, left.cap(cache.l1_ttl));
+            }
+        };
         let read = match read {
             Ok((CacheRead::Hit(verdict), left)) => {
-                cache.signals.l2_hits.fetch_add(1, Ordering::Relaxed);
-                // Never longer in L1 than in Redis. The L1 token was taken
-                // before the Redis read: a broadcast invalidation that lands
-                // in between makes this fill a no-op.
-                if let Some(left) = left.filter(|d| !d.is_zero()) {
-                    let ttl = left.min(cache.l1_ttl);
-                    cache.l1.put_now(hash, l1, verdict.clone(), ttl);
-                }
+                fill(verdict.clone(), left);
                 CacheRead::Hit(verdict)
             }
+            Ok((CacheRead::Aging(principal), left)) => {
+                fill(Verdict::Valid(Arc::clone(&principal)), left);
+                CacheRead::Aging(principal)
+            }
+            // Redis answered: its word on staleness is the only one (an L1
+            // copy may be of a key another instance just invalidated).
             Ok((
                 CacheRead::Miss {
                     token: l2,
                     degraded,
+                    stale,
                 },
                 _,
             )) => CacheRead::Miss {
                 token: token(L2Token::Read(l2)),
                 degraded,
+                stale,
             },
-            // Redis is down: a miss whose answer fills L1 alone.
-            Err(error) => CacheRead::degraded(token(L2Token::Unavailable), error),
+            // Redis is down: a miss whose answer fills L1 alone, with what
+            // L1 still trusts kept stale.
+            Err(error) => CacheRead::Miss {
+                token: token(L2Token::Unavailable),
+                degraded: Some(error),
+                stale: l1_stale,
+            },
         };
         self.state = GetState::Ready(None);
         Poll::Ready(Ok(read))
