@@ -19,6 +19,8 @@
 //! | `APIKEY_REDIS_PREFIX` | `apikey:` | prefix of the Redis keys |
 //! | `APIKEY_POSITIVE_TTL` | `300` | seconds a valid key stays cached |
 //! | `APIKEY_NEGATIVE_TTL` | `30` | seconds an unknown key stays cached |
+//! | `APIKEY_SERVE_STALE` | `0` (off) | seconds a valid key's entry is kept past its TTL, to answer with while the database fails |
+//! | `APIKEY_REFRESH_AHEAD_PERCENT` | `0` (off) | a key used in the last this-many percent of its TTL is refreshed in the background |
 //! | `APIKEY_RATELIMIT_BACKEND` | `memory` | where rate-limit counts live: `memory`, or `redis` (with `REDIS_URL`; `--features tiered`) |
 //! | `APIKEY_RATELIMIT_MODE` | `strict` | `redis`: `strict` (one round trip per request) or `local-first` (decided here, sent every 100 ms) |
 //! | `APIKEY_KEY_SECRETS` | none | comma-separated, newest first: new keys are `sk_live_…` with a keyed checksum under the first (forged keys cost no lookup); without it `sk_pub_…` with a public CRC-32. Keys of the other mode, or without either prefix, still work; to rotate, put the new secret first and keep the old ones listed (`sk_live_` keys made under a dropped secret stop working) |
@@ -87,6 +89,13 @@ async fn run() -> Result<(), String> {
     let port = u16::try_from(port).map_err(|_| format!("PORT out of range: {port}"))?;
     let positive_ttl = Duration::from_secs(env_u64("APIKEY_POSITIVE_TTL", 300)?);
     let negative_ttl = Duration::from_secs(env_u64("APIKEY_NEGATIVE_TTL", 30)?);
+    let stale_for = Duration::from_secs(env_u64("APIKEY_SERVE_STALE", 0)?);
+    let refresh_percent = env_u64("APIKEY_REFRESH_AHEAD_PERCENT", 0)?;
+    if refresh_percent > 100 {
+        return Err(format!(
+            "APIKEY_REFRESH_AHEAD_PERCENT is a percentage: {refresh_percent}"
+        ));
+    }
     let delay = Duration::from_millis(env_u64("QUICKSTART_LOOKUP_DELAY_MS", 0)?);
     let fail = matches!(
         std::env::var("QUICKSTART_LOOKUP_FAIL").as_deref(),
@@ -187,6 +196,8 @@ async fn run() -> Result<(), String> {
     )
     .positive_ttl(positive_ttl)
     .negative_ttl(negative_ttl)
+    .serve_stale(stale_for)
+    .refresh_ahead(refresh_percent as f64 / 100.0)
     .public("/health")
     .optional("/v1/hello")
     // Key management always asks the table, not the cache.
@@ -251,9 +262,10 @@ async fn run() -> Result<(), String> {
     };
     println!("tower-api-key quickstart listening on {base}");
     println!(
-        "cache: {backend}, positive TTL {}s, negative TTL {}s",
+        "cache: {backend}, positive TTL {}s, negative TTL {}s, serve-stale {}s, refresh-ahead {refresh_percent}%",
         positive_ttl.as_secs(),
-        negative_ttl.as_secs()
+        negative_ttl.as_secs(),
+        stale_for.as_secs(),
     );
     println!("rate limits: {limits_said}");
     println!("keys: {format_said}, legacy keys allowed");
