@@ -146,6 +146,32 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
         self
     }
 
+    /// The longest wait for one lookup (default
+    /// [`DEFAULT_LOOKUP_TIMEOUT`](crate::DEFAULT_LOOKUP_TIMEOUT), 5 s): a
+    /// lookup still running then is a failed one, answered `503` with
+    /// `Retry-After` (or, with [`serve_stale`](Self::serve_stale), from the
+    /// key's stale entry), never cached, counted in
+    /// [`Stats::lookup_timeouts`](crate::Stats::lookup_timeouts); every
+    /// request waiting on that lookup gets the same answer at that moment.
+    /// The lookup's future is dropped. Applies on a Tokio runtime (feature
+    /// `tokio`); `Duration::MAX` waits forever.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use tower_api_key::{cache::MemoryCache, lookup_fn, ApiKeyAuthLayer, BoxError, KeyHash, Principal};
+    /// # #[derive(Clone)] struct Client;
+    /// # impl Principal for Client {}
+    /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, BoxError>(None) });
+    /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup)
+    ///     .lookup_timeout(Duration::from_millis(500));
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().lookup_timeout = timeout;
+        self
+    }
+
     /// Serve-stale (off by default): when the lookup fails (an error or a
     /// timeout, not an unknown key) and the key's valid entry went past its
     /// fresh time less than `stale_for` ago, the request is answered with
@@ -205,8 +231,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// // A key used in the last 30 s of its 5 minutes is refreshed.
     /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup).refresh_ahead(0.1);
     /// ```
-    #[cfg(feature = "refresh-ahead")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "refresh-ahead")))]
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn refresh_ahead(mut self, part: f64) -> Self {
         assert!(
             (0.0..=1.0).contains(&part),

@@ -121,6 +121,9 @@ pub use policy::{InvalidRoute, RoutePolicy};
 pub use principal::Principal;
 pub use ratelimit::policy::{InvalidRateLimit, RateLimit};
 pub use rejection::{AuthRejection, RejectionHandler, RejectionKind};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use request_path::DEFAULT_LOOKUP_TIMEOUT;
 pub use request_path::{DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
 pub use service::ApiKeyAuth;
 pub use source::{KeySource, MalformedKey, DEFAULT_MAX_KEY_LENGTH};

@@ -29,6 +29,10 @@ pub struct Stats {
     pub lookups: u64,
     /// Lookups that failed (answered 503, never cached).
     pub lookup_errors: u64,
+    /// Lookups that took longer than the
+    /// [`lookup_timeout`](crate::ApiKeyAuthLayer::lookup_timeout) (also in
+    /// `lookup_errors`).
+    pub lookup_timeouts: u64,
     /// Cache operations that failed and were degraded to the lookup.
     pub cache_errors: u64,
     /// Requests whose key failed the [`KeyFormat`](crate::KeyFormat) (its
@@ -122,6 +126,7 @@ pub(crate) struct Counters {
     pub(crate) misses: Counter,
     pub(crate) lookups: Counter,
     pub(crate) lookup_errors: Counter,
+    pub(crate) lookup_timeouts: Counter,
     pub(crate) cache_errors: Counter,
     pub(crate) format_rejected: Counter,
     pub(crate) coalesced: Counter,
@@ -141,6 +146,7 @@ impl Counters {
             misses: self.misses.get(),
             lookups: self.lookups.get(),
             lookup_errors: self.lookup_errors.get(),
+            lookup_timeouts: self.lookup_timeouts.get(),
             cache_errors: self.cache_errors.get(),
             format_rejected: self.format_rejected.get(),
             coalesced: self.coalesced.get(),

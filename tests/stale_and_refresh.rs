@@ -196,7 +196,7 @@ mod serve_stale {
     }
 }
 
-#[cfg(feature = "refresh-ahead")]
+#[cfg(feature = "tokio")]
 mod refresh_ahead {
     use super::*;
 

@@ -112,7 +112,7 @@ impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
     /// Starts a flight for `hash` with `start` unless one is live (whatever
     /// its token): a refresh-ahead that any lookup of the key makes moot.
     /// Nobody joins it (its token is none).
-    #[cfg(feature = "refresh-ahead")]
+    #[cfg(feature = "tokio")]
     pub(crate) fn start_unless_flying(
         self: &Arc<Self>,
         hash: KeyHash,
@@ -231,7 +231,7 @@ mod tests {
         assert!(matches!(fresh.await, Outcome::Failed));
     }
 
-    #[cfg(feature = "refresh-ahead")]
+    #[cfg(feature = "tokio")]
     #[tokio::test]
     async fn a_refresh_starts_only_when_nothing_flies() {
         let flights = Arc::new(Flights::<(), u32>::new());

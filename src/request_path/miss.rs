@@ -64,7 +64,7 @@ where
     /// the current Tokio runtime (outside one, nothing: the entry expires
     /// and the next request looks it up).
     pub(super) fn refresh_ahead(&self, hash: KeyHash) {
-        #[cfg(feature = "refresh-ahead")]
+        #[cfg(feature = "tokio")]
         {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return;
@@ -79,7 +79,7 @@ where
                 });
             }
         }
-        #[cfg(not(feature = "refresh-ahead"))]
+        #[cfg(not(feature = "tokio"))]
         let _ = hash;
     }
 
@@ -143,14 +143,29 @@ where
         .boxed()
     }
 
-    /// One call of the user's lookup service.
+    /// One call of the user's lookup service, bounded by the lookup timeout
+    /// (on a Tokio runtime; outside one it runs unbounded).
     async fn lookup(&self, hash: KeyHash) -> Result<Option<C::Principal>, BoxError> {
         self.shared.counters.lookups.incr();
         let mut lookup = self.shared.lookup.clone();
-        poll_fn(|cx| lookup.poll_ready(cx))
-            .await
-            .map_err(Into::into)?;
-        lookup.call(hash).await.map_err(Into::into)
+        let call = async move {
+            poll_fn(|cx| lookup.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
+            lookup.call(hash).await.map_err(Into::into)
+        };
+        #[cfg(feature = "tokio")]
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let limit = self.config.lookup_timeout;
+            return match tokio::time::timeout(limit, call).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    self.shared.counters.lookup_timeouts.incr();
+                    Err(format!("the lookup took longer than its timeout, {limit:?}").into())
+                }
+            };
+        }
+        call.await
     }
 
     /// What a lookup's answer means for the request, and what to cache for
@@ -186,11 +201,11 @@ where
     /// `None` once that expiry has passed.
     fn positive_ttl(&self, principal: &C::Principal) -> Option<Ttl> {
         let config = &self.config;
-        #[cfg(feature = "refresh-ahead")]
+        #[cfg(feature = "tokio")]
         let refresh = config
             .refresh_ahead
             .map_or(Duration::ZERO, |part| config.positive_ttl.mul_f64(part));
-        #[cfg(not(feature = "refresh-ahead"))]
+        #[cfg(not(feature = "tokio"))]
         let refresh = Duration::ZERO;
         let ttl = Ttl {
             fresh: config.positive_ttl,

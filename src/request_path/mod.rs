@@ -58,6 +58,10 @@ use crate::{KeyFormat, KeyHash, KeyHasher, KeySource, Principal, RoutePolicy};
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(300);
 /// Default time an unknown key stays cached as invalid.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// Default longest wait for the lookup (feature `tokio`): a lookup that
+/// hangs answers `503` after this, not never.
+#[cfg(feature = "tokio")]
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the builder sets and every request reads. Copied on write: a clone
 /// of a layer configured further never changes the original.
@@ -74,9 +78,12 @@ pub(crate) struct Config {
     /// How long past its fresh time a valid key may answer when the lookup
     /// fails (zero: never).
     pub(crate) stale_for: Duration,
+    /// The longest wait for one lookup.
+    #[cfg(feature = "tokio")]
+    pub(crate) lookup_timeout: Duration,
     /// The last part of the positive TTL in which a hit refreshes its entry
     /// in the background (none: never).
-    #[cfg(feature = "refresh-ahead")]
+    #[cfg(feature = "tokio")]
     pub(crate) refresh_ahead: Option<f64>,
     #[cfg(feature = "usage")]
     pub(crate) usage: Option<crate::usage::AnyTracker>,
@@ -94,7 +101,9 @@ impl Default for Config {
             rate_limiter: None,
             format: None,
             stale_for: Duration::ZERO,
-            #[cfg(feature = "refresh-ahead")]
+            #[cfg(feature = "tokio")]
+            lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
+            #[cfg(feature = "tokio")]
             refresh_ahead: None,
             #[cfg(feature = "usage")]
             usage: None,
