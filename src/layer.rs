@@ -184,7 +184,11 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// it does not expire it), never from a negative entry, never past the
     /// key's own [`expires_at`](crate::Principal::expires_at). A stale entry
     /// answers nothing while the lookup works: the lookup's answer replaces
-    /// it. On the tiered cache the stale entry is Redis's; with Redis
+    /// it; and after a failed lookup the cache is read again, so an
+    /// invalidation made while the lookup ran still wins. With a cache that
+    /// other instances share, the stale time is the writer's: give every
+    /// instance the same `stale_for` (an instance with none serves no
+    /// stale entry). On the tiered cache the stale entry is Redis's; with Redis
     /// unreachable too, only an L1 entry that L1 still trusts while cut off
     /// from the broadcasts (its disconnected bound) can serve.
     /// `Duration::ZERO` turns it off.
@@ -196,7 +200,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// # impl Principal for Client {}
     /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, BoxError>(None) });
     ///
-    /// // Keys checked in the last 5 minutes keep working through a
+    /// // Keys looked up in the last 5 minutes keep working through a
     /// // 15-minute outage of the key store.
     /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup)
     ///     .positive_ttl(Duration::from_secs(300))
@@ -221,7 +225,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     ///
     /// # Panics
     ///
-    /// If `part` is not within `0.0..=1.0`: a configuration error.
+    /// If `part` is not within `0.0..1.0` (at `1.0` every hit would
+    /// refresh): a configuration error.
     ///
     /// ```
     /// # use tower_api_key::{cache::MemoryCache, lookup_fn, ApiKeyAuthLayer, BoxError, KeyHash, Principal};
@@ -235,8 +240,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn refresh_ahead(mut self, part: f64) -> Self {
         assert!(
-            (0.0..=1.0).contains(&part),
-            "refresh_ahead takes the part of the TTL to refresh in, within 0.0..=1.0; got {part}"
+            (0.0..1.0).contains(&part),
+            "refresh_ahead takes the part of the TTL to refresh in, within 0.0..1.0; got {part}"
         );
         self.config_mut().refresh_ahead = (part > 0.0).then_some(part);
         self

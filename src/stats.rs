@@ -44,7 +44,7 @@ pub struct Stats {
     pub coalesced: u64,
     /// Requests answered from a stale entry because the lookup failed
     /// ([`serve_stale`](crate::ApiKeyAuthLayer::serve_stale)); also counted
-    /// in `misses` and `lookup_errors`.
+    /// in `misses` (and their lookup, once per flight, in `lookup_errors`).
     pub stale_served: u64,
     /// Background refreshes started by hits on aging entries
     /// ([`refresh_ahead`](crate::ApiKeyAuthLayer::refresh_ahead)); each is a

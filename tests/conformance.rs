@@ -50,6 +50,28 @@ mod tiered {
     );
 }
 
+/// L1 copies shorter than the suite's TTLs: reads go to Redis, and L1 is
+/// filled with what Redis's entry has left.
+#[cfg(feature = "tiered")]
+mod tiered_short_l1 {
+    use std::time::Duration;
+
+    use super::common::redis::RedisServer;
+    use tower_api_key::cache::TieredCache;
+
+    tower_api_key::key_cache_conformance!(
+        || async {
+            let server = RedisServer::start();
+            let cache = TieredCache::builder(server.url())
+                .l1_ttl(Duration::from_millis(500))
+                .build()
+                .await;
+            (cache.expect("a tiered cache"), server)
+        },
+        owners
+    );
+}
+
 /// `NaiveCache`, on a map's plain `insert` and `remove`, ignores its
 /// tokens and TTLs: the checks that guard the contract must fail on it.
 mod a_naive_cache_fails {

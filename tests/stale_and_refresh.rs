@@ -87,6 +87,32 @@ mod serve_stale {
         answers_from_a_stale_entry_while_the_store_is_down(cache).await;
     }
 
+    /// Redis down as well: the stale entry comes from L1, and only while L1
+    /// trusts an entry cut off from the broadcasts (1 s after its fill).
+    #[cfg(feature = "tiered")]
+    #[tokio::test]
+    async fn tiered_with_redis_down_too_serves_l1_within_its_disconnected_bound() {
+        use tower_api_key::cache::TieredCache;
+        let mut server = common::redis::RedisServer::start();
+        let cache = TieredCache::builder(server.url()).build().await.unwrap();
+        let store = KeyStore::new();
+        store.create("alice", SECRET, None);
+        let layer = stale_layer(cache, &store, Duration::from_secs(60));
+        let app = app(layer.clone());
+        assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
+        server.kill();
+        tokio::time::sleep(PAST_FRESH).await;
+        store.fail.store(true, Ordering::SeqCst);
+        assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
+        assert_eq!(layer.stats().stale_served, 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            status(&app, "/me", SECRET).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "L1 trusted past its disconnected bound"
+        );
+    }
+
     #[tokio::test]
     async fn off_by_default() {
         let store = KeyStore::new();
@@ -163,21 +189,45 @@ mod serve_stale {
     #[tokio::test]
     async fn never_past_the_keys_own_expiry() {
         let store = KeyStore::new();
-        // Expires 700 ms from now: past its 400 ms fresh time, before the
+        // Expires 1.5 s from now: past its 400 ms fresh time, before the
         // stale time ends.
-        store.create("alice", SECRET, Some(now_ms() + 700));
+        store.create("alice", SECRET, Some(now_ms() + 1_500));
         let layer = stale_layer(MemoryCache::new(), &store, Duration::from_secs(60));
         let app = app(layer.clone());
         cached_then_store_down(&app, &store).await;
         // 600 ms in: stale and not yet expired.
         assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
         assert_eq!(
             status(&app, "/me", SECRET).await,
             StatusCode::SERVICE_UNAVAILABLE,
             "served past its own expiry"
         );
         assert_eq!(layer.stats().stale_served, 1);
+    }
+
+    #[tokio::test]
+    async fn never_for_a_key_invalidated_while_its_lookup_failed() {
+        let store = KeyStore::new();
+        let id = store.create("alice", SECRET, None);
+        let layer = stale_layer(MemoryCache::new(), &store, Duration::from_secs(60));
+        let app = app(layer.clone());
+        cached_then_store_down(&app, &store).await;
+        // The lookup takes 300 ms to fail; the key is revoked meanwhile.
+        store.delay_ms.store(300, Ordering::SeqCst);
+        let request = tokio::spawn({
+            let app = app.clone();
+            async move { status(&app, "/me", SECRET).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store.revoke(id);
+        layer.invalidate(&KeyHash::of(SECRET)).await.unwrap();
+        assert_eq!(
+            request.await.unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the entry read before the invalidation answered"
+        );
+        assert_eq!(layer.stats().stale_served, 0);
     }
 
     #[tokio::test]
@@ -266,7 +316,7 @@ mod refresh_ahead {
     }
 
     #[tokio::test]
-    async fn a_failed_refresh_stores_nothing_and_the_entry_lives_out_its_ttl() {
+    async fn a_failed_refresh_backs_off_and_the_entry_lives_out_its_ttl() {
         let store = KeyStore::new();
         store.create("alice", SECRET, None);
         let layer = refreshing(&store);
@@ -277,8 +327,17 @@ mod refresh_ahead {
         assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(layer.stats().lookup_errors, 1);
-        // Still the old entry, until its TTL ends.
-        assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
+        // Still the old entry, until its TTL ends; and its hits don't each
+        // start a refresh against the failing store.
+        for _ in 0..20 {
+            assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
+        }
+        assert_eq!(
+            store.lookups(),
+            2,
+            "a refresh per hit while the store fails"
+        );
+        assert_eq!(layer.stats().refreshes, 1);
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
             status(&app, "/me", SECRET).await,
@@ -289,19 +348,23 @@ mod refresh_ahead {
     #[tokio::test]
     async fn a_key_whose_own_expiry_ends_its_entry_is_not_refreshed() {
         let store = KeyStore::new();
-        store.create("alice", SECRET, Some(now_ms() + 800));
-        let layer = refreshing(&store);
+        // Its 2 s TTL cut to 1.8 s by its expiry: with a refresh point it
+        // would age from 0.8 s.
+        store.create("alice", SECRET, Some(now_ms() + 1_800));
+        let layer = ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup())
+            .positive_ttl(Duration::from_secs(2))
+            .refresh_ahead(0.5);
         let app = app(layer.clone());
         assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
         assert_eq!(status(&app, "/me", SECRET).await, StatusCode::OK);
         assert_eq!(layer.stats().refreshes, 0);
     }
 
     #[test]
-    #[should_panic(expected = "within 0.0..=1.0")]
+    #[should_panic(expected = "within 0.0..1.0")]
     fn a_part_outside_the_ttl_is_a_configuration_error() {
         let store = KeyStore::new();
-        let _ = ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()).refresh_ahead(1.5);
+        let _ = ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()).refresh_ahead(1.0);
     }
 }

@@ -143,10 +143,10 @@ fn owned(id: u64, owner: &str) -> Verdict<Client> {
 /// What a read found, in a form assertions compare: `Some(Some(id))` a
 /// valid entry, `Some(None)` a negative one, `None` a miss.
 async fn found<C: KeyCache<Principal = Client>>(cache: &C, hash: &KeyHash) -> Option<Option<u64>> {
-    match cache.get(hash).await.expect("get") {
-        CacheRead::Hit(Verdict::Valid(p)) | CacheRead::Aging(p) => Some(Some(p.id)),
-        CacheRead::Hit(Verdict::Invalid) => Some(None),
-        CacheRead::Miss { .. } => None,
+    match seen(cache, hash).await {
+        Seen::Hit(id) => Some(id),
+        Seen::Aging(id) => Some(Some(id)),
+        Seen::Stale(_) | Seen::Miss => None,
     }
 }
 

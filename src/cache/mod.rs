@@ -168,9 +168,11 @@ impl<P> Clone for Verdict<P> {
 /// let ttl = Ttl::fresh(Duration::from_secs(300));
 /// assert_eq!(ttl.stale, Duration::ZERO);
 /// assert_eq!(ttl.total(), Duration::from_secs(300));
-/// // An L1 copy that may live 60 s at most keeps the same refresh point.
+/// // A copy that may live 60 s at most keeps the refresh point where it
+/// // was: 30 s before the end of 300 s is past the copy's end, so it has none.
 /// let ttl = Ttl { refresh: Duration::from_secs(30), ..ttl };
 /// assert_eq!(ttl.cap(Duration::from_secs(60)).refresh, Duration::ZERO);
+/// assert_eq!(ttl.cap(Duration::from_secs(280)).refresh, Duration::from_secs(10));
 /// ```
 ///
 /// [`Aging`]: CacheRead::Aging

@@ -43,6 +43,8 @@ pub(crate) type Flight<P> = Shared<BoxFuture<'static, Outcome<P>>>;
 struct Slot<P, T> {
     id: u64,
     token: Option<T>,
+    /// False for a refresh-ahead: no request waits on it.
+    joinable: bool,
     flight: WeakShared<BoxFuture<'static, Outcome<P>>>,
 }
 
@@ -99,14 +101,17 @@ impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
         start: impl FnOnce(FlightGuard<P, T>) -> BoxFuture<'static, Outcome<P>>,
     ) -> (Flight<P>, bool) {
         let mut shard = self.shard(&hash);
-        if let Some(slot) = shard.get(&hash).filter(|_| may_join) {
+        if let Some(slot) = shard.get(&hash).filter(|s| may_join && s.joinable) {
             if slot.token == token {
                 if let Some(flight) = slot.flight.upgrade() {
                     return (flight, true);
                 }
             }
         }
-        (self.start_locked(&mut shard, hash, token, start), false)
+        (
+            self.start_locked(&mut shard, hash, token, true, start),
+            false,
+        )
     }
 
     /// Starts a flight for `hash` with `start` unless one is live (whatever
@@ -122,7 +127,7 @@ impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
         if shard.get(&hash).and_then(|s| s.flight.upgrade()).is_some() {
             return None;
         }
-        Some(self.start_locked(&mut shard, hash, None, start))
+        Some(self.start_locked(&mut shard, hash, None, false, start))
     }
 
     fn start_locked(
@@ -130,6 +135,7 @@ impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
         shard: &mut HashMap<KeyHash, Slot<P, T>>,
         hash: KeyHash,
         token: Option<T>,
+        joinable: bool,
         start: impl FnOnce(FlightGuard<P, T>) -> BoxFuture<'static, Outcome<P>>,
     ) -> Flight<P> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -148,6 +154,7 @@ impl<P: Send + Sync + 'static, T: Eq> Flights<P, T> {
                 Slot {
                     id,
                     token,
+                    joinable,
                     flight: weak,
                 },
             );
@@ -246,7 +253,10 @@ mod tests {
             .boxed()
         });
         let refresh = refresh.expect("nothing flies for b");
-        // Nobody joins a refresh: a miss with a token starts its own.
+        // Nobody joins a refresh: a miss with a token starts its own, and
+        // so does one without (the cache failed).
+        let (_, joined) = flights.join_or_start(KeyHash::of("b"), None, true, stuck);
+        assert!(!joined);
         let (_, joined) = flights.join_or_start(KeyHash::of("b"), Some(1), true, stuck);
         assert!(!joined);
         assert!(matches!(refresh.await, Outcome::Invalid));

@@ -30,7 +30,15 @@ pub(super) enum Miss<T> {
     /// A cache-bypass route: a lookup of its own (it must see one that
     /// started after it arrived), whose answer replaces what is cached.
     Refresh,
+    /// A refresh-ahead: as `Refresh`, in the background; failed, it holds
+    /// its slot for a while, so the aging entry's hits don't retry at once.
+    #[cfg(feature = "tokio")]
+    Ahead,
 }
+
+/// How long a failed refresh-ahead keeps another from starting for its key.
+#[cfg(feature = "tokio")]
+const REFRESH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<C, L> RequestPath<C, L>
 where
@@ -45,6 +53,9 @@ where
             Miss::Read(token) => (Some(token.clone()), true),
             Miss::Unreadable => (None, true),
             Miss::Refresh => (None, false),
+            // Started by `refresh_ahead`, never here.
+            #[cfg(feature = "tokio")]
+            Miss::Ahead => (None, false),
         };
         let (flight, joined) = self
             .shared
@@ -70,7 +81,7 @@ where
                 return;
             };
             let refresh = self.shared.flights.start_unless_flying(hash, |guard| {
-                self.clone().lookup_and_store(hash, Miss::Refresh, guard)
+                self.clone().lookup_and_store(hash, Miss::Ahead, guard)
             });
             if let Some(flight) = refresh {
                 self.shared.counters.refreshes.incr();
@@ -93,6 +104,8 @@ where
         async move {
             let _guard = guard;
             let cache = &self.shared.cache;
+            #[cfg(feature = "tokio")]
+            let ahead = matches!(miss, Miss::Ahead);
             let token = match miss {
                 Miss::Read(token) => {
                     // A request that missed just before another flight stored
@@ -115,20 +128,20 @@ where
                 Miss::Unreadable => None,
                 // A fresh lookup replaces whatever is cached: take a token
                 // that can, before the lookup starts.
-                Miss::Refresh => match cache.refresh_token(&hash).await {
-                    Ok(token) => Some(token),
-                    Err(error) => {
-                        self.note_cache_error("refresh", &error);
-                        None
-                    }
-                },
+                #[cfg(feature = "tokio")]
+                Miss::Ahead => self.refresh_token(&hash).await,
+                Miss::Refresh => self.refresh_token(&hash).await,
             };
             let (outcome, entry) = match self.lookup(hash).await {
                 Ok(found) => self.conclude(found),
                 Err(error) => {
                     self.shared.counters.lookup_errors.incr();
                     if let Some(suppressed) = self.shared.lookup_warnings.allow() {
-                        tracing::warn!(key = %hash, %error, suppressed, "API key lookup failed; answering 503");
+                        tracing::warn!(key = %hash, %error, suppressed, "API key lookup failed");
+                    }
+                    #[cfg(feature = "tokio")]
+                    if ahead {
+                        tokio::time::sleep(REFRESH_BACKOFF).await;
                     }
                     return Outcome::Failed;
                 }
@@ -141,6 +154,19 @@ where
             outcome
         }
         .boxed()
+    }
+
+    /// A token for a fill over whatever is cached, taken before the lookup
+    /// starts; none when the cache can't give one (the answer is then not
+    /// stored).
+    async fn refresh_token(&self, hash: &KeyHash) -> Option<C::Token> {
+        match self.shared.cache.refresh_token(hash).await {
+            Ok(token) => Some(token),
+            Err(error) => {
+                self.note_cache_error("refresh", &error);
+                None
+            }
+        }
     }
 
     /// One call of the user's lookup service, bounded by the lookup timeout
@@ -202,9 +228,10 @@ where
     fn positive_ttl(&self, principal: &C::Principal) -> Option<Ttl> {
         let config = &self.config;
         #[cfg(feature = "tokio")]
-        let refresh = config
-            .refresh_ahead
-            .map_or(Duration::ZERO, |part| config.positive_ttl.mul_f64(part));
+        let refresh = config.refresh_ahead.map_or(Duration::ZERO, |part| {
+            Duration::try_from_secs_f64(config.positive_ttl.as_secs_f64() * part)
+                .unwrap_or(config.positive_ttl)
+        });
         #[cfg(not(feature = "tokio"))]
         let refresh = Duration::ZERO;
         let ttl = Ttl {

@@ -163,6 +163,10 @@ pub(crate) enum Wait<C: KeyCache> {
     Lookup(Flight<C::Principal>, Option<Arc<C::Principal>>),
     /// A counter store that didn't answer at once.
     Count(limit::Counting<C::Principal>),
+    /// The lookup failed and the key had a stale entry: the cache read
+    /// again, to serve that entry only if no invalidation removed it while
+    /// the lookup ran.
+    Recheck(C::Get),
 }
 
 /// Where [`RequestPath::authenticate`] left a request.
@@ -381,6 +385,26 @@ where
             Outcome::Valid(principal) => self.admit(req, request, principal),
             Outcome::Invalid => self.reject(RejectionKind::InvalidKey),
             Outcome::Failed => match stale.and_then(|p| judge(Verdict::Valid(p))) {
+                Some(_) => Step::Wait(Wait::Recheck(self.shared.cache.get(&request.hash))),
+                None => self.reject(RejectionKind::LookupUnavailable),
+            },
+        }
+    }
+
+    /// What the read after a failed lookup allows: the stale entry if it is
+    /// still there (an invalidation during the lookup removed it), or a
+    /// verdict another request stored meanwhile; otherwise `503`.
+    fn on_recheck<B>(
+        &self,
+        req: &mut http::Request<B>,
+        request: Request,
+        read: Result<CacheRead<C::Principal, C::Token>, CacheError>,
+    ) -> Step<C> {
+        match read {
+            Ok(CacheRead::Miss {
+                stale: Some(principal),
+                ..
+            }) => match judge(Verdict::Valid(principal)) {
                 Some(principal) => {
                     self.shared.counters.stale_served.incr();
                     if let Some(suppressed) = self.shared.stale_warnings.allow() {
@@ -390,6 +414,10 @@ where
                 }
                 None => self.reject(RejectionKind::LookupUnavailable),
             },
+            fresh @ Ok(CacheRead::Hit(_) | CacheRead::Aging(_)) => {
+                self.on_read(req, request, fresh)
+            }
+            _ => self.reject(RejectionKind::LookupUnavailable),
         }
     }
 
@@ -437,6 +465,10 @@ where
                     let outcome = ready!(Pin::new(flight).poll(cx));
                     let stale = stale.take();
                     self.path.on_lookup(req, self.request, outcome, stale)
+                }
+                Wait::Recheck(get) => {
+                    let read = ready!(Pin::new(get).poll(cx));
+                    self.path.on_recheck(req, self.request, read)
                 }
                 Wait::Count(counting) => {
                     let counted = ready!(counting.poll(cx));

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheError, Ttl, Verdict};
+use crate::redis_pool::millis;
 
 const ENVELOPE_VERSION: u8 = 1;
 
@@ -121,10 +122,6 @@ pub(super) fn encode<P: Serialize>(
         },
     };
     serde_json::to_string(&envelope).map_err(CacheError::new)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What a `GET` of an entry found: its verdict, or a miss, with why when a

@@ -17,6 +17,10 @@ use crate::{KeyHash, Principal};
 /// the listing is written first, so it must not lapse before the entry.
 const OWNER_LISTING_MARGIN: Duration = Duration::from_secs(1);
 
+/// The longest `PX` written (a hundred years): Redis refuses one past what
+/// its clock can add.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 impl<P> RedisCache<P>
 where
     P: Principal + Serialize + serde::de::DeserializeOwned,
@@ -47,7 +51,7 @@ where
                 // add, and invalidates the key (so its version refuses the
                 // SET below, or its DEL removes it).
                 let set = inner.keys.owner(&owner);
-                let listed = millis(ttl.saturating_add(OWNER_LISTING_MARGIN));
+                let listed = millis(ttl.min(MAX_TTL).saturating_add(OWNER_LISTING_MARGIN));
                 let member = vec![hash.to_hex(), listed.to_string()];
                 let _: i64 = inner
                     .run(inner.client().eval(scripts::OWNER_ADD, vec![set], member))
@@ -61,7 +65,7 @@ where
         }
         let keys = vec![inner.keys.entry(&hash), inner.keys.version(&hash)];
         let seen = token.version.key.unwrap_or_default();
-        let args = vec![seen, value, millis(ttl).to_string()];
+        let args = vec![seen, value, millis(ttl.min(MAX_TTL)).to_string()];
         let stored: i64 = inner
             .run(inner.client().eval(scripts::PUT, keys, args))
             .await?;
