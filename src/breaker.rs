@@ -7,8 +7,21 @@
 //! and its success closes the breaker, its failure opens it again. An
 //! outage then costs the first few requests a timeout, not every request.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The failure of a call the breaker kept from the backend.
+#[derive(Debug)]
+pub(crate) struct Skipped;
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("skipped: the circuit breaker is open after repeated failures")
+    }
+}
+
+impl std::error::Error for Skipped {}
 
 /// Default failures in a row before the breaker opens.
 pub(crate) const DEFAULT_THRESHOLD: u32 = 3;
@@ -59,16 +72,29 @@ impl Breaker {
             .is_ok()
     }
 
-    /// The backend answered: the breaker closes.
-    pub(crate) fn succeeded(&self) {
+    /// The backend answered: the breaker closes. Returns whether this
+    /// closed it.
+    pub(crate) fn succeeded(&self) -> bool {
         // Read first: on the common path (closed, no failures) nothing is
         // written, so threads don't bounce the line between their cores.
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Release);
         }
-        if self.open_until.load(Ordering::Relaxed) != 0 {
-            self.open_until.store(0, Ordering::Release);
-        }
+        self.open_until.load(Ordering::Relaxed) != 0
+            && self.open_until.swap(0, Ordering::AcqRel) != 0
+    }
+
+    /// Whether the breaker is open (calls skip the backend, but for a
+    /// probe now and then).
+    #[cfg(feature = "redis")]
+    pub(crate) fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Relaxed) != 0
+    }
+
+    /// How long an open breaker waits before a probe.
+    #[cfg(feature = "redis")]
+    pub(crate) fn cooldown(&self) -> Duration {
+        self.cooldown
     }
 
     /// The backend failed; returns whether this opened the breaker.

@@ -7,10 +7,19 @@
 //! and is bounded by our own timeout (a tokio `Sleep` racing it): fred's
 //! per-command timeout costs a third of the throughput under load (measured
 //! in `benches/redis_hit.rs`).
+//!
+//! Every command goes through the pool's circuit breaker: after a few
+//! timeouts or connection failures in a row it opens, and commands fail at
+//! once ([`Skipped`]) instead of each waiting out its timeout on a Redis that
+//! holds the connection and answers nothing; one command per cooldown goes
+//! through as a probe, and its answer closes the breaker. Error replies
+//! (a script error, `WRONGTYPE`) are answers: they don't count.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,8 +29,102 @@ use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
 use pin_project_lite::pin_project;
 
+use crate::breaker::{Breaker, Skipped};
+
 /// Default per-command timeout: a hung Redis costs a request this, not seconds.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default timeouts or connection failures in a row that open the breaker.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
+/// Default time an open breaker lets no command through, before one probe.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// What a Redis connection's circuit breaker has done, from
+/// [`RedisCache::health`](crate::cache::RedisCache::health) (and the
+/// counters' and the tiered cache's, which share it when they share the
+/// connections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisHealth {
+    /// Whether the breaker is open now: commands skip Redis.
+    pub open: bool,
+    /// Times it opened.
+    pub opened: u64,
+    /// Times a probe's answer closed it.
+    pub closed: u64,
+    /// Commands that skipped Redis while it was open (each a request, or a
+    /// part of one, answered without Redis at once).
+    pub skipped: u64,
+}
+
+/// A pool's breaker, and what it has done.
+pub(crate) struct Health {
+    breaker: Breaker,
+    opened: AtomicU64,
+    closed: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Health {
+    fn new(failures: u32, cooldown: Duration) -> Self {
+        Self {
+            breaker: Breaker::new(failures, cooldown),
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a command may go to Redis now.
+    fn admit(&self) -> bool {
+        let admitted = self.breaker.allows();
+        if !admitted {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    fn answered(&self) {
+        if self.breaker.succeeded() {
+            self.closed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("Redis answered a probe: circuit breaker closed");
+        }
+    }
+
+    fn failed(&self, why: &dyn std::fmt::Display) {
+        if self.breaker.failed() {
+            // Once per cooldown at most: it opens again only after a probe
+            // closed it.
+            self.opened.fetch_add(1, Ordering::Relaxed);
+            let cooldown = self.breaker.cooldown();
+            tracing::warn!(%why, ?cooldown, "Redis failing: circuit breaker opened; commands skip Redis, a probe per cooldown");
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> RedisHealth {
+        RedisHealth {
+            open: self.breaker.is_open(),
+            opened: self.opened.load(Ordering::Relaxed),
+            closed: self.closed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Whether an error says Redis can't be reached (rather than that it
+/// answered with an error).
+fn is_outage(error: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::IO
+            | ErrorKind::Canceled
+            | ErrorKind::Timeout
+            | ErrorKind::Routing
+            | ErrorKind::Cluster
+            | ErrorKind::Backpressure
+            | ErrorKind::Protocol
+    )
+}
 
 /// Why a command or a connection failed, before its caller names it.
 pub(crate) type Failure = Box<dyn StdError + Send + Sync>;
@@ -40,16 +143,21 @@ pub(crate) struct PoolSettings {
     pub(crate) pool_size: usize,
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) breaker_failures: u32,
+    pub(crate) breaker_cooldown: Duration,
 }
 
 impl PoolSettings {
-    /// The defaults: 4 connections, 100 ms commands, 2 s to connect.
+    /// The defaults: 4 connections, 100 ms commands, 2 s to connect, a
+    /// breaker that opens after 3 failures and probes every second.
     pub(crate) fn new(source: Source) -> Self {
         Self {
             source,
             pool_size: 4,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: Duration::from_secs(2),
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
         }
     }
 
@@ -82,6 +190,7 @@ impl PoolSettings {
                 ..Options::default()
             },
             timeout: self.command_timeout,
+            health: Arc::new(Health::new(self.breaker_failures, self.breaker_cooldown)),
         })
     }
 
@@ -131,6 +240,7 @@ pub(crate) struct RedisPool {
     /// Fail fast while disconnected, one attempt (the timeout is ours).
     options: Options,
     timeout: Duration,
+    health: Arc<Health>,
 }
 
 /// A boxed, bounded Redis command, its failure named `E`.
@@ -143,6 +253,11 @@ impl RedisPool {
 
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// What the breaker has done.
+    pub(crate) fn health(&self) -> RedisHealth {
+        self.health.snapshot()
     }
 
     /// A client of the pool with the crate's command options.
@@ -172,6 +287,8 @@ impl RedisPool {
             deadline: None,
             timeout: self.timeout,
             failed,
+            health: Arc::clone(&self.health),
+            started: false,
         }
     }
 
@@ -218,7 +335,8 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 pin_project! {
     /// A command racing its deadline (set at the first poll, so that
-    /// building one needs no runtime).
+    /// building one needs no runtime), behind the pool's breaker (asked at
+    /// the first poll too).
     pub(crate) struct Bounded<F, E> {
         #[pin]
         command: F,
@@ -226,6 +344,8 @@ pin_project! {
         deadline: Option<tokio::time::Sleep>,
         timeout: Duration,
         failed: fn(Failure) -> E,
+        health: Arc<Health>,
+        started: bool,
     }
 }
 
@@ -237,16 +357,35 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if !*this.started {
+            *this.started = true;
+            if !this.health.admit() {
+                return Poll::Ready(Err((this.failed)(Box::new(Skipped))));
+            }
+        }
         if let Poll::Ready(result) = this.command.poll(cx) {
-            return Poll::Ready(result.map_err(|e| (this.failed)(Box::new(e))));
+            return Poll::Ready(
+                result
+                    .map_err(|e| {
+                        if is_outage(&e) {
+                            this.health.failed(&e);
+                        } else {
+                            this.health.answered();
+                        }
+                        (this.failed)(Box::new(e))
+                    })
+                    .inspect(|_| this.health.answered()),
+            );
         }
         if this.deadline.is_none() {
             this.deadline.set(Some(tokio::time::sleep(*this.timeout)));
         }
         match this.deadline.as_pin_mut().map(|deadline| deadline.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err((this.failed)(
-                format!("Redis command timed out after {:?}", this.timeout).into(),
-            ))),
+            Some(Poll::Ready(())) => {
+                let why = format!("Redis command timed out after {:?}", this.timeout);
+                this.health.failed(&why);
+                Poll::Ready(Err((this.failed)(why.into())))
+            }
             _ => Poll::Pending,
         }
     }

@@ -35,6 +35,9 @@ pub struct Stats {
     pub lookup_timeouts: u64,
     /// Cache operations that failed and were degraded to the lookup.
     pub cache_errors: u64,
+    /// Of those, operations the cache skipped because its circuit breaker
+    /// was open (Redis failing): answered from the lookup at once.
+    pub cache_skipped: u64,
     /// Requests whose key failed the [`KeyFormat`](crate::KeyFormat) (its
     /// shape or checksum, or a legacy key where none is allowed): refused
     /// before any cache read or lookup, so not in `misses`.
@@ -128,6 +131,7 @@ pub(crate) struct Counters {
     pub(crate) lookup_errors: Counter,
     pub(crate) lookup_timeouts: Counter,
     pub(crate) cache_errors: Counter,
+    pub(crate) cache_skipped: Counter,
     pub(crate) format_rejected: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) stale_served: Counter,
@@ -148,6 +152,7 @@ impl Counters {
             lookup_errors: self.lookup_errors.get(),
             lookup_timeouts: self.lookup_timeouts.get(),
             cache_errors: self.cache_errors.get(),
+            cache_skipped: self.cache_skipped.get(),
             format_rejected: self.format_rejected.get(),
             coalesced: self.coalesced.get(),
             stale_served: self.stale_served.get(),

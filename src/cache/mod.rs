@@ -94,7 +94,10 @@ pub use memory::{MemoryCache, MemoryCacheBuilder};
 pub(crate) use redis::check_prefix;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{RedisCache, RedisCacheBuilder, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
+pub use redis::{
+    RedisCache, RedisCacheBuilder, RedisHealth, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX,
+};
 #[cfg(feature = "tiered")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]
 pub use settings::CacheSettings;
@@ -318,6 +321,19 @@ impl CacheError {
         Self {
             source: source.into(),
         }
+    }
+
+    /// The backend was not asked: its circuit breaker is open after
+    /// repeated failures. The layer counts these in
+    /// [`Stats::cache_skipped`](crate::Stats::cache_skipped) and logs nothing
+    /// per request (the breaker logs when it opens and closes).
+    pub fn skipped() -> Self {
+        Self::new(crate::breaker::Skipped)
+    }
+
+    /// Whether this is [`skipped`](Self::skipped).
+    pub fn is_skipped(&self) -> bool {
+        self.source.is::<crate::breaker::Skipped>()
     }
 }
 

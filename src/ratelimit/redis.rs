@@ -187,6 +187,16 @@ impl RedisCountersBuilder {
         self
     }
 
+    /// The connections' circuit breaker, as
+    /// [`RedisCacheBuilder::breaker`](crate::cache::RedisCacheBuilder::breaker)
+    /// (default 3 failures, 1 s): while it is open every hit fails at once
+    /// and the limiter's fallback decides.
+    pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.pool.breaker_failures = failures.max(1);
+        self.pool.breaker_cooldown = cooldown;
+        self
+    }
+
     /// How long [`build`](Self::build) waits for the first connection
     /// (default 2 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -253,6 +263,12 @@ impl RedisCounters {
     /// How long one command may take.
     pub(crate) fn timeout(&self) -> Duration {
         self.inner.pool.timeout()
+    }
+
+    /// What the connections' circuit breaker has done (the cache's, when
+    /// built [`from_cache`](Self::from_cache)).
+    pub fn health(&self) -> crate::cache::RedisHealth {
+        self.inner.pool.health()
     }
 
     /// The Redis key holding `key`'s counts.

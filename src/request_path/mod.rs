@@ -236,6 +236,11 @@ impl<C: KeyCache, L> RequestPath<C, L> {
 
     fn note_cache_error(&self, op: &'static str, error: &CacheError) {
         self.shared.counters.cache_errors.incr();
+        if error.is_skipped() {
+            // The breaker logs when it opens and closes.
+            self.shared.counters.cache_skipped.incr();
+            return;
+        }
         if let Some(suppressed) = self.shared.cache_warnings.allow() {
             tracing::warn!(op, %error, suppressed, "API key cache failed; answering from the lookup");
         }

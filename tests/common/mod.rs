@@ -3,6 +3,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 #[cfg(feature = "redis")]
+pub mod proxy;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::borrow::Cow;

@@ -67,6 +67,19 @@ impl<P> RedisCacheBuilder<P> {
         self
     }
 
+    /// The connections' circuit breaker: after `failures` timeouts or
+    /// connection failures in a row (default 3) it opens, and commands skip
+    /// Redis at once (the layer answers from the lookup, as for a Redis that
+    /// refuses connections) instead of each waiting out the command timeout;
+    /// one command per `cooldown` (default 1 s) goes through as a probe, and
+    /// its answer closes it. Error replies don't count. See
+    /// [`RedisCache::health`].
+    pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.pool.breaker_failures = failures.max(1);
+        self.pool.breaker_cooldown = cooldown;
+        self
+    }
+
     /// How long [`build`](Self::build) waits for the first connection, and
     /// the timeout of each connection attempt (default 2 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {

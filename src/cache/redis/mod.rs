@@ -41,7 +41,9 @@ mod scripts;
 mod tier;
 mod write;
 
-pub use crate::redis_pool::DEFAULT_COMMAND_TIMEOUT;
+pub use crate::redis_pool::{
+    RedisHealth, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_COMMAND_TIMEOUT,
+};
 pub use builder::{RedisCacheBuilder, DEFAULT_PREFIX};
 pub(crate) use keys::check_prefix;
 pub use read::RedisGet;
@@ -173,6 +175,23 @@ impl<P> RedisCache<P> {
     /// The underlying pool.
     pub fn pool(&self) -> &Pool {
         self.inner.pool.pool()
+    }
+
+    /// What the connections' circuit breaker has done (shared with the
+    /// counters and usage built [`from_cache`](crate::ratelimit::RedisCounters::from_cache)).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tower_api_key::cache::CacheError> {
+    /// use tower_api_key::cache::RedisCache;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Client;
+    /// # impl tower_api_key::Principal for Client {}
+    /// let cache: RedisCache<Client> = RedisCache::builder("redis://127.0.0.1:6379").build().await?;
+    /// let health = cache.health();
+    /// println!("breaker open: {}, skipped: {}", health.open, health.skipped);
+    /// # Ok(()) }
+    /// ```
+    pub fn health(&self) -> RedisHealth {
+        self.inner.pool.health()
     }
 
     /// The Redis key holding `hash`'s verdict.

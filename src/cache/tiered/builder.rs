@@ -74,6 +74,14 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
         self
     }
 
+    /// The Redis connections' circuit breaker, as
+    /// [`RedisCacheBuilder::breaker`]: while it is open L1 answers what it
+    /// holds and misses go to the lookup at once.
+    pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.redis = self.redis.breaker(failures, cooldown);
+        self
+    }
+
     /// How long one Redis command may take (default 100 ms), as
     /// [`RedisCacheBuilder::command_timeout`].
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
