@@ -19,7 +19,7 @@ use super::future::{RedisGet, TieredGet};
 use super::token::{MemoryToken, RedisToken, TieredToken};
 use super::{
     CacheError, CacheRead, CacheSettings, KeyCache, MemoryCache, RedisCache, TieredCache, Ttl,
-    Verdict,
+    Verdict, DEFAULT_BREAKER_COOLDOWN,
 };
 use crate::{KeyHash, Principal};
 
@@ -80,6 +80,7 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
                 RedisCache::builder(url)
                     .prefix(settings.redis_prefix.clone())
                     .command_timeout(settings.redis_command_timeout)
+                    .breaker(breaker_failures(&settings), DEFAULT_BREAKER_COOLDOWN)
                     .build()
                     .await
                     .map(Self::Redis)
@@ -93,6 +94,7 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
                 TieredCache::builder(url)
                     .prefix(settings.redis_prefix.clone())
                     .command_timeout(settings.redis_command_timeout)
+                    .breaker(breaker_failures(&settings), DEFAULT_BREAKER_COOLDOWN)
                     .l1_capacity(settings.memory_capacity)
                     .l1_ttl(settings.l1_ttl)
                     .build()
@@ -351,6 +353,14 @@ where
 
     fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
         dispatch!(self, c => c.invalidate_owner(owner))
+    }
+}
+
+/// The breaker's threshold from the settings: `0` is off.
+fn breaker_failures(settings: &CacheSettings) -> u32 {
+    match settings.redis_breaker_failures {
+        0 => u32::MAX,
+        n => n,
     }
 }
 

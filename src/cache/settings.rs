@@ -5,7 +5,7 @@ use crate::env::{redacted, Vars};
 use std::time::Duration;
 
 use super::memory::DEFAULT_CAPACITY;
-use super::redis::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
+use super::redis::{DEFAULT_BREAKER_FAILURES, DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX};
 use super::tiered::DEFAULT_L1_TTL;
 
 /// Where [`AnyCache`](super::AnyCache) comes from: read from the environment, or built.
@@ -21,6 +21,9 @@ pub struct CacheSettings {
     pub redis_prefix: String,
     /// `APIKEY_REDIS_TIMEOUT_MS`, the per-command timeout (default 100 ms).
     pub redis_command_timeout: Duration,
+    /// `APIKEY_REDIS_BREAKER_FAILURES`, failures in a row that open the
+    /// circuit breaker (default 3; `0` turns it off).
+    pub redis_breaker_failures: u32,
     /// `APIKEY_MEMORY_CAPACITY`, valid keys kept in memory (default 100,000),
     /// also the tiered cache's L1 capacity.
     pub memory_capacity: u64,
@@ -36,6 +39,7 @@ impl std::fmt::Debug for CacheSettings {
             .field("redis_url", &self.redis_url.as_deref().map(redacted))
             .field("redis_prefix", &self.redis_prefix)
             .field("redis_command_timeout", &self.redis_command_timeout)
+            .field("redis_breaker_failures", &self.redis_breaker_failures)
             .field("memory_capacity", &self.memory_capacity)
             .field("l1_ttl", &self.l1_ttl)
             .finish()
@@ -49,6 +53,7 @@ impl Default for CacheSettings {
             redis_url: None,
             redis_prefix: DEFAULT_PREFIX.to_owned(),
             redis_command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            redis_breaker_failures: DEFAULT_BREAKER_FAILURES,
             memory_capacity: DEFAULT_CAPACITY,
             l1_ttl: DEFAULT_L1_TTL,
         }
@@ -57,8 +62,9 @@ impl Default for CacheSettings {
 
 impl CacheSettings {
     /// Reads `APIKEY_CACHE_BACKEND`, `REDIS_URL`, `APIKEY_REDIS_PREFIX`,
-    /// `APIKEY_REDIS_TIMEOUT_MS`, `APIKEY_MEMORY_CAPACITY` and
-    /// `APIKEY_L1_TTL_MS`; unset or unparsable numbers keep their defaults.
+    /// `APIKEY_REDIS_TIMEOUT_MS`, `APIKEY_REDIS_BREAKER_FAILURES`,
+    /// `APIKEY_MEMORY_CAPACITY` and `APIKEY_L1_TTL_MS`; unset or unparsable
+    /// numbers keep their defaults.
     pub fn from_env() -> Self {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -78,6 +84,9 @@ impl CacheSettings {
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.redis_command_timeout),
+            redis_breaker_failures: get("APIKEY_REDIS_BREAKER_FAILURES")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.redis_breaker_failures),
             memory_capacity: get("APIKEY_MEMORY_CAPACITY")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.memory_capacity),
@@ -115,7 +124,9 @@ pub(super) mod tests {
             ("APIKEY_REDIS_PREFIX", "svc:"),
             ("APIKEY_REDIS_TIMEOUT_MS", "25"),
             ("APIKEY_MEMORY_CAPACITY", "nope"),
+            ("APIKEY_REDIS_BREAKER_FAILURES", "5"),
         ]);
+        assert_eq!(s.redis_breaker_failures, 5);
         assert_eq!(s.backend, "redis");
         assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(s.redis_prefix, "svc:");
