@@ -35,6 +35,25 @@ mod redis {
     );
 }
 
+/// With sealed values.
+#[cfg(feature = "redis")]
+mod redis_sealed {
+    use super::common::redis::RedisServer;
+    use tower_api_key::cache::RedisCache;
+
+    tower_api_key::key_cache_conformance!(
+        || async {
+            let server = RedisServer::start();
+            let cache = RedisCache::builder(server.url())
+                .value_secret("conformance")
+                .build()
+                .await;
+            (cache.expect("a Redis cache"), server)
+        },
+        owners
+    );
+}
+
 #[cfg(feature = "tiered")]
 mod tiered {
     use super::common::redis::RedisServer;

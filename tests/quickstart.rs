@@ -296,18 +296,32 @@ mod shared_redis {
         let _ = std::fs::remove_file(&db);
         let db_url = format!("sqlite://{}", db.display());
         let url = server.url();
+        // The tiered instances seal their Redis values (one secret for
+        // both); the Redis ones don't, and say so.
+        let sealed = backend == "tiered";
+        let secret = if sealed {
+            "quickstart cache secret"
+        } else {
+            ""
+        };
         let env = [
             ("DEMO_API_KEY", ADMIN),
             ("DATABASE_URL", db_url.as_str()),
             ("APIKEY_CACHE_BACKEND", backend),
             ("REDIS_URL", url.as_str()),
+            ("APIKEY_CACHE_SECRET", secret),
         ];
         let a = start(&env);
         let b = start(&env);
+        let said = if sealed {
+            "(Redis values sealed with APIKEY_CACHE_SECRET)"
+        } else {
+            "(Redis values NOT authenticated"
+        };
         assert!(
             a.stdout
                 .iter()
-                .any(|l| l.starts_with(&format!("cache: {backend}"))),
+                .any(|l| l.starts_with(&format!("cache: {backend} {said}"))),
             "{:?}",
             a.stdout
         );

@@ -15,6 +15,7 @@
 //! | `DEMO_API_KEY` | random | the admin key's secret; a random one is printed once otherwise |
 //! | `APIKEY_CACHE_BACKEND` | `memory` | `memory`, or `redis` / `tiered` (built with `--features tiered`) |
 //! | `REDIS_URL` | | the Redis for `redis` and `tiered`: `redis://127.0.0.1:6379`, `redis-cluster://…` |
+//! | `APIKEY_CACHE_SECRET` | none | `redis` / `tiered`: every value written to Redis carries a MAC under this secret (give every instance the same), so whoever can write to Redis can't mint a key |
 //! | `APIKEY_L1_TTL_MS` | `30000` | `tiered`: longest life of an in-process entry (revocations are broadcast) |
 //! | `APIKEY_REDIS_PREFIX` | `apikey:` | prefix of the Redis keys |
 //! | `APIKEY_POSITIVE_TTL` | `300` | seconds a valid key stays cached |

@@ -77,10 +77,14 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
                     .redis_url
                     .as_deref()
                     .ok_or(BackendError::MissingRedisUrl)?;
-                RedisCache::builder(url)
+                let mut builder = RedisCache::builder(url)
                     .prefix(settings.redis_prefix.clone())
                     .command_timeout(settings.redis_command_timeout)
-                    .breaker(breaker_failures(&settings), DEFAULT_BREAKER_COOLDOWN)
+                    .breaker(breaker_failures(&settings), DEFAULT_BREAKER_COOLDOWN);
+                if let Some(secret) = &settings.cache_secret {
+                    builder = builder.value_secret(secret);
+                }
+                builder
                     .build()
                     .await
                     .map(Self::Redis)
@@ -91,12 +95,16 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
                     .redis_url
                     .as_deref()
                     .ok_or(BackendError::MissingRedisUrl)?;
-                TieredCache::builder(url)
+                let mut builder = TieredCache::builder(url)
                     .prefix(settings.redis_prefix.clone())
                     .command_timeout(settings.redis_command_timeout)
                     .breaker(breaker_failures(&settings), DEFAULT_BREAKER_COOLDOWN)
                     .l1_capacity(settings.memory_capacity)
-                    .l1_ttl(settings.l1_ttl)
+                    .l1_ttl(settings.l1_ttl);
+                if let Some(secret) = &settings.cache_secret {
+                    builder = builder.value_secret(secret);
+                }
+                builder
                     .build()
                     .await
                     .map(Self::Tiered)

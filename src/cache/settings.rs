@@ -29,6 +29,11 @@ pub struct CacheSettings {
     pub memory_capacity: u64,
     /// `APIKEY_L1_TTL_MS`, the tiered cache's longest L1 life (default 30 s).
     pub l1_ttl: Duration,
+    /// `APIKEY_CACHE_SECRET`: with it, every value written to Redis is sealed
+    /// with a MAC and every value read is checked
+    /// ([`RedisCacheBuilder::value_secret`](super::RedisCacheBuilder::value_secret));
+    /// never shown by `Debug`.
+    pub cache_secret: Option<String>,
 }
 
 /// The Redis URL's password, if it has one, is not shown.
@@ -42,6 +47,7 @@ impl std::fmt::Debug for CacheSettings {
             .field("redis_breaker_failures", &self.redis_breaker_failures)
             .field("memory_capacity", &self.memory_capacity)
             .field("l1_ttl", &self.l1_ttl)
+            .field("cache_secret", &self.cache_secret.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -56,6 +62,7 @@ impl Default for CacheSettings {
             redis_breaker_failures: DEFAULT_BREAKER_FAILURES,
             memory_capacity: DEFAULT_CAPACITY,
             l1_ttl: DEFAULT_L1_TTL,
+            cache_secret: None,
         }
     }
 }
@@ -63,8 +70,8 @@ impl Default for CacheSettings {
 impl CacheSettings {
     /// Reads `APIKEY_CACHE_BACKEND`, `REDIS_URL`, `APIKEY_REDIS_PREFIX`,
     /// `APIKEY_REDIS_TIMEOUT_MS`, `APIKEY_REDIS_BREAKER_FAILURES`,
-    /// `APIKEY_MEMORY_CAPACITY` and `APIKEY_L1_TTL_MS`; unset or unparsable
-    /// numbers keep their defaults.
+    /// `APIKEY_MEMORY_CAPACITY`, `APIKEY_L1_TTL_MS` and `APIKEY_CACHE_SECRET`;
+    /// unset or unparsable numbers keep their defaults.
     pub fn from_env() -> Self {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -94,6 +101,7 @@ impl CacheSettings {
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.l1_ttl),
+            cache_secret: get("APIKEY_CACHE_SECRET").filter(|s| !s.is_empty()),
         }
     }
 }
@@ -125,7 +133,10 @@ pub(super) mod tests {
             ("APIKEY_REDIS_TIMEOUT_MS", "25"),
             ("APIKEY_MEMORY_CAPACITY", "nope"),
             ("APIKEY_REDIS_BREAKER_FAILURES", "5"),
+            ("APIKEY_CACHE_SECRET", "hunter2"),
         ]);
+        assert_eq!(s.cache_secret.as_deref(), Some("hunter2"));
+        assert!(!format!("{s:?}").contains("hunter2"), "the secret in Debug");
         assert_eq!(s.redis_breaker_failures, 5);
         assert_eq!(s.backend, "redis");
         assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::keys::Keys;
+use super::seal::Seal;
 use super::{Inner, RedisCache};
 use crate::cache::CacheError;
 use crate::redis_pool::{PoolSettings, Source};
@@ -21,6 +22,7 @@ pub struct RedisCacheBuilder<P> {
     pub(super) pool: PoolSettings,
     prefix: String,
     version_ttl: Duration,
+    seal: Option<Seal>,
     principal: PhantomData<fn() -> P>,
 }
 
@@ -32,6 +34,7 @@ impl<P> fmt::Debug for RedisCacheBuilder<P> {
             .field("command_timeout", &self.pool.command_timeout)
             .field("connect_timeout", &self.pool.connect_timeout)
             .field("version_ttl", &self.version_ttl)
+            .field("sealed", &self.seal.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -42,6 +45,7 @@ impl<P> RedisCacheBuilder<P> {
             pool: PoolSettings::new(source),
             prefix: DEFAULT_PREFIX.to_owned(),
             version_ttl: Duration::from_secs(3600),
+            seal: None,
             principal: PhantomData,
         }
     }
@@ -87,6 +91,27 @@ impl<P> RedisCacheBuilder<P> {
         self
     }
 
+    /// Seals every value with a MAC under `secret` (give every instance the
+    /// same one): each entry written carries an HMAC-SHA256 over the Redis
+    /// key it is stored under and its contents, and an entry read whose MAC
+    /// fails (written by hand, copied from another key, written without the
+    /// secret) is a degraded miss: counted in
+    /// [`Stats::cache_errors`](crate::Stats::cache_errors), logged, looked
+    /// up, overwritten; never an acceptance. So whoever can write to Redis
+    /// can't mint a key. Without a secret (the default) values are trusted
+    /// as Redis holds them. Versions, owner listings and broadcast messages
+    /// are not sealed: forging one can only drop entries or refuse fills,
+    /// never accept a key.
+    ///
+    /// To switch it on across running instances, set the secret everywhere
+    /// at once or accept a wave of misses: entries written before it are
+    /// refused (and rewritten) by the sealed instances; an instance without
+    /// a secret reads sealed values without checking them.
+    pub fn value_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.seal = Some(Seal::new(secret.as_ref()));
+        self
+    }
+
     /// How long a key's version outlives its last invalidation (default one
     /// hour): longer than any lookup can take.
     pub fn version_ttl(mut self, ttl: Duration) -> Self {
@@ -111,6 +136,7 @@ impl<P> RedisCacheBuilder<P> {
                 keys,
                 version_ttl: self.version_ttl,
                 epoch: AtomicU64::new(0),
+                seal: self.seal,
             }),
             principal: PhantomData,
         })

@@ -7,6 +7,7 @@
 //! | `builder.rs` | connecting: URL, config or pool; timeouts; reconnects |
 //! | `keys.rs` | the name of every key written, from the prefix and the hash |
 //! | `codec.rs` | the stored value, a versioned JSON envelope |
+//! | `seal.rs` | with a secret, the MAC every value carries (Redis can't mint a verdict) |
 //! | `scripts.rs` | the Lua scripts: each step that must be atomic |
 //! | `command.rs` | the crate's bounded commands (`redis_pool.rs`), failing as `CacheError` |
 //! | `read.rs` | the one read primitive, and [`RedisGet`] |
@@ -37,6 +38,7 @@ mod invalidate;
 mod keys;
 mod read;
 mod scripts;
+mod seal;
 #[cfg(feature = "tiered")]
 mod tier;
 mod write;
@@ -133,6 +135,9 @@ struct Inner {
     version_ttl: Duration,
     /// Moved by `invalidate_all`: tokens carry it, fills check it.
     epoch: AtomicU64,
+    /// With a value secret: every value written is sealed, every value read
+    /// is checked.
+    seal: Option<seal::Seal>,
 }
 
 /// The token of [`RedisCache`]: this process's epoch, and what the miss read

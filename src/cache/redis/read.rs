@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec::{self, Freshness};
 use super::command::Command;
+use super::seal;
 use super::{RedisCache, RedisToken, Version};
 use crate::cache::{CacheError, CacheRead, Ttl};
 use crate::KeyHash;
@@ -27,6 +28,30 @@ use crate::KeyHash;
 /// What a read answers: the read, and for a hit asked with its TTL what the
 /// entry has left.
 pub(crate) type Read<P> = Result<(CacheRead<P, RedisToken>, Option<Ttl>), CacheError>;
+
+impl<P: DeserializeOwned> RedisCache<P> {
+    /// The entry in `raw`, read for `hash`: checked against its seal when
+    /// the cache has a secret, then decoded.
+    fn open(
+        &self,
+        hash: &KeyHash,
+        raw: Option<&[u8]>,
+    ) -> Result<codec::Stored<P>, Option<CacheError>> {
+        let envelope = match (raw, &self.inner.seal) {
+            (None, _) => None,
+            (Some(raw), None) => Some(seal::unsealed(raw)),
+            (Some(raw), Some(seal)) => match seal.open(&self.inner.keys.entry(hash), raw) {
+                Ok(envelope) => Some(envelope),
+                Err(why) => {
+                    return Err(Some(CacheError::new(format!(
+                        "unauthenticated cached value: {why}"
+                    ))))
+                }
+            },
+        };
+        codec::decode(envelope)
+    }
+}
 
 impl<P> RedisCache<P> {
     /// Reads `hash`; with `with_ttl`, also how long a hit has left (`PTTL`,
@@ -114,7 +139,7 @@ impl<P: DeserializeOwned> Future for RedisRead<P> {
                         let asked = this.asked.map_or(Duration::ZERO, |t| t.elapsed());
                         Duration::from_millis(ms).saturating_sub(asked)
                     });
-                    let miss = match codec::decode::<P>(raw.as_deref()) {
+                    let miss = match this.cache.open(&this.hash, raw.as_deref()) {
                         Ok(stored) => match stored.at(codec::now_ms(), left) {
                             (Freshness::Fresh(verdict), left) => {
                                 this.state = ReadState::Done;

@@ -38,7 +38,12 @@ where
         if inner.epoch.load(Ordering::Acquire) != token.epoch {
             return Ok(Put::Refused); // invalidate_all since the read
         }
+        let entry = inner.keys.entry(&hash);
         let value = codec::encode(verdict, ttl, codec::now_ms())?;
+        let value = match &inner.seal {
+            Some(seal) => seal.seal(&entry, &value),
+            None => value,
+        };
         // Kept for its stale time too (a valid entry's only).
         let ttl = match verdict {
             Verdict::Valid(_) => ttl.total(),
@@ -63,7 +68,7 @@ where
                 }
             }
         }
-        let keys = vec![inner.keys.entry(&hash), inner.keys.version(&hash)];
+        let keys = vec![entry, inner.keys.version(&hash)];
         let seen = token.version.key.unwrap_or_default();
         let args = vec![seen, value, millis(ttl.min(MAX_TTL)).to_string()];
         let stored: i64 = inner

@@ -74,6 +74,14 @@ impl<P: Principal + Serialize + DeserializeOwned> TieredCacheBuilder<P> {
         self
     }
 
+    /// Seals every value written to Redis with a MAC under `secret`, as
+    /// [`RedisCacheBuilder::value_secret`]: an L2 entry whose MAC fails is a
+    /// miss, never copied into L1.
+    pub fn value_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.redis = self.redis.value_secret(secret);
+        self
+    }
+
     /// The Redis connections' circuit breaker, as
     /// [`RedisCacheBuilder::breaker`]: while it is open L1 answers what it
     /// holds and misses go to the lookup at once.
