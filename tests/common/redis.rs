@@ -58,17 +58,18 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
-    cluster: bool,
+    /// A cluster node's `cluster-node-timeout`, in ms.
+    cluster: Option<u32>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::spawn(scratch_dir("single"), false)
+        Self::spawn(scratch_dir("single"), None)
     }
 
     /// A server on a port of its own: when another process took the port
     /// first, another one.
-    fn spawn(dir: PathBuf, cluster: bool) -> Self {
+    fn spawn(dir: PathBuf, cluster: Option<u32>) -> Self {
         let mut server = Self {
             child: None,
             port: server_port(),
@@ -103,8 +104,9 @@ impl RedisServer {
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        if let Some(node_timeout) = self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout"])
+                .arg(node_timeout.to_string())
                 .args([
                     "--cluster-config-file",
                     &format!("nodes-{}.conf", self.port),
@@ -157,16 +159,38 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three masters joined with `redis-cli --cluster create`.
+/// Three masters joined with `redis-cli --cluster create`, with a replica
+/// each if asked.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas (node timeout 2 s).
     pub fn start() -> Self {
+        Self::create(3, 0, 2_000)
+    }
+
+    /// Three masters and a replica of each, a short node timeout (1 s) so a
+    /// killed master's replica takes over within seconds.
+    pub fn start_with_replicas() -> Self {
+        let cluster = Self::create(6, 1, 1_000);
+        // Every replica attached and in sync.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.nodes.iter().any(|n| {
+            let info = n.cli(&["info", "replication"]);
+            info.contains("role:slave") && !info.contains("master_link_status:up")
+        }) {
+            assert!(Instant::now() < deadline, "replicas did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn create(count: usize, replicas: u32, node_timeout_ms: u32) -> Self {
         let dir = scratch_dir("cluster");
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::spawn(dir.clone(), true))
+        let nodes: Vec<RedisServer> = (0..count)
+            .map(|_| RedisServer::spawn(dir.clone(), Some(node_timeout_ms)))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -176,7 +200,9 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes")
             .output()
             .expect("redis-cli --cluster create");
         assert!(
@@ -207,6 +233,40 @@ impl RedisCluster {
     /// Every key and value on every master.
     pub fn dump(&self) -> Vec<(String, String)> {
         self.nodes.iter().flat_map(|n| dump(n.port)).collect()
+    }
+
+    /// The indexes of the nodes that are masters now (alive ones).
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].child.is_some()
+                    && self.nodes[i]
+                        .cli(&["info", "replication"])
+                        .contains("role:master")
+            })
+            .collect()
+    }
+
+    /// A node's cluster id.
+    pub fn id(&self, node: usize) -> String {
+        self.nodes[node].cli(&["cluster", "myid"]).trim().to_owned()
+    }
+
+    /// Waits until every live node says the cluster is ok.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ok within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
