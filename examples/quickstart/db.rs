@@ -229,16 +229,14 @@ impl Db {
         .await
     }
 
-    /// Marks the key revoked; returns its hash, or `None` if there is no such
-    /// live key.
+    /// Marks the key revoked (if it isn't already); returns its hash, or
+    /// `None` if there is no such key.
     pub async fn revoke(&self, id: i64) -> Result<Option<KeyHash>, DbError> {
         self.run(move |c| {
             let hash: Option<Vec<u8>> = c
-                .query_row(
-                    "SELECT key_hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL",
-                    [id],
-                    |row| row.get(0),
-                )
+                .query_row("SELECT key_hash FROM api_keys WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
                 .optional()?;
             c.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",

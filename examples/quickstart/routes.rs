@@ -273,8 +273,10 @@ async fn revoke_key(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&client)?;
+    // Revoking a revoked key invalidates it again: a retry after a 503
+    // (the cache could not be reached) finishes the job.
     let Some(hash) = state.db.revoke(id).await? else {
-        return Err(ApiError(StatusCode::NOT_FOUND, "no live key with this id"));
+        return Err(ApiError(StatusCode::NOT_FOUND, "no key with this id"));
     };
     // Revoked in the table; now gone from the cache, effective on the next request.
     state.auth.invalidate(&hash).await.map_err(|e| {
