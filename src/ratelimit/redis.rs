@@ -155,6 +155,9 @@ impl fmt::Debug for RedisCountersBuilder {
     }
 }
 
+/// A batch's script calls in flight at once.
+const CALLS_IN_FLIGHT: usize = 64;
+
 fn failed(failure: Failure) -> CounterError {
     CounterError::new(failure)
 }
@@ -441,8 +444,8 @@ impl RedisCounters {
 
     /// Adds each batch's units to its key's counts (a script call per key,
     /// whatever the policies say), bounded by `timeout`; answers each key's
-    /// counts, in order. The calls go out together on one connection (fred
-    /// pipelines commands in flight: one write, one read per node).
+    /// counts, in order. The calls go out on one connection, up to
+    /// `CALLS_IN_FLIGHT` at a time (fred pipelines commands in flight).
     pub(crate) async fn carry_all(
         &self,
         batch: &[Carry],
@@ -450,22 +453,33 @@ impl RedisCounters {
     ) -> Result<Vec<Result<Answer, CounterError>>, CounterError> {
         let inner = &*self.inner;
         let client = inner.pool.one();
-        let calls = batch.iter().map(|c| {
-            let key = self.redis_key(&c.key);
-            let args = arguments(&c.limits, c.algorithm, 0, c.units);
-            let client = &client;
-            async move {
-                let answer: Vec<i64> = match client
-                    .evalsha(&inner.sha, vec![key.as_str()], args.clone())
-                    .await
-                {
-                    Err(e) if is_noscript(&e) => client.eval(HIT, vec![key], args).await?,
-                    answer => answer?,
-                };
-                Ok(answer)
-            }
-        });
-        let all = async { Ok(futures_util::future::join_all(calls).await) };
+        let calls: Vec<_> = batch
+            .iter()
+            .map(|c| {
+                let key = self.redis_key(&c.key);
+                let args = arguments(&c.limits, c.algorithm, 0, c.units);
+                let client = &client;
+                async move {
+                    let answer: Vec<i64> = match client
+                        .evalsha(&inner.sha, vec![key.as_str()], args.clone())
+                        .await
+                    {
+                        Err(e) if is_noscript(&e) => client.eval(HIT, vec![key], args).await?,
+                        answer => answer?,
+                    };
+                    Ok(answer)
+                }
+            })
+            .collect();
+        // A bounded number in flight, answers in order: each command holds
+        // its buffers while in flight.
+        let all = async {
+            use futures_util::StreamExt;
+            Ok(futures_util::stream::iter(calls)
+                .buffered(CALLS_IN_FLIGHT)
+                .collect()
+                .await)
+        };
         let answers: Vec<Result<Vec<i64>, fred::error::Error>> =
             inner.pool.run_within(timeout, all, failed).await?;
         Ok(answers

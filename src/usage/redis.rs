@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fred::interfaces::LuaInterface;
 use fred::types::Value;
+use futures_util::StreamExt;
 
 use crate::cache::RedisCache;
 use crate::redis_pool::{PoolSettings, RedisPool, Source};
@@ -27,6 +28,9 @@ use crate::{BoxError, KeyHash};
 /// Answers `{uses, last}` to the instance that records, `0` when another
 /// instance holds the marker, `-1` when nothing is pending (the marker let
 /// go again).
+/// Claims sent at once in a batch.
+const CLAIMS_IN_FLIGHT: usize = 64;
+
 const CLAIM: &str = r"
 if tonumber(ARGV[1]) > 0 then
   redis.call('HINCRBY', KEYS[1], 'n', ARGV[1])
@@ -121,8 +125,8 @@ impl RedisUsage {
     }
 
     /// Adds `uses` of each key and claims its record, one script per key on
-    /// one connection, together; each answer in order (an error: Redis
-    /// failed for that key).
+    /// one connection, pipelined (a bounded number in flight); each answer
+    /// in order (an error: Redis failed for that key).
     pub(super) async fn claim_all(
         &self,
         keys: &[(KeyHash, u64, SystemTime)],
@@ -133,34 +137,43 @@ impl RedisUsage {
         let interval_ms = crate::redis_pool::millis(interval);
         // Pending counts wait ten intervals (at least a minute) for a record.
         let keep_ms = (interval_ms.saturating_mul(10)).max(60_000);
-        let calls = keys.iter().map(|(hash, uses, last)| {
-            let (pending, marker) = self.keys(hash);
-            let last_ms = last
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            let args: Vec<Value> = vec![
-                (*uses).try_into().unwrap_or(i64::MAX).into(),
-                last_ms.try_into().unwrap_or(i64::MAX).into(),
-                interval_ms.try_into().unwrap_or(i64::MAX).into(),
-                keep_ms.try_into().unwrap_or(i64::MAX).into(),
-                instance.to_string().into(),
-            ];
-            let client = &client;
-            // A batch's commands may take longer than a request's (up to a
-            // second): an answer lost to a timeout after the script ran
-            // counts uses twice, or leaves another instance's to expire.
-            let bounded = self.pool.run_within(
-                Duration::from_secs(1).max(self.pool.timeout()),
-                async move {
-                    client
-                        .eval::<Value, _, _, _>(CLAIM, vec![pending, marker], args)
-                        .await
-                },
-                |e| -> BoxError { e },
-            );
-            async move { bounded.await.and_then(claim) }
-        });
-        futures_util::future::join_all(calls).await
+        let calls: Vec<_> = keys
+            .iter()
+            .map(|(hash, uses, last)| {
+                let (pending, marker) = self.keys(hash);
+                let last_ms = last
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let args: Vec<Value> = vec![
+                    (*uses).try_into().unwrap_or(i64::MAX).into(),
+                    last_ms.try_into().unwrap_or(i64::MAX).into(),
+                    interval_ms.try_into().unwrap_or(i64::MAX).into(),
+                    keep_ms.try_into().unwrap_or(i64::MAX).into(),
+                    instance.to_string().into(),
+                ];
+                let client = &client;
+                // A batch's commands may take longer than a request's (up to a
+                // second): an answer lost to a timeout after the script ran
+                // counts uses twice, or leaves another instance's to expire.
+                let bounded = self.pool.run_within(
+                    Duration::from_secs(1).max(self.pool.timeout()),
+                    async move {
+                        client
+                            .eval::<Value, _, _, _>(CLAIM, vec![pending, marker], args)
+                            .await
+                    },
+                    |e| -> BoxError { e },
+                );
+                async move { bounded.await.and_then(claim) }
+            })
+            .collect();
+        // At most CLAIMS_IN_FLIGHT at once, answers in order: every command
+        // in flight holds its buffers (kilobytes), so a batch of every key
+        // at once costs memory in proportion to the keys in use.
+        futures_util::stream::iter(calls)
+            .buffered(CLAIMS_IN_FLIGHT)
+            .collect()
+            .await
     }
 }
 
