@@ -41,7 +41,7 @@ pub(crate) struct Breaker {
 impl Breaker {
     pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
         Self {
-            threshold: threshold.max(1),
+            threshold,
             cooldown,
             origin: Instant::now(),
             failures: AtomicU32::new(0),
@@ -98,8 +98,17 @@ impl Breaker {
     }
 
     /// The backend failed; returns whether this opened the breaker.
+    /// A threshold of 0 is a breaker that never opens.
     pub(crate) fn failed(&self) -> bool {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.threshold == 0 {
+            return false;
+        }
+        let failures = self
+            .failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                Some(f.saturating_add(1))
+            })
+            .map_or(u32::MAX, |f| f.saturating_add(1));
         if failures < self.threshold {
             return false;
         }
@@ -126,6 +135,15 @@ mod tests {
         assert!(!b.allows(), "one probe at a time");
         b.succeeded();
         assert!(b.allows());
+    }
+
+    #[test]
+    fn a_threshold_of_zero_never_opens() {
+        let b = Breaker::new(0, Duration::from_millis(30));
+        for _ in 0..100 {
+            assert!(!b.failed());
+            assert!(b.allows());
+        }
     }
 
     #[test]

@@ -112,8 +112,21 @@ impl Health {
 
 /// Whether an error says Redis can't be reached (rather than that it
 /// answered with an error).
+///
+/// Replies that say the server can't serve now (loading its data set, a
+/// replica that won't write, its master down, a script blocking it) count
+/// as the server being unreachable: asking it again at once would fail
+/// the same way.
 fn is_outage(error: &fred::error::Error) -> bool {
     use fred::error::ErrorKind;
+    const UNAVAILABLE: [&str; 6] = [
+        "LOADING",
+        "READONLY",
+        "MASTERDOWN",
+        "BUSY",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+    ];
     matches!(
         error.kind(),
         ErrorKind::IO
@@ -123,7 +136,12 @@ fn is_outage(error: &fred::error::Error) -> bool {
             | ErrorKind::Cluster
             | ErrorKind::Backpressure
             | ErrorKind::Protocol
-    )
+    ) || UNAVAILABLE.iter().any(|reply| {
+        error
+            .details()
+            .strip_prefix(reply)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+    })
 }
 
 /// Why a command or a connection failed, before its caller names it.
@@ -388,5 +406,37 @@ where
             }
             _ => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_outage;
+    use fred::error::{Error, ErrorKind};
+
+    #[test]
+    fn replies_of_a_server_that_cannot_serve_count_as_an_outage() {
+        for reply in [
+            "LOADING Redis is loading the dataset in memory",
+            "READONLY You can't write against a read only replica.",
+            "MASTERDOWN Link with MASTER is down",
+            "BUSY Redis is busy running a script.",
+            "CLUSTERDOWN The cluster is down",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+        ] {
+            assert!(is_outage(&Error::new(ErrorKind::Unknown, reply)), "{reply}");
+        }
+        for reply in [
+            "ERR unknown command",
+            "WRONGTYPE Operation",
+            "BUSYKEY Target key",
+            "NOSCRIPT No matching script",
+        ] {
+            assert!(
+                !is_outage(&Error::new(ErrorKind::Unknown, reply)),
+                "{reply}"
+            );
+        }
+        assert!(is_outage(&Error::new(ErrorKind::Timeout, "")));
     }
 }

@@ -45,7 +45,7 @@ mod redis_sealed {
         || async {
             let server = RedisServer::start();
             let cache = RedisCache::builder(server.url())
-                .value_secret("conformance")
+                .value_secret("the conformance suite's secret")
                 .build()
                 .await;
             (cache.expect("a Redis cache"), server)

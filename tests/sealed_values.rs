@@ -78,7 +78,7 @@ async fn without_a_secret_a_copied_value_makes_a_made_up_key_an_admin() {
 #[tokio::test]
 async fn with_a_secret_a_copied_value_is_refused_looked_up_and_overwritten() {
     let server = RedisServer::start();
-    let cache = redis(&server, Some("cache secret")).await;
+    let cache = redis(&server, Some("the cache secret, 32 bytes long")).await;
     let (answer, lookups, cache_errors) = copy_attack(&server, &cache, cache.clone()).await;
     assert_eq!(answer, StatusCode::UNAUTHORIZED);
     assert_eq!(lookups, 2, "the made-up key was looked up");
@@ -94,7 +94,7 @@ async fn with_a_secret_a_copied_value_is_refused_looked_up_and_overwritten() {
 #[tokio::test]
 async fn with_a_secret_a_verdict_written_by_hand_is_refused() {
     let server = RedisServer::start();
-    let cache = redis(&server, Some("cache secret")).await;
+    let cache = redis(&server, Some("the cache secret, 32 bytes long")).await;
     let store = KeyStore::new();
     let app = app(layer(cache.clone(), &store));
     let forged = r#"{"v":1,"kind":"valid","principal":{"id":1,"name":"root","expires_at":null,"owner":null}}"#;
@@ -115,17 +115,24 @@ async fn with_a_secret_a_verdict_written_by_hand_is_refused() {
 }
 
 #[tokio::test]
-async fn tiered_with_a_secret_refuses_a_copied_value_and_keeps_it_out_of_l1() {
+async fn tiered_with_a_secret_refuses_a_copied_value_and_l1_keeps_the_lookups_verdict() {
     let server = RedisServer::start();
     let names = redis(&server, None).await;
     let cache = TieredCache::builder(server.url())
-        .value_secret("cache secret")
+        .value_secret("the cache secret, 32 bytes long")
         .build()
         .await
         .expect("a tiered cache");
     let (answer, lookups, _) = copy_attack(&server, &names, cache.clone()).await;
     assert_eq!(answer, StatusCode::UNAUTHORIZED);
     assert_eq!(lookups, 2);
+    // L1 holds the lookup's verdict, not the forged one: with Redis
+    // emptied, the made-up key is still refused, from L1, with no lookup.
+    server.cli(&["flushall"]);
+    let store = KeyStore::new();
+    let app = app(layer(cache, &store));
+    assert_eq!(status(&app, "/me", MADE_UP).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(store.lookups(), 0, "answered by L1's negative entry");
 }
 
 #[tokio::test]
@@ -133,13 +140,75 @@ async fn instances_with_the_same_secret_share_sealed_verdicts() {
     let server = RedisServer::start();
     let store = KeyStore::new();
     store.create("admin", ADMIN, None);
-    let a = app(layer(redis(&server, Some("shared")).await, &store));
-    let b = app(layer(redis(&server, Some("shared")).await, &store));
+    let a = app(layer(
+        redis(&server, Some("a secret shared by A and B")).await,
+        &store,
+    ));
+    let b = app(layer(
+        redis(&server, Some("a secret shared by A and B")).await,
+        &store,
+    ));
     assert_eq!(status(&a, "/me", ADMIN).await, StatusCode::OK);
     assert_eq!(status(&b, "/me", ADMIN).await, StatusCode::OK);
     assert_eq!(store.lookups(), 1, "B did not read A's sealed entry");
     // Another secret can't read them: a miss, then its own entry.
-    let c = app(layer(redis(&server, Some("other")).await, &store));
+    let c = app(layer(
+        redis(&server, Some("another instance's secret")).await,
+        &store,
+    ));
     assert_eq!(status(&c, "/me", ADMIN).await, StatusCode::OK);
     assert_eq!(store.lookups(), 2);
+}
+
+/// A replay: the admin's sealed value saved from Redis, the key revoked,
+/// the value written back (with no `PX`, so Redis would keep it forever).
+/// Within what the entry had left it is still a valid seal (the limit the
+/// README states); past the end the value carries, it is refused, looked
+/// up, and the revocation holds.
+#[tokio::test]
+async fn with_a_secret_a_replayed_value_dies_with_the_entry_it_was() {
+    let server = RedisServer::start();
+    let cache = redis(&server, Some("the cache secret, 32 bytes long")).await;
+    let store = KeyStore::new();
+    let id = store.create("admin", ADMIN, None);
+    let layer = layer(cache.clone(), &store).positive_ttl(std::time::Duration::from_millis(400));
+    let app = app(layer.clone());
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    let name = cache.redis_key(&KeyHash::of(ADMIN));
+    let saved = server.cli(&["get", &name]);
+    assert!(saved.contains(r#""until":"#), "{saved}");
+    store.revoke(id);
+    layer
+        .invalidate(&layer.hash_key(ADMIN))
+        .await
+        .expect("invalidated");
+    // Past the saved value's own end.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(server.cli(&["set", &name, saved.trim_end()]).trim(), "OK");
+    assert_eq!(server.cli(&["pttl", &name]).trim(), "-1", "kept forever");
+    let lookups = store.lookups();
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        store.lookups(),
+        lookups + 1,
+        "the replayed value was not trusted"
+    );
+}
+
+#[tokio::test]
+async fn a_value_secret_shorter_than_16_bytes_is_refused() {
+    let server = RedisServer::start();
+    for secret in ["", "short secret"] {
+        let built = RedisCache::<common::Client>::builder(server.url())
+            .value_secret(secret)
+            .build()
+            .await;
+        let error = built.expect_err("refused").to_string();
+        assert!(error.contains("at least 16"), "{error}");
+    }
+    let tiered = TieredCache::<common::Client>::builder(server.url())
+        .value_secret("15 bytes secret")
+        .build()
+        .await;
+    assert!(tiered.is_err());
 }

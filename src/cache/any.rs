@@ -80,7 +80,7 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
                 let mut builder = RedisCache::builder(url)
                     .prefix(settings.redis_prefix.clone())
                     .command_timeout(settings.redis_command_timeout)
-                    .breaker(breaker_failures(&settings), DEFAULT_BREAKER_COOLDOWN);
+                    .breaker(settings.redis_breaker_failures, DEFAULT_BREAKER_COOLDOWN);
                 if let Some(secret) = &settings.cache_secret {
                     builder = builder.value_secret(secret);
                 }
@@ -98,7 +98,7 @@ impl<P: Principal + Serialize + DeserializeOwned> AnyCache<P> {
                 let mut builder = TieredCache::builder(url)
                     .prefix(settings.redis_prefix.clone())
                     .command_timeout(settings.redis_command_timeout)
-                    .breaker(breaker_failures(&settings), DEFAULT_BREAKER_COOLDOWN)
+                    .breaker(settings.redis_breaker_failures, DEFAULT_BREAKER_COOLDOWN)
                     .l1_capacity(settings.memory_capacity)
                     .l1_ttl(settings.l1_ttl);
                 if let Some(secret) = &settings.cache_secret {
@@ -361,14 +361,6 @@ where
 
     fn invalidate_owner(&self, owner: &str) -> impl Future<Output = Result<(), CacheError>> + Send {
         dispatch!(self, c => c.invalidate_owner(owner))
-    }
-}
-
-/// The breaker's threshold from the settings: `0` is off.
-fn breaker_failures(settings: &CacheSettings) -> u32 {
-    match settings.redis_breaker_failures {
-        0 => u32::MAX,
-        n => n,
     }
 }
 

@@ -96,7 +96,7 @@ pub(crate) use redis::check_prefix;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{
     RedisCache, RedisCacheBuilder, RedisHealth, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_PREFIX, MIN_VALUE_SECRET,
 };
 #[cfg(feature = "tiered")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tiered")))]

@@ -422,22 +422,13 @@ async fn flush(shared: &Shared) -> Result<(), CounterError> {
         return Ok(());
     }
     shared.counts.batches.incr();
-    // A batch may take longer than one command, never longer than its
-    // interval (or a second).
-    let timeout = shared
-        .interval
-        .min(Duration::from_secs(1))
-        .max(shared.counters.timeout());
-    let answers = match shared.counters.carry_all(&batch, timeout).await {
-        Ok(answers) => answers,
-        Err(error) => {
-            shared.counts.batch_failures.incr();
-            for (carry, entry) in batch.iter().zip(&entries) {
-                keep(shared, carry.key, entry, carry.units);
-            }
-            return Err(error);
-        }
-    };
+    // Each call is bounded as one command is; a call that fails keeps its
+    // units for the next batch (a timeout after Redis counted them counts
+    // them twice: rare, and on the side of refusing).
+    let answers = shared
+        .counters
+        .carry_all(&batch, shared.counters.timeout())
+        .await;
     let mut failed = None;
     for ((carry, entry), answer) in batch.iter().zip(&entries).zip(answers) {
         match answer {

@@ -195,7 +195,7 @@ impl RedisCountersBuilder {
     /// (default 3 failures, 1 s): while it is open every hit fails at once
     /// and the limiter's fallback decides.
     pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.pool.breaker_failures = failures.max(1);
+        self.pool.breaker_failures = failures;
         self.pool.breaker_cooldown = cooldown;
         self
     }
@@ -443,14 +443,17 @@ impl RedisCounters {
     }
 
     /// Adds each batch's units to its key's counts (a script call per key,
-    /// whatever the policies say), bounded by `timeout`; answers each key's
-    /// counts, in order. The calls go out on one connection, up to
-    /// `CALLS_IN_FLIGHT` at a time (fred pipelines commands in flight).
+    /// whatever the policies say), each call bounded by `timeout` from when
+    /// it is sent and reported to the breaker on its own (a batch whose
+    /// calls fail is no success); answers each key's counts, in order. The
+    /// calls go out on one connection, up to `CALLS_IN_FLIGHT` at a time
+    /// (fred pipelines commands in flight).
     pub(crate) async fn carry_all(
         &self,
         batch: &[Carry],
         timeout: Duration,
-    ) -> Result<Vec<Result<Answer, CounterError>>, CounterError> {
+    ) -> Vec<Result<Answer, CounterError>> {
+        use futures_util::StreamExt;
         let inner = &*self.inner;
         let client = inner.pool.one();
         let calls: Vec<_> = batch
@@ -459,36 +462,27 @@ impl RedisCounters {
                 let key = self.redis_key(&c.key);
                 let args = arguments(&c.limits, c.algorithm, 0, c.units);
                 let client = &client;
-                async move {
-                    let answer: Vec<i64> = match client
+                let call = async move {
+                    match client
                         .evalsha(&inner.sha, vec![key.as_str()], args.clone())
                         .await
                     {
-                        Err(e) if is_noscript(&e) => client.eval(HIT, vec![key], args).await?,
-                        answer => answer?,
-                    };
-                    Ok(answer)
+                        Err(e) if is_noscript(&e) => client.eval(HIT, vec![key], args).await,
+                        answer => answer,
+                    }
+                };
+                async move {
+                    let answer: Vec<i64> = inner.pool.run_within(timeout, call, failed).await?;
+                    Answer::parse(&answer, c.limits.len())
                 }
             })
             .collect();
         // A bounded number in flight, answers in order: each command holds
         // its buffers while in flight.
-        let all = async {
-            use futures_util::StreamExt;
-            Ok(futures_util::stream::iter(calls)
-                .buffered(CALLS_IN_FLIGHT)
-                .collect()
-                .await)
-        };
-        let answers: Vec<Result<Vec<i64>, fred::error::Error>> =
-            inner.pool.run_within(timeout, all, failed).await?;
-        Ok(answers
-            .into_iter()
-            .zip(batch)
-            .map(|(answer, carry)| {
-                Answer::parse(&answer.map_err(CounterError::new)?, carry.limits.len())
-            })
-            .collect())
+        futures_util::stream::iter(calls)
+            .buffered(CALLS_IN_FLIGHT)
+            .collect()
+            .await
     }
 }
 

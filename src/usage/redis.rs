@@ -20,6 +20,9 @@ use crate::cache::RedisCache;
 use crate::redis_pool::{PoolSettings, RedisPool, Source};
 use crate::{BoxError, KeyHash};
 
+/// Claims sent at once in a batch.
+const CLAIMS_IN_FLIGHT: usize = 64;
+
 /// Adds uses to a key's pending counts, and takes the record if the marker
 /// is free. KEYS: pending (hash), marker. ARGV: uses, last used (ms),
 /// interval (ms), how long pending counts wait for a record (ms), this
@@ -28,9 +31,6 @@ use crate::{BoxError, KeyHash};
 /// Answers `{uses, last}` to the instance that records, `0` when another
 /// instance holds the marker, `-1` when nothing is pending (the marker let
 /// go again).
-/// Claims sent at once in a batch.
-const CLAIMS_IN_FLIGHT: usize = 64;
-
 const CLAIM: &str = r"
 if tonumber(ARGV[1]) > 0 then
   redis.call('HINCRBY', KEYS[1], 'n', ARGV[1])

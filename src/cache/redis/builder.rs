@@ -15,6 +15,10 @@ use crate::redis_pool::{PoolSettings, Source};
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "apikey:";
 
+/// The shortest value secret [`RedisCacheBuilder::value_secret`] takes, in
+/// bytes (128 bits: as long as the MAC it keys is kept).
+pub const MIN_VALUE_SECRET: usize = 16;
+
 /// Builder for [`RedisCache`], from [`RedisCache::builder`],
 /// [`from_config`](RedisCache::from_config) or
 /// [`from_pool`](RedisCache::from_pool).
@@ -22,7 +26,8 @@ pub struct RedisCacheBuilder<P> {
     pub(super) pool: PoolSettings,
     prefix: String,
     version_ttl: Duration,
-    seal: Option<Seal>,
+    /// The seal, or the length of a secret too short for one.
+    seal: Option<Result<Seal, usize>>,
     principal: PhantomData<fn() -> P>,
 }
 
@@ -76,10 +81,11 @@ impl<P> RedisCacheBuilder<P> {
     /// Redis at once (the layer answers from the lookup, as for a Redis that
     /// refuses connections) instead of each waiting out the command timeout;
     /// one command per `cooldown` (default 1 s) goes through as a probe, and
-    /// its answer closes it. Error replies don't count. See
+    /// its answer closes it. Error replies don't count. `failures = 0`
+    /// switches it off (every command waits its timeout). See
     /// [`RedisCache::health`].
     pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.pool.breaker_failures = failures.max(1);
+        self.pool.breaker_failures = failures;
         self.pool.breaker_cooldown = cooldown;
         self
     }
@@ -107,8 +113,21 @@ impl<P> RedisCacheBuilder<P> {
     /// at once or accept a wave of misses: entries written before it are
     /// refused (and rewritten) by the sealed instances; an instance without
     /// a secret reads sealed values without checking them.
+    ///
+    /// Every value also carries its own end (its TTL from when it was
+    /// written), under the MAC: a sealed value saved from Redis and written
+    /// back later is refused once that end has passed, so a replay after a
+    /// revocation lasts at most what the entry had left, never longer.
+    ///
+    /// The secret must be at least [`MIN_VALUE_SECRET`] bytes:
+    /// [`build`](Self::build) refuses a shorter one.
     pub fn value_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
-        self.seal = Some(Seal::new(secret.as_ref()));
+        let secret = secret.as_ref();
+        self.seal = Some(if secret.len() < MIN_VALUE_SECRET {
+            Err(secret.len())
+        } else {
+            Ok(Seal::new(secret))
+        });
         self
     }
 
@@ -125,6 +144,11 @@ impl<P> RedisCacheBuilder<P> {
     /// URL or configuration.
     pub async fn build(self) -> Result<RedisCache<P>, CacheError> {
         let keys = Keys::new(self.prefix).map_err(CacheError::new)?;
+        let seal = self.seal.transpose().map_err(|len| {
+            CacheError::new(format!(
+                "the value secret is {len} bytes: at least {MIN_VALUE_SECRET} are needed"
+            ))
+        })?;
         let pool = self
             .pool
             .connect("the API key cache answers from the lookup")
@@ -136,7 +160,7 @@ impl<P> RedisCacheBuilder<P> {
                 keys,
                 version_ttl: self.version_ttl,
                 epoch: AtomicU64::new(0),
-                seal: self.seal,
+                seal,
             }),
             principal: PhantomData,
         })

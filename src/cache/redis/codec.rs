@@ -8,6 +8,12 @@
 //! those two instants by as much; the entry's own end is Redis's `PX`).
 //! Readers that predate them ignore them, and values without them are
 //! fresh until they expire.
+//!
+//! Every entry also carries its end, `"until"` (Unix ms, the writer's
+//! `now` + the whole [`Ttl`]), and is read as absent from then on, whatever
+//! Redis's `PX` says: under a seal (`seal.rs`) that bounds a replay, a
+//! value saved from Redis and written back later, by the value's own
+//! lifetime.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +36,7 @@ struct EnvelopeOut<'a, P> {
     fresh_until: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_at: Option<u64>,
+    until: u64,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +48,8 @@ struct EnvelopeIn<P> {
     fresh_until: Option<u64>,
     #[serde(default)]
     refresh_at: Option<u64>,
+    #[serde(default)]
+    until: Option<u64>,
 }
 
 /// A decoded entry: its verdict, and the instants its value carries.
@@ -48,6 +57,7 @@ pub(super) struct Stored<P> {
     verdict: Verdict<P>,
     fresh_until: Option<u64>,
     refresh_at: Option<u64>,
+    until: Option<u64>,
 }
 
 /// What a stored entry is now.
@@ -55,6 +65,8 @@ pub(super) enum Freshness<P> {
     Fresh(Verdict<P>),
     Aging(Arc<P>),
     Stale(Arc<P>),
+    /// Past the end its value carries: read as absent.
+    Gone,
 }
 
 /// Now, in Unix milliseconds.
@@ -81,6 +93,7 @@ impl<P> Stored<P> {
             }
         });
         let freshness = match self.verdict {
+            _ if self.until.is_some_and(|at| now >= at) => Freshness::Gone,
             Verdict::Valid(p) if self.fresh_until.is_some_and(|at| now >= at) => {
                 Freshness::Stale(p)
             }
@@ -112,6 +125,7 @@ pub(super) fn encode<P: Serialize>(
             principal: Some(&**p),
             fresh_until: (!ttl.stale.is_zero()).then(|| at(ttl.fresh)),
             refresh_at: (!ttl.refresh.is_zero()).then(|| at(ttl.fresh.saturating_sub(ttl.refresh))),
+            until: at(ttl.total()),
         },
         Verdict::Invalid => EnvelopeOut {
             v: ENVELOPE_VERSION,
@@ -119,6 +133,7 @@ pub(super) fn encode<P: Serialize>(
             principal: None,
             fresh_until: None,
             refresh_at: None,
+            until: at(ttl.total()),
         },
     };
     serde_json::to_string(&envelope).map_err(CacheError::new)
@@ -156,6 +171,7 @@ fn decode_envelope<P: DeserializeOwned>(raw: &[u8]) -> Result<Stored<P>, String>
         verdict,
         fresh_until: envelope.fresh_until,
         refresh_at: envelope.refresh_at,
+        until: envelope.until,
     })
 }
 
@@ -179,12 +195,15 @@ mod tests {
     #[test]
     fn envelopes_round_trip_and_refuse_other_versions() {
         let valid = encode(&Verdict::Valid(Arc::new(P { id: 7 })), FRESH, 0).unwrap();
-        assert_eq!(valid, r#"{"v":1,"kind":"valid","principal":{"id":7}}"#);
+        assert_eq!(
+            valid,
+            r#"{"v":1,"kind":"valid","principal":{"id":7},"until":60000}"#
+        );
         assert!(
             matches!(verdict(decode::<P>(Some(valid.as_bytes()))), Ok(Verdict::Valid(p)) if p.id == 7)
         );
         let invalid = encode::<P>(&Verdict::Invalid, FRESH, 0).unwrap();
-        assert_eq!(invalid, r#"{"v":1,"kind":"invalid"}"#);
+        assert_eq!(invalid, r#"{"v":1,"kind":"invalid","until":60000}"#);
         assert!(matches!(
             verdict(decode::<P>(Some(invalid.as_bytes()))),
             Ok(Verdict::Invalid)
@@ -220,12 +239,12 @@ mod tests {
         let raw = encode(&Verdict::Valid(Arc::new(P { id: 1 })), ttl, 1_000).unwrap();
         assert_eq!(
             raw,
-            r#"{"v":1,"kind":"valid","principal":{"id":1},"fresh_until":101000,"refresh_at":91000}"#
+            r#"{"v":1,"kind":"valid","principal":{"id":1},"fresh_until":101000,"refresh_at":91000,"until":151000}"#
         );
         // No instants on a negative entry, whatever the TTL asks.
         assert_eq!(
             encode::<P>(&Verdict::Invalid, ttl, 1_000).unwrap(),
-            r#"{"v":1,"kind":"invalid"}"#
+            r#"{"v":1,"kind":"invalid","until":151000}"#
         );
         let at = |now: u64| {
             let stored = decode::<P>(Some(raw.as_bytes())).ok().unwrap();
@@ -245,5 +264,18 @@ mod tests {
         let (stale, left) = at(101_000);
         assert!(matches!(stale, Freshness::Stale(_)));
         assert_eq!(left.map(|t| t.fresh), Some(Duration::ZERO));
+        // Past its end the value is absent, even if Redis still holds it.
+        assert!(matches!(at(151_000).0, Freshness::Gone));
+    }
+
+    #[test]
+    fn values_without_an_end_are_read_as_before() {
+        let old = decode::<P>(Some(br#"{"v":1,"kind":"invalid"}"#))
+            .ok()
+            .unwrap();
+        assert!(matches!(
+            old.at(u64::MAX, None).0,
+            Freshness::Fresh(Verdict::Invalid)
+        ));
     }
 }

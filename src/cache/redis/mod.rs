@@ -46,7 +46,7 @@ mod write;
 pub use crate::redis_pool::{
     RedisHealth, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_COMMAND_TIMEOUT,
 };
-pub use builder::{RedisCacheBuilder, DEFAULT_PREFIX};
+pub use builder::{RedisCacheBuilder, DEFAULT_PREFIX, MIN_VALUE_SECRET};
 pub(crate) use keys::check_prefix;
 pub use read::RedisGet;
 #[cfg(feature = "tiered")] // the tiered cache's L2 read

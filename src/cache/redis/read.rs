@@ -150,6 +150,7 @@ impl<P: DeserializeOwned> Future for RedisRead<P> {
                                 return Poll::Ready(Ok((CacheRead::Aging(principal), left)));
                             }
                             (Freshness::Stale(principal), _) => (None, Some(principal)),
+                            (Freshness::Gone, _) => (None, None),
                         },
                         Err(degraded) => (degraded, None),
                     };
