@@ -41,15 +41,15 @@ pub enum RejectionKind {
 /// A rejection, ready to render. Your [`on_rejection`] handler receives it;
 /// [`default_response`](Self::default_response) is the standard rendering:
 ///
-/// | kind | status | `WWW-Authenticate` (Bearer sources) | `code` in the body |
-/// | --- | --- | --- | --- |
-/// | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` |
-/// | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` |
-/// | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
-/// | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` |
-/// | a rate-limit policy spent | 429 + `Retry-After`, `RateLimit-Policy`, `RateLimit` | — | `rate_limited` |
-/// | counter store failed, fail-closed | 503 + `Retry-After` | — | `rate_limiter_unavailable` |
-/// | extractor used without the layer | 500 | — | `auth_layer_missing` |
+/// | kind | status | `WWW-Authenticate` (Bearer sources) | `code` in the body | `grpc-status` ([gRPC](#grpc)) |
+/// | --- | --- | --- | --- | --- |
+/// | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` | 16 `UNAUTHENTICATED` |
+/// | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` | 16 `UNAUTHENTICATED` |
+/// | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` | 16 `UNAUTHENTICATED` |
+/// | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` | 14 `UNAVAILABLE` |
+/// | a rate-limit policy spent | 429 + `Retry-After`, `RateLimit-Policy`, `RateLimit` | — | `rate_limited` | 8 `RESOURCE_EXHAUSTED` |
+/// | counter store failed, fail-closed | 503 + `Retry-After` | — | `rate_limiter_unavailable` | 14 `UNAVAILABLE` |
+/// | extractor used without the layer | 500 | — | `auth_layer_missing` | 13 `INTERNAL` |
 ///
 /// Bodies are RFC 9457 `application/problem+json`:
 ///
@@ -76,25 +76,17 @@ pub enum RejectionKind {
 /// a *trailers-only* response: HTTP `200`, `content-type: application/grpc`,
 /// the status in `grpc-status` and [`detail`](Self::detail) in
 /// `grpc-message` (percent-encoded as the gRPC HTTP/2 protocol says), no
-/// body. `Retry-After` and the rate-limit fields are kept; `WWW-Authenticate`
-/// is not sent (it belongs to a `401`).
-///
-/// | kind | `grpc-status` ([`grpc_status`](Self::grpc_status)) |
-/// | --- | --- |
-/// | no key | `16` `UNAUTHENTICATED` |
-/// | malformed key, two keys | `16` `UNAUTHENTICATED` |
-/// | unknown, revoked or expired key | `16` `UNAUTHENTICATED` |
-/// | lookup failed | `14` `UNAVAILABLE` |
-/// | a rate-limit policy spent | `8` `RESOURCE_EXHAUSTED` |
-/// | counter store failed, fail-closed | `14` `UNAVAILABLE` |
-/// | extractor used without the layer | `13` `INTERNAL` |
+/// body; the code is the table's last column
+/// ([`grpc_status`](Self::grpc_status)). `Retry-After` and the rate-limit
+/// fields are kept (tonic shows them as the status's metadata);
+/// `WWW-Authenticate` is not sent (it belongs to a `401`).
 ///
 /// A malformed key is `UNAUTHENTICATED`, not `INVALID_ARGUMENT`: it is a bad
-/// credential, not a bad argument of the call, and a client that renews
-/// its credentials on `UNAUTHENTICATED` should do so here too; the message
-/// tells the cases apart. gRPC-Web (`application/grpc-web…`) is not
-/// recognised: put the layer inside a gRPC-Web translation layer, which
-/// hands it `application/grpc` requests. A handler set with
+/// credential, not a bad argument of the call (the message tells the cases
+/// apart). gRPC-Web (`application/grpc-web…`) is not recognised, its clients
+/// expect their own content-type: put the layer inside tonic-web's
+/// `GrpcWebLayer`, which hands the services behind it `application/grpc`
+/// requests. A handler set with
 /// [`on_rejection`] sees [`is_grpc`](Self::is_grpc) and can keep the gRPC
 /// form by returning [`default_response`](Self::default_response) for it.
 ///
@@ -316,7 +308,7 @@ impl AuthRejection {
 
     /// Whether the rejected request was gRPC (its `content-type` is
     /// `application/grpc` or `application/grpc+…`): the default rendering
-    /// is then a trailers-only gRPC response (see [the table](Self#grpc)).
+    /// is then a trailers-only gRPC response (see [gRPC](#grpc)).
     ///
     /// A handler that renders HTTP rejections its own way can leave gRPC
     /// ones to the default:
