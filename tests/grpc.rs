@@ -196,3 +196,35 @@ async fn the_answer_is_trailers_only_and_plain_http_gets_problem_json() {
     let res = http.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn the_extractors_rejections_are_grpc_too() {
+    use axum::{routing::post, Router};
+    use tower::ServiceExt;
+    use tower_api_key::Authenticated;
+
+    let grpc_request = |path: &str| {
+        http::Request::post(path)
+            .header("content-type", "application/grpc+proto")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let handler =
+        |Authenticated(client): Authenticated<example::Client>| async move { client.name.clone() };
+    // An optional route passes a keyless request; the extractor refuses it.
+    let auth = example::auth_layer(Arc::new(KeyTable::demo())).optional("/optional");
+    let app = Router::new()
+        .route("/optional", post(handler))
+        .layer(auth)
+        .route("/bare", post(handler)); // no layer: a server bug
+    let res = app
+        .clone()
+        .oneshot(grpc_request("/optional"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "16");
+    let res = app.oneshot(grpc_request("/bare")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "13");
+}
