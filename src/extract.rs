@@ -82,7 +82,7 @@ impl<P: Send + Sync + 'static> Authenticated<P> {
                     principal = std::any::type_name::<P>(),
                     "Authenticated extractor used on a route without ApiKeyAuthLayer for this principal type"
                 );
-                Err(AuthRejection::layer_missing())
+                Err(AuthRejection::layer_missing().for_request(&parts.headers))
             }
         }
     }
@@ -96,7 +96,7 @@ where
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Self::from_parts(parts)?.map_err(Passed::missing_key)
+        Self::from_parts(parts)?.map_err(|passed| passed.missing_key(&parts.headers))
     }
 }
 

@@ -128,7 +128,7 @@ where
                             extra,
                         },
                         Err(rejection) => State::Rejected {
-                            rejection: Some(rejection),
+                            rejection: Some(rejection.for_request(req.headers())),
                         },
                     }
                 }

@@ -19,7 +19,9 @@
 //!    the [`Authenticated`] extractor finds it.
 //!
 //! Rejections are responses: `400`, `401` with an RFC 6750 challenge, `503`
-//! with `Retry-After`, with RFC 9457 problem+json bodies (see
+//! with `Retry-After`, with RFC 9457 problem+json bodies; a gRPC request
+//! (`content-type: application/grpc…`, a tonic client) gets a gRPC status
+//! instead, `UNAUTHENTICATED`, `RESOURCE_EXHAUSTED` or `UNAVAILABLE` (see
 //! [`AuthRejection`]).
 //!
 //! # Example

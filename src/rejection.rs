@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Response, StatusCode};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 
 use crate::ratelimit::{Fields, RateLimitStatus};
@@ -41,15 +41,15 @@ pub enum RejectionKind {
 /// A rejection, ready to render. Your [`on_rejection`] handler receives it;
 /// [`default_response`](Self::default_response) is the standard rendering:
 ///
-/// | kind | status | `WWW-Authenticate` (Bearer sources) | `code` in the body |
-/// | --- | --- | --- | --- |
-/// | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` |
-/// | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` |
-/// | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` |
-/// | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` |
-/// | a rate-limit policy spent | 429 + `Retry-After`, `RateLimit-Policy`, `RateLimit` | — | `rate_limited` |
-/// | counter store failed, fail-closed | 503 + `Retry-After` | — | `rate_limiter_unavailable` |
-/// | extractor used without the layer | 500 | — | `auth_layer_missing` |
+/// | kind | status | `WWW-Authenticate` (Bearer sources) | `code` in the body | `grpc-status` ([gRPC](#grpc)) |
+/// | --- | --- | --- | --- | --- |
+/// | no key | 401 | `Bearer realm="api"` (no error code, RFC 6750 §3.1) | `missing_api_key` | 16 `UNAUTHENTICATED` |
+/// | malformed key, two keys | 400 | `…, error="invalid_request", error_description="…"` | `invalid_request` | 16 `UNAUTHENTICATED` |
+/// | unknown, revoked or expired key | 401 | `…, error="invalid_token", error_description="…"` | `invalid_token` | 16 `UNAUTHENTICATED` |
+/// | lookup failed | 503 + `Retry-After` | — | `lookup_unavailable` | 14 `UNAVAILABLE` |
+/// | a rate-limit policy spent | 429 + `Retry-After`, `RateLimit-Policy`, `RateLimit` | — | `rate_limited` | 8 `RESOURCE_EXHAUSTED` |
+/// | counter store failed, fail-closed | 503 + `Retry-After` | — | `rate_limiter_unavailable` | 14 `UNAVAILABLE` |
+/// | extractor used without the layer | 500 | — | `auth_layer_missing` | 13 `INTERNAL` |
 ///
 /// Bodies are RFC 9457 `application/problem+json`:
 ///
@@ -69,14 +69,42 @@ pub enum RejectionKind {
 ///
 /// Neither the headers nor the body ever contain the presented key.
 ///
+/// # gRPC
+///
+/// A request whose `content-type` is `application/grpc` (or
+/// `application/grpc+proto`, `+json`, …) is answered as gRPC clients expect,
+/// a *trailers-only* response: HTTP `200`, `content-type: application/grpc`,
+/// the status in `grpc-status` and [`detail`](Self::detail) in
+/// `grpc-message` (percent-encoded as the gRPC HTTP/2 protocol says), no
+/// body; the code is the table's last column
+/// ([`grpc_status`](Self::grpc_status)). `Retry-After` and the rate-limit
+/// fields are kept (tonic shows them as the status's metadata);
+/// `WWW-Authenticate` is not sent (it belongs to a `401`).
+///
+/// A malformed key is `UNAUTHENTICATED`, not `INVALID_ARGUMENT`: it is a bad
+/// credential, not a bad argument of the call (the message tells the cases
+/// apart). gRPC-Web (`application/grpc-web…`) is not recognised, its clients
+/// expect their own content-type: put the layer inside tonic-web's
+/// `GrpcWebLayer`, which hands the services behind it `application/grpc`
+/// requests. A handler set with
+/// [`on_rejection`] sees [`is_grpc`](Self::is_grpc) and can keep the gRPC
+/// form by returning [`default_response`](Self::default_response) for it.
+///
 /// [`on_rejection`]: crate::ApiKeyAuthLayer::on_rejection
 #[derive(Clone)]
 pub struct AuthRejection {
     kind: RejectionKind,
+    /// The request was gRPC: render the trailers-only form.
+    grpc: bool,
     config: Option<Arc<RejectionConfig>>,
     /// For `RateLimited`: what the policies said, and the fields to write.
     rate_limit: Option<Box<(RateLimitStatus, Fields)>>,
 }
+
+/// `grpc-status`: the response header of a trailers-only gRPC answer.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`: the status's message, percent-encoded.
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Renders a rejection: your replacement for the default problem+json body.
 pub type RejectionHandler = Arc<dyn Fn(&AuthRejection) -> Response<Bytes> + Send + Sync>;
@@ -136,6 +164,7 @@ impl AuthRejection {
     pub(crate) fn new(kind: RejectionKind, config: Arc<RejectionConfig>) -> Self {
         Self {
             kind,
+            grpc: false,
             config: Some(config),
             rate_limit: None,
         }
@@ -148,6 +177,7 @@ impl AuthRejection {
     ) -> Self {
         Self {
             kind: RejectionKind::RateLimited,
+            grpc: false,
             config: Some(config),
             rate_limit: Some(Box::new((status, fields))),
         }
@@ -157,9 +187,17 @@ impl AuthRejection {
     pub(crate) fn layer_missing() -> Self {
         Self {
             kind: RejectionKind::LayerMissing,
+            grpc: false,
             config: None,
             rate_limit: None,
         }
+    }
+
+    /// Notes whether the rejected request is gRPC, from its headers. Called
+    /// on a rejection only: a forwarded request never pays for it.
+    pub(crate) fn for_request(mut self, headers: &HeaderMap) -> Self {
+        self.grpc = is_grpc_request(headers);
+        self
     }
 
     /// For a rate-limit refusal: each policy of the key and what it has
@@ -268,9 +306,72 @@ impl AuthRejection {
         }
     }
 
+    /// Whether the rejected request was gRPC (its `content-type` is
+    /// `application/grpc` or `application/grpc+…`): the default rendering
+    /// is then a trailers-only gRPC response (see [gRPC](#grpc)).
+    ///
+    /// A handler that renders HTTP rejections its own way can leave gRPC
+    /// ones to the default:
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// # use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
+    /// # use tower_api_key::cache::MemoryCache;
+    /// # #[derive(Clone)] struct Client;
+    /// # impl Principal for Client {}
+    /// # let layer = ApiKeyAuthLayer::new(
+    /// #     MemoryCache::<Client>::builder().build(),
+    /// #     lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, std::convert::Infallible>(None) }),
+    /// # );
+    /// let layer = layer.on_rejection(|rejection| {
+    ///     if rejection.is_grpc() {
+    ///         return rejection.default_response(); // grpc-status, grpc-message
+    ///     }
+    ///     let mut res = rejection.default_response();
+    ///     *res.body_mut() = Bytes::from(format!("{{\"error\":\"{}\"}}", rejection.code()));
+    ///     res
+    /// });
+    /// ```
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// The gRPC status code of this rejection, as sent in `grpc-status` to
+    /// a gRPC request: `16` (`UNAUTHENTICATED`) for a missing, malformed or
+    /// invalid key, `8` (`RESOURCE_EXHAUSTED`) for a rate limit, `14`
+    /// (`UNAVAILABLE`) when the lookup or the rate limiter failed, `13`
+    /// (`INTERNAL`) for the extractor without the layer. The numbers are
+    /// gRPC's (tonic: `tonic::Code::from(rejection.grpc_status())`).
+    ///
+    /// ```
+    /// # use tower_api_key::AuthRejection;
+    /// fn grpc_name(rejection: &AuthRejection) -> &'static str {
+    ///     match rejection.grpc_status() {
+    ///         16 => "UNAUTHENTICATED",
+    ///         8 => "RESOURCE_EXHAUSTED",
+    ///         14 => "UNAVAILABLE",
+    ///         _ => "INTERNAL",
+    ///     }
+    /// }
+    /// ```
+    pub fn grpc_status(&self) -> i32 {
+        match self.kind {
+            RejectionKind::MissingKey
+            | RejectionKind::MalformedKey(_)
+            | RejectionKind::InvalidKey => 16,
+            RejectionKind::RateLimited => 8,
+            RejectionKind::LookupUnavailable | RejectionKind::RateLimiterUnavailable => 14,
+            RejectionKind::LayerMissing => 13,
+        }
+    }
+
     /// The standard rendering: status, `WWW-Authenticate` or `Retry-After`,
-    /// and an RFC 9457 problem+json body.
+    /// and an RFC 9457 problem+json body; for a gRPC request
+    /// ([`is_grpc`](Self::is_grpc)), a trailers-only gRPC response.
     pub fn default_response(&self) -> Response<Bytes> {
+        if self.grpc {
+            return self.grpc_response();
+        }
         let status = self.status();
         let problem = Problem {
             kind: match self.kind {
@@ -299,6 +400,27 @@ impl AuthRejection {
         if let Some(challenge) = self.www_authenticate() {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
+        self.write_retry_headers(headers);
+        res
+    }
+
+    /// The gRPC rendering: `200`, `grpc-status`, `grpc-message`, no body
+    /// (trailers-only: every field goes in the one HEADERS frame).
+    fn grpc_response(&self) -> Response<Bytes> {
+        let mut res = Response::new(Bytes::new());
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_status()));
+        // Percent-encoded, so visible ASCII: always a valid header value.
+        if let Ok(message) = HeaderValue::from_str(&grpc_percent_encode(self.detail())) {
+            headers.insert(GRPC_MESSAGE, message);
+        }
+        self.write_retry_headers(headers);
+        res
+    }
+
+    /// `Retry-After` (on 503 and 429) and the rate-limit fields (on 429).
+    fn write_retry_headers(&self, headers: &mut HeaderMap) {
         if let Some(after) = self.retry_after() {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -306,7 +428,6 @@ impl AuthRejection {
         if let Some((status, fields)) = self.rate_limit.as_deref() {
             headers.extend(status.headers(*fields));
         }
-        res
     }
 
     /// The layer's rendering: your handler if one is set, else the default.
@@ -323,6 +444,7 @@ impl fmt::Debug for AuthRejection {
         f.debug_struct("AuthRejection")
             .field("kind", &self.kind)
             .field("status", &self.status())
+            .field("grpc", &self.grpc)
             .finish()
     }
 }
@@ -346,11 +468,44 @@ impl Passed {
         Self(config)
     }
 
-    /// The layer's `401` for this request.
+    /// The layer's `401` for this request (gRPC's `UNAUTHENTICATED` for a
+    /// gRPC one).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn missing_key(&self) -> AuthRejection {
-        AuthRejection::new(RejectionKind::MissingKey, Arc::clone(&self.0))
+    pub(crate) fn missing_key(&self, headers: &HeaderMap) -> AuthRejection {
+        AuthRejection::new(RejectionKind::MissingKey, Arc::clone(&self.0)).for_request(headers)
     }
+}
+
+/// Whether a request is gRPC: `content-type` is `application/grpc`, alone
+/// or followed by `+` (`+proto`, `+json`) or `;` (parameters), in any case.
+/// `application/grpc-web…` is not: its clients expect another framing.
+fn is_grpc_request(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    value.len() >= GRPC.len()
+        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
+/// `grpc-message`'s encoding (gRPC over HTTP/2, "Percent-Encoded"): the
+/// bytes of the UTF-8 string from space to `~` except `%` stay as they are,
+/// every other byte is `%XX` (upper-case hex).
+fn grpc_percent_encode(message: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(message.len());
+    for &byte in message.as_bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+    }
+    out
 }
 
 /// Keeps a realm inside its quoted-string: printable ASCII without `"` or `\`.
@@ -408,6 +563,127 @@ mod tests {
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()[RETRY_AFTER], "5");
         assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    fn grpc_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers
+    }
+
+    fn grpc(kind: RejectionKind) -> Response<Bytes> {
+        let rejection = rejection(kind).for_request(&grpc_headers());
+        assert!(rejection.is_grpc());
+        rejection.default_response()
+    }
+
+    fn rate_limited() -> AuthRejection {
+        use crate::ratelimit::{Algorithm, CounterKey, MemoryCounters};
+        let limits = [RateLimit::new("burst", 1, Duration::from_secs(60)).unwrap()];
+        let store = MemoryCounters::builder().build();
+        let key = CounterKey::key(&crate::KeyHash::of("k"));
+        let _ = store.count(&key, &limits, Algorithm::SlidingWindow, 1);
+        let refused = store.count(&key, &limits, Algorithm::SlidingWindow, 1);
+        assert!(!refused.admitted);
+        let fields = Fields {
+            ietf: true,
+            x_ratelimit: false,
+        };
+        AuthRejection::rate_limited(
+            Arc::new(RejectionConfig::default()),
+            RateLimitStatus::new(&limits, &refused),
+            fields,
+        )
+    }
+
+    #[test]
+    fn grpc_status_of_each_kind() {
+        let cases = [
+            (RejectionKind::MissingKey, 16),
+            (RejectionKind::MalformedKey(MalformedKey::TooLong), 16),
+            (
+                RejectionKind::MalformedKey(MalformedKey::MultipleCredentials),
+                16,
+            ),
+            (RejectionKind::InvalidKey, 16),
+            (RejectionKind::LookupUnavailable, 14),
+            (RejectionKind::RateLimiterUnavailable, 14),
+        ];
+        for (kind, code) in cases {
+            assert_eq!(rejection(kind).grpc_status(), code, "{kind:?}");
+            let res = grpc(kind);
+            assert_eq!(res.status(), StatusCode::OK, "{kind:?}");
+            assert_eq!(res.headers()[CONTENT_TYPE], "application/grpc");
+            assert_eq!(res.headers()["grpc-status"], code.to_string().as_str());
+            assert!(res.body().is_empty(), "{kind:?}: trailers-only");
+            assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+        }
+        assert_eq!(AuthRejection::layer_missing().grpc_status(), 13);
+        let res = AuthRejection::layer_missing()
+            .for_request(&grpc_headers())
+            .default_response();
+        assert_eq!(res.headers()["grpc-status"], "13");
+        assert_eq!(rate_limited().grpc_status(), 8);
+    }
+
+    #[test]
+    fn grpc_keeps_retry_after_and_rate_limit_fields() {
+        let res = grpc(RejectionKind::LookupUnavailable);
+        assert_eq!(res.headers()[RETRY_AFTER], "5");
+        let res = rate_limited()
+            .for_request(&grpc_headers())
+            .default_response();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "8");
+        assert!(res.headers().contains_key(RETRY_AFTER));
+        assert!(res.headers().contains_key("ratelimit-policy"));
+        assert!(res.body().is_empty());
+    }
+
+    #[test]
+    fn grpc_message_is_the_detail_percent_encoded() {
+        let res = grpc(RejectionKind::InvalidKey);
+        assert_eq!(res.headers()["grpc-message"], "the API key is not valid");
+        let res = grpc(RejectionKind::MissingKey);
+        assert_eq!(res.headers()["grpc-message"], "an API key is required");
+    }
+
+    #[test]
+    fn percent_encoding_follows_the_grpc_spec() {
+        // Space through `~` stay, except `%`; everything else is `%XX`.
+        assert_eq!(grpc_percent_encode("a b~!\"#$&'"), "a b~!\"#$&'");
+        assert_eq!(grpc_percent_encode("100%"), "100%25");
+        assert_eq!(grpc_percent_encode("line\nbreak\t"), "line%0Abreak%09");
+        assert_eq!(grpc_percent_encode("\u{7f}"), "%7F");
+        assert_eq!(grpc_percent_encode("é…"), "%C3%A9%E2%80%A6");
+        assert_eq!(grpc_percent_encode(""), "");
+    }
+
+    #[test]
+    fn only_grpc_content_types_are_grpc() {
+        for (value, expected) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc+json", true),
+            ("Application/GRPC", true),
+            ("application/grpc; charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/grpc-web+proto", false),
+            ("application/grpcx", false),
+            ("application/json", false),
+            ("application/gr", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_grpc_request(&headers), expected, "{value}");
+        }
+        assert!(!is_grpc_request(&HeaderMap::new()));
+        // Not gRPC: the problem+json rendering, as before.
+        let res = rejection(RejectionKind::InvalidKey)
+            .for_request(&HeaderMap::new())
+            .default_response();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(res.headers().get("grpc-status").is_none());
     }
 
     #[test]

@@ -93,7 +93,10 @@ where
             // Decided at once (a hit, a public route): the instance
             // `poll_ready` made ready is called here and now.
             Progress::Decided(Ok(extra)) => ResponseFuture::inner(self.inner.call(req), extra),
-            Progress::Decided(Err(rejection)) => ResponseFuture::rejected(rejection),
+            // Only a rejection reads the content-type (gRPC or not).
+            Progress::Decided(Err(rejection)) => {
+                ResponseFuture::rejected(rejection.for_request(req.headers()))
+            }
             // The ready instance goes with the request, a clone stays.
             Progress::Waiting(authentication) => {
                 let clone = self.inner.clone();
