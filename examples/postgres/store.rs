@@ -119,7 +119,7 @@ impl PgStore {
     pub async fn connect(url: &str, schema: &str) -> Result<Self, String> {
         if !is_identifier(schema) {
             return Err(format!(
-                "APIKEY_PG_SCHEMA must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63), got {schema:?}"
+                "APIKEY_PG_SCHEMA must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63, not pg_...), got {schema:?}"
             ));
         }
         let options: PgConnectOptions = url
@@ -282,12 +282,13 @@ impl PgStore {
     }
 }
 
-/// A schema name safe to splice into DDL unquoted.
+/// A schema name safe to splice into DDL unquoted (`pg_` is reserved).
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('a'..='z' | '_'))
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
         && name.len() <= 63
+        && !name.starts_with("pg_")
 }
 
 /// The lookup the layer calls on a cache miss.
