@@ -21,6 +21,7 @@ mod routes;
 mod store;
 
 use std::future::IntoFuture;
+use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -138,7 +139,12 @@ async fn start(usage_interval: Duration) -> Option<Running> {
         if std::env::var_os("CI").is_some() {
             panic!("no PostgreSQL at {url} under CI (scripts/test starts one): {e}");
         }
-        eprintln!("SKIPPED: no PostgreSQL at {url} ({e}); run scripts/test to have one");
+        // Straight to stderr: libtest would capture an `eprintln!` of a
+        // passing test.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: no PostgreSQL at {url} ({e}); run scripts/test to have one"
+        );
         return None;
     }
     let schema = format!("apikey_test_{:016x}", rand::random::<u64>());
@@ -255,7 +261,7 @@ async fn lookup_once_then_revoke_unknown_and_expired() {
 
     // A cached key stops at its row's expiry (the principal carries it).
     let (_, short) = pg
-        .create(json!({"owner": "acme", "name": "short", "ttl_seconds": 1}))
+        .create(json!({"owner": "acme", "name": "short", "ttl_seconds": 2}))
         .await;
     let (s, me) = call(Method::GET, &pg.url("/v1/me"), Some(&short), None).await;
     assert_eq!(s, 200, "{me}");

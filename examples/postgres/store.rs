@@ -124,7 +124,7 @@ impl PgStore {
         }
         let options: PgConnectOptions = url
             .parse()
-            .map_err(|e| format!("DATABASE_URL {url:?}: {e}"))?;
+            .map_err(|e| format!("DATABASE_URL is not a PostgreSQL URL: {e}"))?;
         let options = options.options([("search_path", schema)]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
