@@ -13,6 +13,8 @@ use crate::cache::KeyCache;
 use crate::lookup::Lookup;
 use crate::rejection::AuthRejection;
 use crate::request_path::{Authentication, Extra};
+use crate::telemetry;
+use tracing::Span;
 
 pin_project! {
     /// Response future for [`ApiKeyAuth`](crate::ApiKeyAuth).
@@ -60,6 +62,8 @@ struct Pending<S, C: KeyCache, L, ReqB> {
     authentication: Authentication<C, L>,
     req: Request<ReqB>,
     inner: S,
+    /// The request's `api_key_auth` span, entered while the stages run.
+    span: Span,
 }
 
 impl<S, C, L, ReqB> ResponseFuture<S, C, L, ReqB>
@@ -85,11 +89,13 @@ where
         authentication: Authentication<C, L>,
         req: Request<ReqB>,
         inner: S,
+        span: Span,
     ) -> Self {
         let pending = Box::new(Pending {
             authentication,
             req,
             inner,
+            span,
         });
         Self {
             state: State::Authenticating {
@@ -116,12 +122,24 @@ where
                     let Some(mut waiting) = pending.take() else {
                         return Poll::Pending; // polled after completion
                     };
-                    let Poll::Ready(decided) = waiting.authentication.poll(cx, &mut waiting.req)
+                    let Pending {
+                        authentication,
+                        req,
+                        span,
+                        ..
+                    } = &mut *waiting;
+                    let Poll::Ready(decided) = span.in_scope(|| authentication.poll(cx, req))
                     else {
                         *pending = Some(waiting);
                         return Poll::Pending;
                     };
-                    let Pending { req, mut inner, .. } = *waiting;
+                    let Pending {
+                        req,
+                        mut inner,
+                        span,
+                        ..
+                    } = *waiting;
+                    telemetry::decided(&span, decided.as_ref().err());
                     match decided {
                         Ok(extra) => State::Inner {
                             future: inner.call(req),

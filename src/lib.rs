@@ -108,6 +108,7 @@ mod request_path;
 mod service;
 mod source;
 mod stats;
+mod telemetry;
 #[cfg(feature = "usage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
 pub mod usage;

@@ -15,6 +15,7 @@
 //! through as a probe, and its answer closes the breaker. Error replies
 //! (a script error, `WRONGTYPE`) are answers: they don't count.
 
+use crate::telemetry::{self, Timer};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
@@ -307,6 +308,7 @@ impl RedisPool {
             failed,
             health: Arc::clone(&self.health),
             started: false,
+            timer: Timer::start(),
         }
     }
 
@@ -364,6 +366,8 @@ pin_project! {
         failed: fn(Failure) -> E,
         health: Arc<Health>,
         started: bool,
+        // For the command-latency histogram, from the first poll.
+        timer: Timer,
     }
 }
 
@@ -380,8 +384,10 @@ where
             if !this.health.admit() {
                 return Poll::Ready(Err((this.failed)(Box::new(Skipped))));
             }
+            *this.timer = Timer::start();
         }
         if let Poll::Ready(result) = this.command.poll(cx) {
+            telemetry::redis_command_took(this.timer.elapsed());
             return Poll::Ready(
                 result
                     .map_err(|e| {
@@ -400,6 +406,7 @@ where
         }
         match this.deadline.as_pin_mut().map(|deadline| deadline.poll(cx)) {
             Some(Poll::Ready(())) => {
+                telemetry::redis_command_took(this.timer.elapsed());
                 let why = format!("Redis command timed out after {:?}", this.timeout);
                 this.health.failed(&why);
                 Poll::Ready(Err((this.failed)(why.into())))

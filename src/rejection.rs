@@ -162,6 +162,7 @@ struct Problem<'a> {
 
 impl AuthRejection {
     pub(crate) fn new(kind: RejectionKind, config: Arc<RejectionConfig>) -> Self {
+        crate::telemetry::rejected(kind);
         Self {
             kind,
             grpc: false,
@@ -175,6 +176,7 @@ impl AuthRejection {
         status: RateLimitStatus,
         fields: Fields,
     ) -> Self {
+        crate::telemetry::rejected(RejectionKind::RateLimited);
         Self {
             kind: RejectionKind::RateLimited,
             grpc: false,
@@ -185,6 +187,7 @@ impl AuthRejection {
 
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn layer_missing() -> Self {
+        crate::telemetry::rejected(RejectionKind::LayerMissing);
         Self {
             kind: RejectionKind::LayerMissing,
             grpc: false,

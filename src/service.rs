@@ -13,6 +13,7 @@ use crate::future::ResponseFuture;
 use crate::layer::ApiKeyAuthLayer;
 use crate::lookup::Lookup;
 use crate::request_path::Progress;
+use crate::telemetry;
 
 /// Middleware that authenticates each request by API key before calling the
 /// inner service. Made by [`ApiKeyAuthLayer`].
@@ -89,19 +90,27 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        match self.layer.request_path().authenticate(&mut req) {
+        // `Span::none()` unless a subscriber wants it: then nothing below
+        // costs anything.
+        let span = telemetry::request_span(&req);
+        let progress = span.in_scope(|| self.layer.request_path().authenticate(&mut req));
+        match progress {
             // Decided at once (a hit, a public route): the instance
             // `poll_ready` made ready is called here and now.
-            Progress::Decided(Ok(extra)) => ResponseFuture::inner(self.inner.call(req), extra),
+            Progress::Decided(Ok(extra)) => {
+                telemetry::decided(&span, None);
+                ResponseFuture::inner(self.inner.call(req), extra)
+            }
             // Only a rejection reads the content-type (gRPC or not).
             Progress::Decided(Err(rejection)) => {
+                telemetry::decided(&span, Some(&rejection));
                 ResponseFuture::rejected(rejection.for_request(req.headers()))
             }
             // The ready instance goes with the request, a clone stays.
             Progress::Waiting(authentication) => {
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
-                ResponseFuture::authenticating(authentication, req, inner)
+                ResponseFuture::authenticating(authentication, req, inner, span)
             }
         }
     }

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::telemetry::metric::CounterMetric;
+
 /// A snapshot of a layer's counters, from [`ApiKeyAuthLayer::stats`].
 ///
 /// Every request that presents a key counts once in `hits`,
@@ -76,24 +78,46 @@ struct Cell(AtomicU64);
 /// A counter split into per-thread cells: bumping it is one relaxed add on a
 /// line no other core writes (as long as there are no more threads than
 /// cells).
+///
+/// A counter of the layer's may also be a metric (feature `metrics`): each
+/// bump increments it too.
 pub(crate) struct Counter {
     cells: [Cell; CELLS],
+    #[cfg(feature = "metrics")]
+    metric: Option<&'static CounterMetric>,
 }
 
 impl Default for Counter {
     fn default() -> Self {
-        Self {
-            cells: std::array::from_fn(|_| Cell::default()),
-        }
+        Self::new(None)
     }
 }
 
 impl Counter {
+    fn new(metric: Option<&'static CounterMetric>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = metric;
+        Self {
+            cells: std::array::from_fn(|_| Cell::default()),
+            #[cfg(feature = "metrics")]
+            metric,
+        }
+    }
+
+    /// A counter that is also `metric`.
+    pub(crate) fn metric(metric: &'static CounterMetric) -> Self {
+        Self::new(Some(metric))
+    }
+
     #[inline]
     pub(crate) fn incr(&self) {
         self.cells[cell_of_this_thread()]
             .0
             .fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(metric) = self.metric {
+            metric.increment();
+        }
     }
 
     pub(crate) fn get(&self) -> u64 {
@@ -122,7 +146,6 @@ fn cell_of_this_thread() -> usize {
     })
 }
 
-#[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) hits: Counter,
     pub(crate) negative_hits: Counter,
@@ -140,6 +163,30 @@ pub(crate) struct Counters {
     pub(crate) rate_limited: Counter,
     pub(crate) rate_limit_fallbacks: Counter,
     pub(crate) rate_limit_store_errors: Counter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        use crate::telemetry::metric::*;
+        Self {
+            hits: Counter::metric(&HITS),
+            negative_hits: Counter::metric(&NEGATIVE_HITS),
+            misses: Counter::metric(&MISSES),
+            lookups: Counter::metric(&LOOKUPS),
+            lookup_errors: Counter::metric(&LOOKUP_ERRORS),
+            lookup_timeouts: Counter::metric(&LOOKUP_TIMEOUTS),
+            cache_errors: Counter::metric(&CACHE_ERRORS),
+            cache_skipped: Counter::metric(&CACHE_SKIPPED),
+            format_rejected: Counter::metric(&FORMAT_REJECTED),
+            coalesced: Counter::metric(&COALESCED),
+            stale_served: Counter::metric(&STALE_SERVED),
+            refreshes: Counter::metric(&REFRESHES),
+            rate_limit_admitted: Counter::metric(&RATE_LIMIT_ADMITTED),
+            rate_limited: Counter::metric(&RATE_LIMIT_LIMITED),
+            rate_limit_fallbacks: Counter::metric(&RATE_LIMIT_FALLBACK),
+            rate_limit_store_errors: Counter::metric(&RATE_LIMIT_STORE_ERRORS),
+        }
+    }
 }
 
 impl Counters {

@@ -553,3 +553,44 @@ async fn quickstart_records_usage_in_batches_and_lists_it() {
         "{at} is today (UTC)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_serves_its_metrics_in_prometheus_text() {
+    let qs = start(&[("DEMO_API_KEY", ADMIN)]);
+    let b = qs.base.clone();
+    use reqwest::Method;
+    for _ in 0..3 {
+        let (s, _) = call(Method::GET, &format!("{b}/v1/me"), Some(ADMIN), None).await;
+        assert_eq!(s, 200);
+    }
+    let (s, _) = call(
+        Method::GET,
+        &format!("{b}/v1/me"),
+        Some("sk_live_nope"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    // Public: no key needed.
+    let res = reqwest::get(format!("{b}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = res.text().await.expect("a body");
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert!(value("api_key_auth_hits_total ") >= 2.0, "{text}");
+    assert!(value("api_key_auth_cache_hits_total{tier=\"l1\"} ") >= 2.0);
+    assert!(value("api_key_auth_rejections_total{reason=\"invalid_token\"} ") >= 1.0);
+    assert!(text.contains("api_key_auth_lookup_duration_seconds"));
+    assert!(!text.contains(ADMIN) && !text.contains("sk_live_nope"));
+}

@@ -44,7 +44,7 @@ pub async fn build_cache() -> Result<(Cache, String), String> {
         )),
         backend @ ("redis" | "tiered") => Err(format!(
             "APIKEY_CACHE_BACKEND={backend} needs the `tiered` feature: \
-             cargo run --example quickstart --features tiered"
+             cargo run --example quickstart --features tiered,metrics"
         )),
         other => Err(format!(
             "APIKEY_CACHE_BACKEND={other:?} is not supported; use `memory`, `redis` or `tiered`"

@@ -3,7 +3,7 @@
 //! creation and revocation, and the layer's counters.
 //!
 //! ```sh
-//! cargo run --example quickstart
+//! cargo run --example quickstart --features metrics
 //! ```
 //!
 //! Environment (all optional):
@@ -86,6 +86,12 @@ async fn main() {
 }
 
 async fn run() -> Result<(), String> {
+    // The layer's metrics (feature `metrics`) go to whatever recorder is
+    // installed; this one renders them for `GET /metrics`. Installed before
+    // the layer serves its first request.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("metrics recorder: {e}"))?;
     let port = env_u64("PORT", 3000)?;
     let port = u16::try_from(port).map_err(|_| format!("PORT out of range: {port}"))?;
     let positive_ttl = Duration::from_secs(env_u64("APIKEY_POSITIVE_TTL", 300)?);
@@ -200,6 +206,7 @@ async fn run() -> Result<(), String> {
     .serve_stale(stale_for)
     .refresh_ahead(refresh_percent as f64 / 100.0)
     .public("/health")
+    .public("/metrics")
     .optional("/v1/hello")
     // Key management always asks the table, not the cache.
     .bypass_cache("/v1/keys")
@@ -250,7 +257,7 @@ async fn run() -> Result<(), String> {
     }
     let shown = admin_secret.as_ref().is_some_and(|(_, shown)| *shown);
 
-    let app = router(db, auth, format);
+    let app = router(db, auth, format, metrics);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await

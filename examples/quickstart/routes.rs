@@ -1,14 +1,17 @@
-//! The routes: public `/health`, optional `/v1/hello`, required `/v1/me`,
-//! and the admin's key management and counters.
+//! The routes: public `/health` and `/metrics` (Prometheus text), optional
+//! `/v1/hello`, required `/v1/me`, and the admin's key management and
+//! counters.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tower_api_key::ratelimit::RateLimitStatus;
 use tower_api_key::{ApiKeyAuthLayer, Authenticated, FormatError, KeyFormat, RateLimit};
@@ -19,8 +22,11 @@ use crate::lookup::DbLookup;
 
 pub type Auth = ApiKeyAuthLayer<Cache, DbLookup>;
 
+/// The Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// The app, every route behind `auth`.
-pub fn router(db: Db, auth: Auth, format: KeyFormat) -> Router {
+pub fn router(db: Db, auth: Auth, format: KeyFormat, metrics: PrometheusHandle) -> Router {
     let state = AppState {
         db,
         auth: auth.clone(),
@@ -28,6 +34,13 @@ pub fn router(db: Db, auth: Auth, format: KeyFormat) -> Router {
     };
     Router::new()
         .route("/health", get(health))
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move { ([(CONTENT_TYPE, PROMETHEUS_TEXT)], text) }
+            }),
+        )
         .route("/v1/hello", get(hello))
         .route("/v1/me", get(me))
         .route("/v1/keys", post(create_key).get(list_keys))

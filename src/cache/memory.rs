@@ -244,6 +244,7 @@ impl<P: Principal> NearTier for MemoryCache<P> {
             let now = Instant::now();
             let current = entry.epoch == epoch && filled_since.is_none_or(|t| entry.filled >= t);
             if current && now < entry.expires {
+                crate::telemetry::cache_hit(crate::telemetry::Tier::L1);
                 return match entry.verdict {
                     Verdict::Valid(p) if now >= entry.refresh_at => CacheRead::Aging(p),
                     verdict => CacheRead::Hit(verdict),

@@ -14,6 +14,7 @@ use futures_util::future::{poll_fn, BoxFuture, FutureExt};
 use super::flight::{Flight, FlightGuard, Outcome};
 use super::{judge, RequestPath};
 use crate::cache::{CacheRead, KeyCache, Ttl, Verdict};
+use crate::telemetry;
 use crate::{BoxError, KeyHash, Lookup, Principal};
 
 /// What to cache, and for how long.
@@ -173,6 +174,14 @@ where
     /// (on a Tokio runtime; outside one it runs unbounded).
     async fn lookup(&self, hash: KeyHash) -> Result<Option<C::Principal>, BoxError> {
         self.shared.counters.lookups.incr();
+        let timer = telemetry::Timer::start();
+        let answer = self.bounded_lookup(hash).await;
+        telemetry::lookup_took(timer.elapsed());
+        answer
+    }
+
+    /// The lookup service's answer, within the timeout.
+    async fn bounded_lookup(&self, hash: KeyHash) -> Result<Option<C::Principal>, BoxError> {
         let mut lookup = self.shared.lookup.clone();
         let call = async move {
             poll_fn(|cx| lookup.poll_ready(cx))

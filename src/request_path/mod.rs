@@ -52,6 +52,7 @@ use crate::ratelimit::RateLimiter;
 use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind};
 use crate::source::RequestHead;
 use crate::stats::{Counters, Stats, WarnLimiter};
+use crate::telemetry;
 use crate::{KeyFormat, KeyHash, KeyHasher, KeySource, Principal, RoutePolicy};
 
 /// Default time a valid key stays cached.
@@ -308,7 +309,9 @@ where
                         return Err(self.rejection(RejectionKind::InvalidKey));
                     }
                 }
-                Ok(Some(self.config.hasher.hash(&secret)))
+                let hash = self.config.hasher.hash(&secret);
+                telemetry::key(&hash);
+                Ok(Some(hash))
             }
             Err(malformed) => Err(self.rejection(RejectionKind::MalformedKey(malformed))),
         }
@@ -386,6 +389,9 @@ where
         outcome: Outcome<C::Principal>,
         stale: Option<Arc<C::Principal>>,
     ) -> Step<C> {
+        if !matches!(outcome, Outcome::Failed) {
+            telemetry::answered_by("lookup");
+        }
         match outcome {
             Outcome::Valid(principal) => self.admit(req, request, principal),
             Outcome::Invalid => self.reject(RejectionKind::InvalidKey),
@@ -412,6 +418,7 @@ where
             }) => match judge(Verdict::Valid(principal)) {
                 Some(principal) => {
                     self.shared.counters.stale_served.incr();
+                    telemetry::answered_by("stale");
                     if let Some(suppressed) = self.shared.stale_warnings.allow() {
                         tracing::warn!(key = %request.hash, suppressed, "API key lookup failed; answering from a stale cache entry");
                     }

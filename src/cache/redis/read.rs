@@ -23,6 +23,7 @@ use super::command::Command;
 use super::seal;
 use super::{RedisCache, RedisToken, Version};
 use crate::cache::{CacheError, CacheRead, Ttl};
+use crate::telemetry::{self, Tier};
 use crate::KeyHash;
 
 /// What a read answers: the read, and for a hit asked with its TTL what the
@@ -142,10 +143,12 @@ impl<P: DeserializeOwned> Future for RedisRead<P> {
                     let miss = match this.cache.open(&this.hash, raw.as_deref()) {
                         Ok(stored) => match stored.at(codec::now_ms(), left) {
                             (Freshness::Fresh(verdict), left) => {
+                                telemetry::cache_hit(Tier::L2);
                                 this.state = ReadState::Done;
                                 return Poll::Ready(Ok((CacheRead::Hit(verdict), left)));
                             }
                             (Freshness::Aging(principal), left) => {
+                                telemetry::cache_hit(Tier::L2);
                                 this.state = ReadState::Done;
                                 return Poll::Ready(Ok((CacheRead::Aging(principal), left)));
                             }

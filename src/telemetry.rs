@@ -1,0 +1,258 @@
+//! What the layer tells the outside: the `api_key_auth` tracing span of
+//! each request, and (feature `metrics`) counters and histograms on the
+//! [`metrics`](https://docs.rs/metrics) facade.
+//!
+//! Every metric is a `static` here, registered with the global recorder at
+//! its first use and kept: install the recorder (the exporter) before the
+//! first request. Labels are fixed words (a tier, a reason, an outcome):
+//! never a key, its hash, or a principal. Without the feature the statics
+//! are empty and every call is nothing.
+//!
+//! The span is created only when a subscriber wants `INFO` spans of this
+//! crate (otherwise it is `Span::none()`, and recording on it is a no-op).
+
+use std::time::Duration;
+
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::{KeyHash, RejectionKind};
+
+/// The span of one request's authentication: `route` (the matched
+/// template, or the path), then `tier` (what answered: `l1`, `l2`,
+/// `lookup`, `stale`), `outcome` (`admitted` or the rejection's code) and,
+/// at `DEBUG` only, `key` (the hash's first 8 hex digits).
+#[inline]
+pub(crate) fn request_span<B>(req: &http::Request<B>) -> Span {
+    tracing::info_span!(
+        "api_key_auth",
+        route = route_of(req),
+        tier = Empty,
+        outcome = Empty,
+        key = Empty
+    )
+}
+
+fn route_of<B>(req: &http::Request<B>) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    req.uri().path()
+}
+
+/// The request's outcome, on its span.
+#[inline]
+pub(crate) fn decided(span: &Span, rejection: Option<&crate::AuthRejection>) {
+    if !span.is_none() {
+        span.record("outcome", rejection.map_or("admitted", |r| r.code()));
+    }
+}
+
+/// What answered this request, on the current span (the request's, when a
+/// stage runs inside it).
+#[inline]
+pub(crate) fn answered_by(tier: &'static str) {
+    if tracing::level_enabled!(tracing::Level::INFO) {
+        Span::current().record("tier", tier);
+    }
+}
+
+/// The key's short hash on the current span, at `DEBUG` only.
+#[inline]
+pub(crate) fn key(hash: &KeyHash) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        Span::current().record("key", tracing::field::display(hash.short()));
+    }
+}
+
+/// A cache tier answered a read (a hit, fresh or aging): counted by tier,
+/// and named on the request's span.
+#[cfg(any(feature = "memory", feature = "redis"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// In process: `MemoryCache`, or the tiered cache's L1.
+    #[cfg(feature = "memory")]
+    L1,
+    /// Redis: `RedisCache`, or the tiered cache's L2.
+    #[cfg(feature = "redis")]
+    L2,
+}
+
+#[cfg(any(feature = "memory", feature = "redis"))]
+#[inline]
+pub(crate) fn cache_hit(tier: Tier) {
+    match tier {
+        #[cfg(feature = "memory")]
+        Tier::L1 => {
+            metric::L1_HITS.increment();
+            answered_by("l1");
+        }
+        #[cfg(feature = "redis")]
+        Tier::L2 => {
+            metric::L2_HITS.increment();
+            answered_by("l2");
+        }
+    }
+}
+
+/// A rejection, counted by its reason (the code of its body).
+#[inline]
+pub(crate) fn rejected(kind: RejectionKind) {
+    use metric::*;
+    match kind {
+        RejectionKind::MissingKey => REJECTED_MISSING.increment(),
+        RejectionKind::MalformedKey(_) => REJECTED_MALFORMED.increment(),
+        RejectionKind::InvalidKey => REJECTED_INVALID.increment(),
+        RejectionKind::LookupUnavailable => REJECTED_LOOKUP.increment(),
+        RejectionKind::LayerMissing => REJECTED_LAYER_MISSING.increment(),
+        RejectionKind::RateLimited => REJECTED_RATE_LIMITED.increment(),
+        RejectionKind::RateLimiterUnavailable => REJECTED_LIMITER.increment(),
+    }
+}
+
+/// How long a lookup took (answered, failed or timed out).
+#[inline]
+pub(crate) fn lookup_took(took: Duration) {
+    metric::LOOKUP_SECONDS.record(took);
+}
+
+/// How long a Redis command took, from its first poll to its answer (or
+/// its timeout).
+#[cfg(feature = "redis")]
+#[inline]
+pub(crate) fn redis_command_took(took: Duration) {
+    metric::REDIS_COMMAND_SECONDS.record(took);
+}
+
+/// A clock for a histogram: reads the time only when metrics are built in.
+#[derive(Clone, Copy)]
+pub(crate) struct Timer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl Timer {
+    #[inline]
+    pub(crate) fn start() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The time since [`start`](Self::start) (zero without metrics).
+    #[inline]
+    pub(crate) fn elapsed(&self) -> Duration {
+        #[cfg(feature = "metrics")]
+        return self.started.elapsed();
+        #[cfg(not(feature = "metrics"))]
+        Duration::ZERO
+    }
+}
+
+/// The metrics, one `static` each (the README lists them).
+pub(crate) mod metric {
+    #[cfg(feature = "metrics")]
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    /// A counter of the facade, registered at its first increment.
+    pub(crate) struct CounterMetric {
+        #[cfg(feature = "metrics")]
+        key: metrics::Key,
+        #[cfg(feature = "metrics")]
+        handle: OnceLock<metrics::Counter>,
+    }
+
+    /// A histogram of the facade (seconds), registered at its first record.
+    pub(crate) struct HistogramMetric {
+        #[cfg(feature = "metrics")]
+        key: metrics::Key,
+        #[cfg(feature = "metrics")]
+        handle: OnceLock<metrics::Histogram>,
+    }
+
+    #[cfg(feature = "metrics")]
+    static METADATA: metrics::Metadata<'static> =
+        metrics::Metadata::new("tower_api_key", metrics::Level::INFO, Some(module_path!()));
+
+    impl CounterMetric {
+        #[inline]
+        pub(crate) fn increment(&'static self) {
+            #[cfg(feature = "metrics")]
+            self.handle
+                .get_or_init(|| {
+                    metrics::with_recorder(|r| r.register_counter(&self.key, &METADATA))
+                })
+                .increment(1);
+        }
+    }
+
+    impl HistogramMetric {
+        #[inline]
+        pub(crate) fn record(&'static self, took: Duration) {
+            #[cfg(feature = "metrics")]
+            self.handle
+                .get_or_init(|| {
+                    metrics::with_recorder(|r| r.register_histogram(&self.key, &METADATA))
+                })
+                .record(took.as_secs_f64());
+            #[cfg(not(feature = "metrics"))]
+            let _ = took;
+        }
+    }
+
+    /// `static NAME: CounterMetric = "name" {label: value}...;`
+    macro_rules! metrics {
+        ($($(#[$meta:meta])* $kind:ident $name:ident = $metric:literal $({ $label:literal => $value:literal })?;)*) => {
+            $(metrics!(@one $(#[$meta])* $kind $name $metric $($label $value)?);)*
+        };
+        (@one $(#[$meta:meta])* $kind:ident $name:ident $metric:literal $($label:literal $value:literal)?) => {
+            $(#[$meta])*
+            pub(crate) static $name: $kind = $kind {
+                #[cfg(feature = "metrics")]
+                key: metrics::Key::from_static_parts($metric, {
+                    static LABELS: &[metrics::Label] =
+                        &[$(metrics::Label::from_static_parts($label, $value))?];
+                    LABELS
+                }),
+                #[cfg(feature = "metrics")]
+                handle: OnceLock::new(),
+            };
+        };
+    }
+
+    metrics! {
+        #[cfg(feature = "memory")]
+        CounterMetric L1_HITS = "api_key_auth_cache_hits_total" { "tier" => "l1" };
+        #[cfg(feature = "redis")]
+        CounterMetric L2_HITS = "api_key_auth_cache_hits_total" { "tier" => "l2" };
+        CounterMetric HITS = "api_key_auth_hits_total";
+        CounterMetric NEGATIVE_HITS = "api_key_auth_negative_hits_total";
+        CounterMetric MISSES = "api_key_auth_misses_total";
+        CounterMetric LOOKUPS = "api_key_auth_lookups_total";
+        CounterMetric LOOKUP_ERRORS = "api_key_auth_lookup_errors_total";
+        CounterMetric LOOKUP_TIMEOUTS = "api_key_auth_lookup_timeouts_total";
+        CounterMetric CACHE_ERRORS = "api_key_auth_cache_errors_total";
+        CounterMetric CACHE_SKIPPED = "api_key_auth_cache_skipped_total";
+        CounterMetric FORMAT_REJECTED = "api_key_auth_format_rejected_total";
+        CounterMetric COALESCED = "api_key_auth_coalesced_total";
+        CounterMetric STALE_SERVED = "api_key_auth_stale_served_total";
+        CounterMetric REFRESHES = "api_key_auth_refreshes_total";
+        CounterMetric RATE_LIMIT_ADMITTED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "admitted" };
+        CounterMetric RATE_LIMIT_LIMITED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "limited" };
+        CounterMetric RATE_LIMIT_FALLBACK = "api_key_auth_rate_limit_decisions_total" { "outcome" => "fallback" };
+        CounterMetric RATE_LIMIT_STORE_ERRORS = "api_key_auth_rate_limit_store_errors_total";
+        CounterMetric REJECTED_MISSING = "api_key_auth_rejections_total" { "reason" => "missing_api_key" };
+        CounterMetric REJECTED_MALFORMED = "api_key_auth_rejections_total" { "reason" => "invalid_request" };
+        CounterMetric REJECTED_INVALID = "api_key_auth_rejections_total" { "reason" => "invalid_token" };
+        CounterMetric REJECTED_LOOKUP = "api_key_auth_rejections_total" { "reason" => "lookup_unavailable" };
+        CounterMetric REJECTED_LAYER_MISSING = "api_key_auth_rejections_total" { "reason" => "auth_layer_missing" };
+        CounterMetric REJECTED_RATE_LIMITED = "api_key_auth_rejections_total" { "reason" => "rate_limited" };
+        CounterMetric REJECTED_LIMITER = "api_key_auth_rejections_total" { "reason" => "rate_limiter_unavailable" };
+        HistogramMetric LOOKUP_SECONDS = "api_key_auth_lookup_duration_seconds";
+        #[cfg(feature = "redis")]
+        HistogramMetric REDIS_COMMAND_SECONDS = "api_key_auth_redis_command_duration_seconds";
+    }
+}

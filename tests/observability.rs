@@ -1,0 +1,382 @@
+//! What the layer emits: metrics through the `metrics` facade (a capturing
+//! recorder, installed once for this binary, and each test's increments
+//! read as a difference) and the `api_key_auth` tracing span of each
+//! request (a subscriber that records every span's fields).
+#![cfg(all(feature = "metrics", feature = "redis"))]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{app, get_anon, send, status, KeyStore};
+use http::{Request, StatusCode};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+use tower_api_key::cache::{MemoryCache, RedisCache};
+use tower_api_key::ratelimit::{MemoryCounters, RateLimiter};
+use tower_api_key::{ApiKeyAuthLayer, KeyHash, RateLimit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::Subscriber;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+const ADMIN: &str = "sk_test_observed_admin_key";
+const UNKNOWN: &str = "sk_test_observed_unknown_key";
+
+/// The recorder every test of this binary reads, and the lock that keeps
+/// their differences apart.
+fn snapshotter() -> &'static (Snapshotter, Mutex<()>) {
+    static RECORDER: OnceLock<(Snapshotter, Mutex<()>)> = OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("the only recorder of this binary");
+        (snapshotter, Mutex::new(()))
+    })
+}
+
+/// Every counter by name and labels (`name{k=v}`), and every histogram's
+/// number of values.
+#[derive(Debug, Default)]
+struct Seen {
+    counters: HashMap<String, u64>,
+    histograms: HashMap<String, usize>,
+    labels: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn now() -> Self {
+        let mut seen = Seen::default();
+        for (key, _, _, value) in snapshotter().0.snapshot().into_vec() {
+            let (kind, key): (MetricKind, _) = CompositeKey::into_parts(key);
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            seen.labels.extend(
+                key.labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned())),
+            );
+            let name = match labels.as_slice() {
+                [] => key.name().to_owned(),
+                labels => format!("{}{{{}}}", key.name(), labels.join(",")),
+            };
+            match (kind, value) {
+                (MetricKind::Counter, DebugValue::Counter(n)) => {
+                    seen.counters.insert(name, n);
+                }
+                (MetricKind::Histogram, DebugValue::Histogram(values)) => {
+                    seen.histograms.insert(name, values.len());
+                }
+                _ => {}
+            }
+        }
+        seen
+    }
+
+    /// How much `name` grew since `before`.
+    fn grew(&self, before: &Seen, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+            - before.counters.get(name).copied().unwrap_or(0)
+    }
+
+    fn recorded(&self, before: &Seen, name: &str) -> usize {
+        self.histograms.get(name).copied().unwrap_or(0)
+            - before.histograms.get(name).copied().unwrap_or(0)
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    snapshotter().1.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[tokio::test]
+async fn the_in_process_path_counts_hits_misses_lookups_and_rejections_by_reason() {
+    let _serial = lock();
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
+    let before = Seen::now();
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", UNKNOWN).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&app, "/me", UNKNOWN).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), get_anon("/me")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let two_keys = Request::get("/me")
+        .header("authorization", "Bearer one")
+        .header("authorization", "Bearer two")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(app.clone(), two_keys).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        status(&app, "/me", "sk_test_observed_while_down").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let after = Seen::now();
+    let grew = |name: &str| after.grew(&before, name);
+    assert_eq!(grew("api_key_auth_hits_total"), 1);
+    assert_eq!(
+        grew("api_key_auth_cache_hits_total{tier=l1}"),
+        2,
+        "the hit and the negative hit"
+    );
+    assert_eq!(grew("api_key_auth_negative_hits_total"), 1);
+    assert_eq!(grew("api_key_auth_misses_total"), 3);
+    assert_eq!(grew("api_key_auth_lookups_total"), 3);
+    assert_eq!(grew("api_key_auth_lookup_errors_total"), 1);
+    assert_eq!(
+        grew("api_key_auth_rejections_total{reason=invalid_token}"),
+        2
+    );
+    assert_eq!(
+        grew("api_key_auth_rejections_total{reason=missing_api_key}"),
+        1
+    );
+    assert_eq!(
+        grew("api_key_auth_rejections_total{reason=invalid_request}"),
+        1
+    );
+    assert_eq!(
+        grew("api_key_auth_rejections_total{reason=lookup_unavailable}"),
+        1
+    );
+    assert_eq!(
+        after.recorded(&before, "api_key_auth_lookup_duration_seconds"),
+        3
+    );
+}
+
+#[tokio::test]
+async fn redis_hits_count_as_l2_and_every_command_is_timed() {
+    let _serial = lock();
+    let server = RedisServer::start();
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let cache = RedisCache::builder(server.url())
+        .build()
+        .await
+        .expect("a Redis cache");
+    let app = app(ApiKeyAuthLayer::new(cache, store.lookup()));
+    let before = Seen::now();
+    for _ in 0..3 {
+        assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    }
+    let after = Seen::now();
+    assert_eq!(
+        after.grew(&before, "api_key_auth_cache_hits_total{tier=l2}"),
+        2
+    );
+    assert_eq!(after.grew(&before, "api_key_auth_hits_total"), 2);
+    // A miss (GET, then the version), the fill, two hits: five at least.
+    let commands = after.recorded(&before, "api_key_auth_redis_command_duration_seconds");
+    assert!(commands >= 5, "{commands} Redis commands timed");
+}
+
+#[tokio::test]
+async fn rate_limit_decisions_are_counted_by_outcome() {
+    let _serial = lock();
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let limit = RateLimit::new("burst", 2, Duration::from_secs(60)).expect("a limit");
+    let limiter = RateLimiter::new(MemoryCounters::new()).default_limit(limit);
+    let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()).rate_limits(limiter));
+    let before = Seen::now();
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        assert_eq!(status(&app, "/me", ADMIN).await, expected);
+    }
+    let after = Seen::now();
+    let grew = |name: &str| after.grew(&before, name);
+    assert_eq!(
+        grew("api_key_auth_rate_limit_decisions_total{outcome=admitted}"),
+        2
+    );
+    assert_eq!(
+        grew("api_key_auth_rate_limit_decisions_total{outcome=limited}"),
+        1
+    );
+    assert_eq!(
+        grew("api_key_auth_rejections_total{reason=rate_limited}"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn no_label_carries_key_material() {
+    let _serial = lock();
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
+    for key in [ADMIN, UNKNOWN] {
+        status(&app, "/me", key).await;
+    }
+    let seen = Seen::now();
+    assert!(!seen.counters.is_empty());
+    let words = [
+        "l1",
+        "l2",
+        "admitted",
+        "limited",
+        "fallback",
+        "missing_api_key",
+        "invalid_request",
+        "invalid_token",
+        "lookup_unavailable",
+        "auth_layer_missing",
+        "rate_limited",
+        "rate_limiter_unavailable",
+    ];
+    for (key, value) in &seen.labels {
+        assert!(
+            ["tier", "reason", "outcome"].contains(&key.as_str()),
+            "{key}"
+        );
+        assert!(words.contains(&value.as_str()), "{key}={value}");
+    }
+    let names = format!("{seen:?}");
+    for secret in [ADMIN, UNKNOWN] {
+        let hex = KeyHash::of(secret).to_hex();
+        assert!(!names.contains(secret) && !names.contains(&hex[..8]));
+    }
+}
+
+/// Every span's name and fields, as strings, once closed.
+#[derive(Clone, Default)]
+struct Spans(
+    Arc<
+        Mutex<(
+            HashMap<u64, HashMap<String, String>>,
+            Vec<HashMap<String, String>>,
+        )>,
+    >,
+);
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Spans {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+        let mut fields = HashMap::from([("name".to_owned(), attrs.metadata().name().to_owned())]);
+        attrs.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().0.insert(id.into_u64(), fields);
+    }
+    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+        if let Some(fields) = self.0.lock().unwrap().0.get_mut(&id.into_u64()) {
+            values.record(&mut Fields(fields));
+        }
+    }
+    fn on_close(&self, id: Id, _: Context<'_, S>) {
+        let mut spans = self.0.lock().unwrap();
+        if let Some(fields) = spans.0.remove(&id.into_u64()) {
+            spans.1.push(fields);
+        }
+    }
+}
+
+impl Spans {
+    fn closed(&self) -> Vec<HashMap<String, String>> {
+        std::mem::take(&mut self.0.lock().unwrap().1)
+    }
+}
+
+async fn traced(level: tracing::Level) -> Vec<HashMap<String, String>> {
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(spans.clone())
+        .with(tracing_subscriber::filter::LevelFilter::from_level(level));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", UNKNOWN).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(app.clone(), get_anon("/me")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    spans
+        .closed()
+        .into_iter()
+        .filter(|s| s["name"] == "api_key_auth")
+        .collect()
+}
+
+#[tokio::test]
+async fn each_request_has_one_span_with_its_route_tier_and_outcome() {
+    let spans = traced(tracing::Level::INFO).await;
+    let field = |i: usize, name: &str| spans[i].get(name).map(String::as_str);
+    assert_eq!(spans.len(), 4, "{spans:?}");
+    for i in 0..4 {
+        assert_eq!(field(i, "route"), Some("/me"));
+        assert_eq!(field(i, "key"), None, "the short hash is for DEBUG only");
+    }
+    assert_eq!(
+        (field(0, "tier"), field(0, "outcome")),
+        (Some("lookup"), Some("admitted"))
+    );
+    assert_eq!(
+        (field(1, "tier"), field(1, "outcome")),
+        (Some("l1"), Some("admitted"))
+    );
+    assert_eq!(
+        (field(2, "tier"), field(2, "outcome")),
+        (Some("lookup"), Some("invalid_token"))
+    );
+    assert_eq!(
+        (field(3, "tier"), field(3, "outcome")),
+        (None, Some("missing_api_key"))
+    );
+}
+
+#[tokio::test]
+async fn at_debug_the_span_names_the_short_hash_and_never_the_key() {
+    let spans = traced(tracing::Level::DEBUG).await;
+    assert_eq!(spans.len(), 4);
+    let short = KeyHash::of(ADMIN).short().to_string();
+    assert_eq!(spans[0].get("key"), Some(&short));
+    let hex = KeyHash::of(ADMIN).to_hex();
+    assert_eq!(
+        short,
+        format!("{}…", &hex[..8]),
+        "4 bytes of the hash, no more"
+    );
+    for span in &spans {
+        let all = format!("{span:?}");
+        assert!(!all.contains(ADMIN) && !all.contains(UNKNOWN), "{all}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_subscriber_nothing_is_recorded_and_requests_still_pass() {
+    // No subscriber on this thread: the span is `Span::none()`.
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
+    assert!(tracing::Span::current().is_none());
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+}
