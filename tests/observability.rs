@@ -26,17 +26,16 @@ use tracing_subscriber::Layer;
 const ADMIN: &str = "sk_test_observed_admin_key";
 const UNKNOWN: &str = "sk_test_observed_unknown_key";
 
-/// The recorder every test of this binary reads, and the lock that keeps
-/// their differences apart.
-fn snapshotter() -> &'static (Snapshotter, Mutex<()>) {
-    static RECORDER: OnceLock<(Snapshotter, Mutex<()>)> = OnceLock::new();
+/// The recorder every test of this binary reads.
+fn snapshotter() -> &'static Snapshotter {
+    static RECORDER: OnceLock<Snapshotter> = OnceLock::new();
     RECORDER.get_or_init(|| {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         recorder
             .install()
             .expect("the only recorder of this binary");
-        (snapshotter, Mutex::new(()))
+        snapshotter
     })
 }
 
@@ -52,7 +51,7 @@ struct Seen {
 impl Seen {
     fn now() -> Self {
         let mut seen = Seen::default();
-        for (key, _, _, value) in snapshotter().0.snapshot().into_vec() {
+        for (key, _, _, value) in snapshotter().snapshot().into_vec() {
             let (kind, key): (MetricKind, _) = CompositeKey::into_parts(key);
             let labels: Vec<String> = key
                 .labels()
@@ -91,13 +90,17 @@ impl Seen {
     }
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    snapshotter().1.lock().unwrap_or_else(|e| e.into_inner())
+/// Held by each test: under `cargo test` they share one process (and the
+/// recorder must be in place before the layer's first metric).
+async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
+    snapshotter();
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 #[tokio::test]
 async fn the_in_process_path_counts_hits_misses_lookups_and_rejections_by_reason() {
-    let _serial = lock();
+    let _serial = lock().await;
     let store = KeyStore::new();
     store.create("admin", ADMIN, None);
     let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
@@ -160,7 +163,7 @@ async fn the_in_process_path_counts_hits_misses_lookups_and_rejections_by_reason
 
 #[tokio::test]
 async fn redis_hits_count_as_l2_and_every_command_is_timed() {
-    let _serial = lock();
+    let _serial = lock().await;
     let server = RedisServer::start();
     let store = KeyStore::new();
     store.create("admin", ADMIN, None);
@@ -186,7 +189,7 @@ async fn redis_hits_count_as_l2_and_every_command_is_timed() {
 
 #[tokio::test]
 async fn rate_limit_decisions_are_counted_by_outcome() {
-    let _serial = lock();
+    let _serial = lock().await;
     let store = KeyStore::new();
     store.create("admin", ADMIN, None);
     let limit = RateLimit::new("burst", 2, Duration::from_secs(60)).expect("a limit");
@@ -218,7 +221,7 @@ async fn rate_limit_decisions_are_counted_by_outcome() {
 
 #[tokio::test]
 async fn no_label_carries_key_material() {
-    let _serial = lock();
+    let _serial = lock().await;
     let store = KeyStore::new();
     store.create("admin", ADMIN, None);
     let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
@@ -255,16 +258,18 @@ async fn no_label_carries_key_material() {
     }
 }
 
-/// Every span's name and fields, as strings, once closed.
+type SpanFields = HashMap<String, String>;
+
+/// Every span's name and fields, as strings: open ones by id, closed ones
+/// in the order they closed.
 #[derive(Clone, Default)]
-struct Spans(
-    Arc<
-        Mutex<(
-            HashMap<u64, HashMap<String, String>>,
-            Vec<HashMap<String, String>>,
-        )>,
-    >,
-);
+struct Spans(Arc<Mutex<SpanLog>>);
+
+#[derive(Default)]
+struct SpanLog {
+    open: HashMap<u64, SpanFields>,
+    closed: Vec<SpanFields>,
+}
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
@@ -281,28 +286,29 @@ impl<S: Subscriber> Layer<S> for Spans {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
         let mut fields = HashMap::from([("name".to_owned(), attrs.metadata().name().to_owned())]);
         attrs.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().0.insert(id.into_u64(), fields);
+        self.0.lock().unwrap().open.insert(id.into_u64(), fields);
     }
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        if let Some(fields) = self.0.lock().unwrap().0.get_mut(&id.into_u64()) {
+        if let Some(fields) = self.0.lock().unwrap().open.get_mut(&id.into_u64()) {
             values.record(&mut Fields(fields));
         }
     }
     fn on_close(&self, id: Id, _: Context<'_, S>) {
         let mut spans = self.0.lock().unwrap();
-        if let Some(fields) = spans.0.remove(&id.into_u64()) {
-            spans.1.push(fields);
+        if let Some(fields) = spans.open.remove(&id.into_u64()) {
+            spans.closed.push(fields);
         }
     }
 }
 
 impl Spans {
-    fn closed(&self) -> Vec<HashMap<String, String>> {
-        std::mem::take(&mut self.0.lock().unwrap().1)
+    fn closed(&self) -> Vec<SpanFields> {
+        std::mem::take(&mut self.0.lock().unwrap().closed)
     }
 }
 
-async fn traced(level: tracing::Level) -> Vec<HashMap<String, String>> {
+async fn traced(level: tracing::Level) -> Vec<SpanFields> {
+    let _serial = lock().await;
     let spans = Spans::default();
     let subscriber = tracing_subscriber::registry()
         .with(spans.clone())
@@ -372,6 +378,7 @@ async fn at_debug_the_span_names_the_short_hash_and_never_the_key() {
 
 #[tokio::test]
 async fn without_a_subscriber_nothing_is_recorded_and_requests_still_pass() {
+    let _serial = lock().await;
     // No subscriber on this thread: the span is `Span::none()`.
     let store = KeyStore::new();
     store.create("admin", ADMIN, None);
