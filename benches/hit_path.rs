@@ -16,8 +16,10 @@
 //!   `Arc<P>` into the extensions), then the inner service.
 //!
 //! Then the same zipf traffic on two threads at once (per request, against
-//! one thread), and an axum `Router` (with `MatchedPath`) with and without
-//! the layer. Prints every figure and its ratio.
+//! one thread), an axum `Router` (with `MatchedPath`) with and without
+//! the layer, and the layer under no tracing subscriber, one at `WARN` and
+//! one at `INFO` (the `api_key_auth` span built). Prints every figure and
+//! its ratio.
 //!
 //! ```sh
 //! cargo bench --bench hit_path
@@ -353,6 +355,45 @@ fn main() {
         "zipf behind an axum Router: router alone {bare:.1} ns, with the layer {with:.1} ns, layer cost {:.1} ns",
         with - bare
     );
+    let [none, warn, info] = with_subscribers(&keys, zipf, &layer);
+    println!(
+        "zipf, the layer under tracing: no subscriber {none:.1} ns, a subscriber at WARN {warn:.1} ns ({:.2}), \
+         one at INFO that builds each api_key_auth span {info:.1} ns ({:.2})",
+        warn / none,
+        info / none
+    );
+}
+
+/// The layer on zipf traffic with no tracing subscriber, with one that
+/// wants nothing of this crate (`WARN`: the span is `Span::none()`), and
+/// with one that takes every `INFO` span (a registry: the span is built,
+/// recorded and closed), in interleaved rounds.
+fn with_subscribers(keys: &Keys, zipf: &[u32], layer: &Layered) -> [f64; 3] {
+    use tracing_subscriber::layer::SubscriberExt;
+    let level = |filter| tracing::Dispatch::new(tracing_subscriber::registry().with(filter));
+    let dispatches = [
+        tracing::Dispatch::none(),
+        level(tracing_subscriber::filter::LevelFilter::WARN),
+        level(tracing_subscriber::filter::LevelFilter::INFO),
+    ];
+    let mut svc = layer.clone();
+    let mut at = 0usize;
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..3 {
+            let which = (round + k) % 3;
+            tracing::dispatcher::with_default(&dispatches[which], || {
+                let start = Instant::now();
+                for _ in 0..ITERS {
+                    at = (at + 1) % zipf.len();
+                    let req = request(&keys.headers[zipf[at] as usize]);
+                    black_box(call_now(&mut svc, req));
+                }
+                samples[which].push(start.elapsed().as_nanos() as f64 / f64::from(ITERS));
+            });
+        }
+    }
+    samples.map(median)
 }
 
 /// For a profiler: `HIT_PATH_PROFILE=zipf` (or hot, rotating; `zipf:floor`
