@@ -50,7 +50,7 @@ impl tower::Service<KeyHash> for Known {
     }
 
     fn call(&mut self, hash: KeyHash) -> Self::Future {
-        self.asked.lock().unwrap().push(hash.clone());
+        self.asked.lock().unwrap().push(hash);
         std::future::ready(Ok((hash == KeyHash::of(KNOWN)).then_some(Client)))
     }
 }

@@ -237,7 +237,7 @@ fuzz_target!(|data: &[u8]| {
     let lookup = {
         let asked = asked.clone();
         lookup_fn(move |hash: KeyHash| {
-            asked.lock().unwrap().push(hash.clone());
+            asked.lock().unwrap().push(hash);
             async move { Ok::<_, Infallible>((hash == KeyHash::of(KNOWN)).then_some(Client)) }
         })
     };
