@@ -95,6 +95,9 @@ mod env;
 mod extract;
 mod format;
 pub mod future;
+#[cfg(feature = "__fuzz")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 mod layer;
 mod lookup;

@@ -15,7 +15,11 @@ use http::{Method, Request};
 /// authentication: a path with an empty segment (`//x`), a trailing slash, a
 /// dot segment (`/public/../x`), an encoded dot, slash, backslash or percent
 /// (`%2e`, `%2f`, `%5c`, `%25`), a `;` parameter or a backslash is always
-/// [`RoutePolicy::Required`]. Matching is case-sensitive (`/Health` is not
+/// [`RoutePolicy::Required`]; so is any spelling but RFC 3986's normal form,
+/// one per byte, that a router which decodes paths could read as another
+/// route: an encoded character that needs no encoding (`%61` for `a`,
+/// `%21` for `!`), lower-case hex (`%c3`), or a raw character a URI must
+/// encode (`{`, `|`). Matching is case-sensitive (`/Health` is not
 /// `/health`). There is no prefix matching: a classic bypass.
 ///
 /// When several templates match a path, the most specific decides (literal
@@ -263,9 +267,13 @@ pub(crate) fn is_canonical(path: &str) -> bool {
     if path == "/" {
         return true;
     }
-    if path.ends_with('/') || path.contains(['\\', ';']) {
+    if path.ends_with('/') {
         return false;
     }
+    // RFC 3986's normal form, one spelling per byte, so that no decoding
+    // router can read two canonical paths as one: a byte with a plain
+    // spelling is written plain (`%61` is `a`), any other is encoded, in
+    // upper-case hex (`%C3`, not `%c3`).
     let bytes = path.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -273,17 +281,21 @@ pub(crate) fn is_canonical(path: &str) -> bool {
             let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
                 return false;
             };
-            if !h.is_ascii_hexdigit() || !l.is_ascii_hexdigit() {
+            if !is_upper_hex(h) || !is_upper_hex(l) {
                 return false;
             }
             let decoded = (hex(h) << 4) | hex(l);
-            // '.', '/', '\\', '%', ';' and NUL change meaning once decoded.
-            if matches!(decoded, b'.' | b'/' | b'\\' | b'%' | b';' | 0) {
+            // '\\', '%', ';' and NUL change meaning once decoded ('.' and
+            // '/' are plain).
+            if is_plain(decoded) || matches!(decoded, b'\\' | b'%' | b';' | 0) {
                 return false;
             }
             i += 3;
-        } else {
+        } else if is_plain(bytes[i]) {
             i += 1;
+        } else {
+            // ';', '\\', and what a URI must encode ('{', '|', non-ASCII...).
+            return false;
         }
     }
     path[1..]
@@ -291,10 +303,19 @@ pub(crate) fn is_canonical(path: &str) -> bool {
         .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
+/// What a canonical path writes unencoded: `/` and RFC 3986's `pchar`
+/// (unreserved, sub-delims, `:`, `@`) but `;`.
+fn is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,=:@".contains(&b)
+}
+
+fn is_upper_hex(c: u8) -> bool {
+    c.is_ascii_digit() || (b'A'..=b'F').contains(&c)
+}
+
 fn hex(c: u8) -> u8 {
     match c {
         b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
         _ => c - b'A' + 10,
     }
 }
@@ -387,6 +408,13 @@ mod tests {
             "/public/x\\..\\y",
             "/docs/a%00",
             "/docs/%zz",
+            // One spelling per byte (found by the `route_path` fuzz target).
+            "/public/%61dmin",
+            "/public/a%21b",
+            "/public/caf%c3%a9",
+            "/public/{x}",
+            "/public/a|b",
+            "/docs/%69ntro",
         ] {
             assert_eq!(
                 resolve(&t, Method::GET, path).policy,
@@ -394,6 +422,41 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn another_spelling_never_reaches_a_looser_rule() {
+        // Found by the `route_path` fuzz target: a decoding router reads
+        // `/users/%6De` as `/users/me`, which is Required, while the path
+        // matched `/users/{id}`, which is Public. Each path here had a
+        // looser policy than the path a router reads it as.
+        let mut t = RouteTable::default();
+        t.set_policy(None, "/users/{id}", RoutePolicy::Public)
+            .unwrap();
+        t.set_policy(None, "/users/me", RoutePolicy::Required)
+            .unwrap();
+        t.set_policy(None, "/x/{p}", RoutePolicy::Public).unwrap();
+        t.set_policy(None, "/x/%7B", RoutePolicy::Required).unwrap();
+        t.set_policy(None, "/x/a!b", RoutePolicy::Required).unwrap();
+        t.set_policy(None, "/x/caf%C3%A9", RoutePolicy::Required)
+            .unwrap();
+        let p = |path| resolve(&t, Method::GET, path).policy;
+        for path in [
+            "/users/%6De",
+            "/users/m%65",
+            "/x/{",
+            "/x/a%21b",
+            "/x/caf%c3%a9",
+        ] {
+            assert_eq!(p(path), RoutePolicy::Required, "{path}");
+        }
+        // The one spelling still matches, a rule and its parameters.
+        assert_eq!(p("/users/42"), RoutePolicy::Public);
+        assert_eq!(p("/x/%7B"), RoutePolicy::Required);
+        assert_eq!(p("/x/caf%C3%A9"), RoutePolicy::Required);
+        assert_eq!(p("/x/%C3%A9t%C3%A9"), RoutePolicy::Public);
+        assert_eq!(p("/x/a%20b"), RoutePolicy::Public);
+        assert_eq!(p("/x/it's(1)+2,3:4@5=6*7$8&9~_-."), RoutePolicy::Public);
     }
 
     #[test]

@@ -194,12 +194,17 @@ impl KeySource {
                         if name != param.as_str() {
                             continue;
                         }
-                        parse_plain(value.as_bytes(), self.max_len)?;
-                        let owned = match value {
-                            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-                            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+                        // The key is what the check read (spaces trimmed, as
+                        // in a header), not the raw value.
+                        let key = match value {
+                            Cow::Borrowed(s) => {
+                                Cow::Borrowed(parse_plain(s.as_bytes(), self.max_len)?)
+                            }
+                            Cow::Owned(s) => {
+                                Cow::Owned(parse_plain(s.as_bytes(), self.max_len)?.to_vec())
+                            }
                         };
-                        put(&mut found, owned)?;
+                        put(&mut found, key)?;
                     }
                 }
             }
@@ -492,6 +497,14 @@ mod tests {
         assert_eq!(
             extract(&KeySource::query("api_key"), &req),
             Ok(Some(b"k+ey".to_vec()))
+        );
+        // Found by the `key_source` fuzz target: the value was checked
+        // trimmed but hashed as sent, so `+k+` (` k `) was looked up with
+        // its spaces, unlike the same key in a header.
+        let spaced = Request::get("/x?api_key=+k%09&other=1").body(()).unwrap();
+        assert_eq!(
+            extract(&KeySource::query("api_key"), &spaced),
+            Ok(Some(b"k".to_vec()))
         );
         let twice = Request::get("/x?api_key=a&api_key=b").body(()).unwrap();
         assert_eq!(

@@ -76,7 +76,7 @@ pub mod conformance;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 #[cfg(feature = "tiered")]
 mod settings;
 #[cfg(any(feature = "memory", feature = "redis"))]

@@ -53,7 +53,7 @@ struct EnvelopeIn<P> {
 }
 
 /// A decoded entry: its verdict, and the instants its value carries.
-pub(super) struct Stored<P> {
+pub(crate) struct Stored<P> {
     verdict: Verdict<P>,
     fresh_until: Option<u64>,
     refresh_at: Option<u64>,
@@ -61,7 +61,7 @@ pub(super) struct Stored<P> {
 }
 
 /// What a stored entry is now.
-pub(super) enum Freshness<P> {
+pub(crate) enum Freshness<P> {
     Fresh(Verdict<P>),
     Aging(Arc<P>),
     Stale(Arc<P>),
@@ -70,7 +70,7 @@ pub(super) enum Freshness<P> {
 }
 
 /// Now, in Unix milliseconds.
-pub(super) fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -80,7 +80,7 @@ pub(super) fn now_ms() -> u64 {
 impl<P> Stored<P> {
     /// What the entry is at `now` (Unix ms), and, given how long Redis
     /// keeps it (`left`), what is left of its [`Ttl`].
-    pub(super) fn at(self, now: u64, left: Option<Duration>) -> (Freshness<P>, Option<Ttl>) {
+    pub(crate) fn at(self, now: u64, left: Option<Duration>) -> (Freshness<P>, Option<Ttl>) {
         let until = |at: u64| Duration::from_millis(at.saturating_sub(now));
         let remaining = left.map(|total| {
             let fresh = self.fresh_until.map_or(total, until).min(total);
@@ -112,7 +112,7 @@ enum Kind {
 }
 
 /// The envelope of `verdict`, stored at `now` (Unix ms) for `ttl`.
-pub(super) fn encode<P: Serialize>(
+pub(crate) fn encode<P: Serialize>(
     verdict: &Verdict<P>,
     ttl: Ttl,
     now: u64,
@@ -141,7 +141,7 @@ pub(super) fn encode<P: Serialize>(
 
 /// What a `GET` of an entry found: its verdict, or a miss, with why when a
 /// value was there but didn't decode (corrupt, or from another version).
-pub(super) fn decode<P: DeserializeOwned>(
+pub(crate) fn decode<P: DeserializeOwned>(
     raw: Option<&[u8]>,
 ) -> Result<Stored<P>, Option<CacheError>> {
     let raw = raw.ok_or(None)?;

@@ -32,13 +32,13 @@ use super::{CacheError, KeyCache, Ttl, Verdict};
 use crate::{KeyHash, Principal};
 
 mod builder;
-mod codec;
+pub(crate) mod codec;
 mod command;
 mod invalidate;
 mod keys;
 mod read;
 mod scripts;
-mod seal;
+pub(crate) mod seal;
 #[cfg(feature = "tiered")]
 mod tier;
 mod write;

@@ -15,12 +15,12 @@ const TAG_HEX: usize = 32;
 
 /// The keyed MAC of one cache's values.
 #[derive(Clone)]
-pub(super) struct Seal {
+pub(crate) struct Seal {
     mac: Hmac<Sha256>,
 }
 
 impl Seal {
-    pub(super) fn new(secret: &[u8]) -> Self {
+    pub(crate) fn new(secret: &[u8]) -> Self {
         let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(secret)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         derive.update(b"tower-api-key Redis value seal v1");
@@ -40,7 +40,7 @@ impl Seal {
     }
 
     /// `envelope`, sealed for the key `name`.
-    pub(super) fn seal(&self, name: &str, envelope: &str) -> String {
+    pub(crate) fn seal(&self, name: &str, envelope: &str) -> String {
         let tag = self.mac(name, envelope.as_bytes()).finalize().into_bytes();
         let mut sealed = String::with_capacity(PREFIX.len() + TAG_HEX + 1 + envelope.len());
         sealed.push_str("s1:");
@@ -54,7 +54,7 @@ impl Seal {
 
     /// The envelope inside `raw`, read under the key `name`, if its MAC
     /// holds.
-    pub(super) fn open<'a>(&self, name: &str, raw: &'a [u8]) -> Result<&'a [u8], &'static str> {
+    pub(crate) fn open<'a>(&self, name: &str, raw: &'a [u8]) -> Result<&'a [u8], &'static str> {
         let (tag, envelope) = split(raw).ok_or("a value without the cache's MAC")?;
         let tag = decode_hex(tag).ok_or("a malformed MAC")?;
         self.mac(name, envelope)
@@ -66,7 +66,7 @@ impl Seal {
 
 /// A sealed value's tag and envelope, or what a cache without a secret
 /// reads of it: the envelope (it can't check the tag).
-pub(super) fn unsealed(raw: &[u8]) -> &[u8] {
+pub(crate) fn unsealed(raw: &[u8]) -> &[u8] {
     split(raw).map_or(raw, |(_, envelope)| envelope)
 }
 
@@ -76,8 +76,14 @@ fn split(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((tag, rest.strip_prefix(b":")?))
 }
 
+/// Lower-case hex only, as [`Seal::seal`] writes it: one spelling per tag,
+/// so the seal accepts exactly the bytes it wrote.
 fn decode_hex(hex: &[u8]) -> Option<[u8; TAG_HEX / 2]> {
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; TAG_HEX / 2];
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
         *byte = digit(pair[0])? << 4 | digit(pair[1])?;
@@ -110,6 +116,11 @@ mod tests {
         for bad in ["", r#"{"v":1,"kind":"invalid"}"#, "s1:zz", "s1:0123:x"] {
             assert!(seal.open("apikey:{aa}", bad.as_bytes()).is_err(), "{bad}");
         }
+        // Found by the `redis_value` fuzz target: an upper-case tag is the
+        // same MAC, but not the bytes the seal wrote.
+        let upper = format!("s1:{}{}", sealed[3..35].to_uppercase(), &sealed[35..]);
+        assert_ne!(upper, sealed);
+        assert!(seal.open("apikey:{aa}", upper.as_bytes()).is_err());
         assert_eq!(unsealed(sealed.as_bytes()), br#"{"v":1,"kind":"invalid"}"#);
         assert_eq!(unsealed(b"{}"), b"{}");
     }
