@@ -266,6 +266,7 @@ fn axum_with_layer(keys: &Keys) -> Router {
     .public("/health");
     let mut with = routes().layer(auth);
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {

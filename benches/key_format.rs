@@ -104,6 +104,7 @@ fn flood(format: &KeyFormat) {
         .map(|_| header(guess.generate().unwrap().secret()))
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     println!(

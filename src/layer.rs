@@ -154,7 +154,10 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// [`Stats::lookup_timeouts`](crate::Stats::lookup_timeouts); every
     /// request waiting on that lookup gets the same answer at that moment.
     /// The lookup's future is dropped. Applies on a Tokio runtime (feature
-    /// `tokio`); `Duration::MAX` waits forever.
+    /// `tokio`), which needs its timers (`enable_time` or `enable_all` on the
+    /// runtime builder; `#[tokio::main]` has them): on a runtime without
+    /// them Tokio panics at the first lookup. `Duration::MAX` waits forever
+    /// and uses no timer.
     ///
     /// ```
     /// use std::time::Duration;

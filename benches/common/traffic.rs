@@ -76,6 +76,7 @@ where
 {
     use tower::ServiceExt;
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {

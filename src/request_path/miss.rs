@@ -190,7 +190,9 @@ where
             lookup.call(hash).await.map_err(Into::into)
         };
         #[cfg(feature = "tokio")]
-        if tokio::runtime::Handle::try_current().is_ok() {
+        if self.config.lookup_timeout != Duration::MAX
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
             let limit = self.config.lookup_timeout;
             return match tokio::time::timeout(limit, call).await {
                 Ok(answer) => answer,
