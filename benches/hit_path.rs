@@ -370,20 +370,25 @@ fn main() {
 /// with one that takes every `INFO` span (a registry: the span is built,
 /// recorded and closed), in interleaved rounds.
 fn with_subscribers(keys: &Keys, zipf: &[u32], layer: &Layered) -> [f64; 3] {
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::layer::SubscriberExt;
-    let level = |filter| tracing::Dispatch::new(tracing_subscriber::registry().with(filter));
-    let dispatches = [
-        tracing::Dispatch::none(),
-        level(tracing_subscriber::filter::LevelFilter::WARN),
-        level(tracing_subscriber::filter::LevelFilter::INFO),
-    ];
+    // Each round's subscriber lives for that round only, and the interest
+    // cache is rebuilt after it: a live `INFO` subscriber raises the global
+    // max level for every thread, so the other rounds would not measure
+    // what they say.
+    let dispatch = |which: usize| match which {
+        0 => tracing::Dispatch::none(),
+        1 => tracing::Dispatch::new(tracing_subscriber::registry().with(LevelFilter::WARN)),
+        _ => tracing::Dispatch::new(tracing_subscriber::registry().with(LevelFilter::INFO)),
+    };
     let mut svc = layer.clone();
     let mut at = 0usize;
     let mut samples: [Vec<f64>; 3] = Default::default();
     for round in 0..ROUNDS {
         for k in 0..3 {
             let which = (round + k) % 3;
-            tracing::dispatcher::with_default(&dispatches[which], || {
+            let subscriber = dispatch(which);
+            tracing::dispatcher::with_default(&subscriber, || {
                 let start = Instant::now();
                 for _ in 0..ITERS {
                     at = (at + 1) % zipf.len();
@@ -392,6 +397,8 @@ fn with_subscribers(keys: &Keys, zipf: &[u32], layer: &Layered) -> [f64; 3] {
                 }
                 samples[which].push(start.elapsed().as_nanos() as f64 / f64::from(ITERS));
             });
+            drop(subscriber);
+            tracing::callsite::rebuild_interest_cache();
         }
     }
     samples.map(median)
@@ -401,7 +408,17 @@ fn with_subscribers(keys: &Keys, zipf: &[u32], layer: &Layered) -> [f64; 3] {
 /// or `zipf:bare` for the baselines) runs only that, for
 /// `HIT_PATH_PROFILE_CALLS` requests (10 M), in `drive`
 /// (`valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*drive*'`).
+/// With `HIT_PATH_RECORDER=1` (and the `metrics` feature) a Prometheus
+/// recorder is installed first, so the layer's metrics are live.
 fn profile() {
+    if std::env::var_os("HIT_PATH_RECORDER").is_some() {
+        #[cfg(feature = "metrics")]
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder");
+        #[cfg(not(feature = "metrics"))]
+        panic!("HIT_PATH_RECORDER needs the metrics feature");
+    }
     let keys = keys();
     let sequences = sequences();
     let what = std::env::var("HIT_PATH_PROFILE").unwrap_or_default();

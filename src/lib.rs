@@ -65,10 +65,47 @@
 //! - `tiered` (`memory` + `redis`): `cache::TieredCache` (memory in front
 //!   of Redis, invalidations broadcast to every instance), and `cache::AnyCache`
 //!   / `cache::CacheSettings` to pick the backend from the environment.
+//! - `tokio` (default): the lookup timeout (`DEFAULT_LOOKUP_TIMEOUT`) and
+//!   refresh-ahead's background lookups, on Tokio's timer and tasks.
+//! - `usage` (default): `usage::UsageTracker`, last-used instants and
+//!   counts handed to your recorder in batches, never a write per request.
 //! - `redis-tls`: `rediss://` URLs.
+//! - `metrics`: counters and histograms on the
+//!   [`metrics`](https://docs.rs/metrics) facade (see below).
 //! - `test-util`: the cache conformance suite,
 //!   `cache::conformance` and `key_cache_conformance!`, for your own
 //!   backend's tests.
+//!
+//! # Observability
+//!
+//! Each request the layer sees gets one `INFO` span, `api_key_auth`, with
+//! `route` (the matched template, else the path), `tier` (what answered:
+//! `l1`, `l2`, `lookup`, `stale`), `outcome` (`admitted` or the rejection's
+//! code) and, only when `DEBUG` is enabled for this crate, `key` (the
+//! [`ShortHash`]). Without a subscriber that wants it, the span is
+//! `Span::none()`. Degradations (Redis failing, the breaker, stale answers,
+//! failed lookups or usage batches) are `WARN` events on target
+//! `tower_api_key`, one line per 10 s each.
+//!
+//! With the `metrics` feature, install a recorder before the first request;
+//! the layer then emits:
+//!
+//! | metric | labels |
+//! | --- | --- |
+//! | `api_key_auth_cache_hits_total` | `tier`: `l1`, `l2` |
+//! | `api_key_auth_hits_total`, `_negative_hits_total`, `_misses_total` | |
+//! | `api_key_auth_lookups_total`, `_lookup_errors_total`, `_lookup_timeouts_total` | |
+//! | `api_key_auth_cache_errors_total`, `_cache_skipped_total` | |
+//! | `api_key_auth_coalesced_total`, `_stale_served_total`, `_refreshes_total`, `_format_rejected_total` | |
+//! | `api_key_auth_rejections_total` | `reason`: the rejection body's `code` |
+//! | `api_key_auth_rate_limit_decisions_total` | `outcome`: `admitted`, `limited`, `fallback` |
+//! | `api_key_auth_rate_limit_store_errors_total` | |
+//! | `api_key_auth_lookup_duration_seconds` (histogram) | |
+//! | `api_key_auth_redis_command_duration_seconds` (histogram) | |
+//!
+//! Labels are fixed words: never a key, its hash or a principal. The
+//! counters are the events of [`ApiKeyAuthLayer::stats`], summed over every
+//! layer in the process.
 //!
 //! # What is public
 //!

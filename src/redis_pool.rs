@@ -308,7 +308,7 @@ impl RedisPool {
             failed,
             health: Arc::clone(&self.health),
             started: false,
-            timer: Timer::start(),
+            timer: Timer::unstarted(),
         }
     }
 

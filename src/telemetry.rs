@@ -24,6 +24,13 @@ use crate::{KeyHash, RejectionKind};
 /// at `DEBUG` only, `key` (the hash's first 8 hex digits).
 #[inline]
 pub(crate) fn request_span<B>(req: &http::Request<B>) -> Span {
+    // Asked first: with tracing's `log` feature on (axum's default
+    // `tower-log` turns it on) a span macro that no subscriber wants still
+    // builds its fields for the `log` crate, ~250 instructions a request
+    // by callgrind (`benches/hit_path.rs`).
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return Span::none();
+    }
     tracing::info_span!(
         "api_key_auth",
         route = route_of(req),
@@ -49,21 +56,35 @@ pub(crate) fn decided(span: &Span, rejection: Option<&crate::AuthRejection>) {
     }
 }
 
-/// What answered this request, on the current span (the request's, when a
-/// stage runs inside it).
+/// What answered this request, on the request's span.
 #[inline]
 pub(crate) fn answered_by(tier: &'static str) {
-    if tracing::level_enabled!(tracing::Level::INFO) {
-        Span::current().record("tier", tier);
+    // A callsite check (this crate's target, `INFO`): a subscriber that
+    // filters the crate out costs one cached interest load here.
+    if tracing::enabled!(tracing::Level::INFO) {
+        if let Some(span) = current_request_span() {
+            span.record("tier", tier);
+        }
     }
 }
 
-/// The key's short hash on the current span, at `DEBUG` only.
+/// The key's short hash on the request's span, at `DEBUG` only.
 #[inline]
 pub(crate) fn key(hash: &KeyHash) {
     if tracing::enabled!(tracing::Level::DEBUG) {
-        Span::current().record("key", tracing::field::display(hash.short()));
+        if let Some(span) = current_request_span() {
+            span.record("key", tracing::field::display(hash.short()));
+        }
     }
+}
+
+/// The current span if it is an `api_key_auth` span (a stage runs inside
+/// it): never a span of the application's that has a field of that name.
+fn current_request_span() -> Option<Span> {
+    let span = Span::current();
+    span.metadata()
+        .is_some_and(|m| m.name() == "api_key_auth")
+        .then_some(span)
 }
 
 /// A cache tier answered a read (a hit, fresh or aging): counted by tier,
@@ -129,23 +150,34 @@ pub(crate) fn redis_command_took(took: Duration) {
 #[derive(Clone, Copy)]
 pub(crate) struct Timer {
     #[cfg(feature = "metrics")]
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
 }
 
 impl Timer {
+    /// Started now.
     #[inline]
     pub(crate) fn start() -> Self {
         Self {
             #[cfg(feature = "metrics")]
-            started: std::time::Instant::now(),
+            started: Some(std::time::Instant::now()),
         }
     }
 
-    /// The time since [`start`](Self::start) (zero without metrics).
+    /// Not started yet (no clock read): [`start`](Self::start) it later.
+    #[inline]
+    pub(crate) fn unstarted() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            started: None,
+        }
+    }
+
+    /// The time since [`start`](Self::start) (zero without metrics, or if
+    /// never started).
     #[inline]
     pub(crate) fn elapsed(&self) -> Duration {
         #[cfg(feature = "metrics")]
-        return self.started.elapsed();
+        return self.started.map_or(Duration::ZERO, |t| t.elapsed());
         #[cfg(not(feature = "metrics"))]
         Duration::ZERO
     }

@@ -377,13 +377,133 @@ async fn at_debug_the_span_names_the_short_hash_and_never_the_key() {
 }
 
 #[tokio::test]
-async fn without_a_subscriber_nothing_is_recorded_and_requests_still_pass() {
+async fn the_span_names_the_route_template_not_the_path() {
     let _serial = lock().await;
-    // No subscriber on this thread: the span is `Span::none()`.
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(spans.clone())
+        .with(tracing_subscriber::filter::LevelFilter::INFO);
+    let _default = tracing::subscriber::set_default(subscriber);
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let app = axum::Router::new()
+        .route("/keys/{id}", axum::routing::get(|| async { "ok" }))
+        .layer(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
+    assert_eq!(status(&app, "/keys/42", ADMIN).await, StatusCode::OK);
+    let ours: Vec<_> = spans
+        .closed()
+        .into_iter()
+        .filter(|s| s["name"] == "api_key_auth")
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0]["route"], "/keys/{id}");
+}
+
+/// An application that logs `INFO` but filters this crate to `WARN` gets
+/// no `api_key_auth` span, and the layer never writes its `tier` or `key`
+/// onto the application's own span (which has fields of those names).
+#[tokio::test]
+async fn a_crate_filtered_out_gets_no_span_and_the_app_span_is_left_alone() {
+    use tracing::Instrument;
+    let _serial = lock().await;
+    let spans = Spans::default();
+    let filter: tracing_subscriber::filter::Targets =
+        "debug,tower_api_key=warn".parse().expect("a filter");
+    let subscriber = tracing_subscriber::registry()
+        .with(spans.clone())
+        .with(filter);
+    let _default = tracing::subscriber::set_default(subscriber);
     let store = KeyStore::new();
     store.create("admin", ADMIN, None);
     let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
-    assert!(tracing::Span::current().is_none());
-    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
-    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    for _ in 0..2 {
+        let request = status(&app, "/me", ADMIN);
+        let in_app_span = tracing::info_span!(
+            "app_request",
+            tier = tracing::field::Empty,
+            key = tracing::field::Empty
+        );
+        assert_eq!(request.instrument(in_app_span).await, StatusCode::OK);
+    }
+    let closed = spans.closed();
+    assert!(
+        closed.iter().all(|s| s["name"] != "api_key_auth"),
+        "{closed:?}"
+    );
+    let app_spans: Vec<_> = closed
+        .iter()
+        .filter(|s| s["name"] == "app_request")
+        .collect();
+    assert_eq!(app_spans.len(), 2, "{closed:?}");
+    for span in app_spans {
+        assert_eq!(span.get("tier"), None, "{span:?}");
+        assert_eq!(span.get("key"), None, "{span:?}");
+    }
+}
+
+/// The degradations' metrics move with the layer's own counters: shared
+/// lookups, a lookup past its timeout, a cache whose Redis is gone (its
+/// errors, then the breaker's skips).
+#[tokio::test]
+async fn degradations_are_counted_as_the_stats_count_them() {
+    let _serial = lock().await;
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let mut server = RedisServer::start();
+    let cache = RedisCache::builder(server.url())
+        .build()
+        .await
+        .expect("a Redis cache");
+    let layer =
+        ApiKeyAuthLayer::new(cache, store.lookup()).lookup_timeout(Duration::from_millis(300));
+    let app = app(layer.clone());
+    let before = Seen::now();
+    let stats_before = layer.stats();
+
+    // Five at once on one uncached key, the lookup slow: one lookup, four
+    // requests that shared it.
+    store
+        .delay_ms
+        .store(100, std::sync::atomic::Ordering::SeqCst);
+    let five = (0..5).map(|_| status(&app, "/me", ADMIN));
+    for answer in futures_util::future::join_all(five).await {
+        assert_eq!(answer, StatusCode::OK);
+    }
+    // A lookup slower than the timeout: 503, counted as an error and a timeout.
+    store
+        .delay_ms
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        status(&app, "/me", "sk_test_observed_slow_key").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Redis gone: cache errors, then skips once the breaker opens.
+    store.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    server.kill();
+    for _ in 0..6 {
+        assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    }
+
+    let (after, stats) = (Seen::now(), layer.stats());
+    let grew = |name: &str| after.grew(&before, name);
+    assert_eq!(grew("api_key_auth_coalesced_total"), 4);
+    assert_eq!(stats.coalesced - stats_before.coalesced, 4);
+    assert_eq!(grew("api_key_auth_lookup_timeouts_total"), 1);
+    assert_eq!(
+        grew("api_key_auth_lookup_timeouts_total"),
+        stats.lookup_timeouts - stats_before.lookup_timeouts
+    );
+    assert!(grew("api_key_auth_cache_errors_total") > 0);
+    assert_eq!(
+        grew("api_key_auth_cache_errors_total"),
+        stats.cache_errors - stats_before.cache_errors
+    );
+    assert!(
+        grew("api_key_auth_cache_skipped_total") > 0,
+        "the breaker opened"
+    );
+    assert_eq!(
+        grew("api_key_auth_cache_skipped_total"),
+        stats.cache_skipped - stats_before.cache_skipped
+    );
 }

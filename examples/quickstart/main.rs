@@ -92,6 +92,16 @@ async fn run() -> Result<(), String> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("metrics recorder: {e}"))?;
+    // A recorder installed this way has no upkeep task of its own: without
+    // one, histogram samples pile up between scrapes (or forever, unscraped).
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let port = env_u64("PORT", 3000)?;
     let port = u16::try_from(port).map_err(|_| format!("PORT out of range: {port}"))?;
     let positive_ttl = Duration::from_secs(env_u64("APIKEY_POSITIVE_TTL", 300)?);

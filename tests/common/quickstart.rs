@@ -23,9 +23,9 @@ pub fn binary() -> PathBuf {
             // With the features this test was built with: a quickstart
             // without `tiered` can't use Redis.
             let features = if cfg!(feature = "tiered") {
-                "memory,axum,tiered"
+                "memory,axum,usage,metrics,tiered"
             } else {
-                "memory,axum"
+                "memory,axum,usage,metrics"
             };
             let status = Command::new(env!("CARGO"))
                 .args(["build", "--example", "quickstart", "--features", features])
