@@ -189,18 +189,24 @@ pub(crate) mod metric {
     use std::sync::OnceLock;
     use std::time::Duration;
 
-    /// A counter of the facade, registered at its first increment.
+    /// A counter of the facade, described and registered at its first
+    /// increment.
     pub(crate) struct CounterMetric {
         #[cfg(feature = "metrics")]
         key: metrics::Key,
         #[cfg(feature = "metrics")]
+        help: &'static str,
+        #[cfg(feature = "metrics")]
         handle: OnceLock<metrics::Counter>,
     }
 
-    /// A histogram of the facade (seconds), registered at its first record.
+    /// A histogram of the facade (seconds), described and registered at
+    /// its first record.
     pub(crate) struct HistogramMetric {
         #[cfg(feature = "metrics")]
         key: metrics::Key,
+        #[cfg(feature = "metrics")]
+        help: &'static str,
         #[cfg(feature = "metrics")]
         handle: OnceLock<metrics::Histogram>,
     }
@@ -215,7 +221,10 @@ pub(crate) mod metric {
             #[cfg(feature = "metrics")]
             self.handle
                 .get_or_init(|| {
-                    metrics::with_recorder(|r| r.register_counter(&self.key, &METADATA))
+                    metrics::with_recorder(|r| {
+                        r.describe_counter(self.key.name_shared(), None, self.help.into());
+                        r.register_counter(&self.key, &METADATA)
+                    })
                 })
                 .increment(1);
         }
@@ -227,7 +236,11 @@ pub(crate) mod metric {
             #[cfg(feature = "metrics")]
             self.handle
                 .get_or_init(|| {
-                    metrics::with_recorder(|r| r.register_histogram(&self.key, &METADATA))
+                    metrics::with_recorder(|r| {
+                        let seconds = Some(metrics::Unit::Seconds);
+                        r.describe_histogram(self.key.name_shared(), seconds, self.help.into());
+                        r.register_histogram(&self.key, &METADATA)
+                    })
                 })
                 .record(took.as_secs_f64());
             #[cfg(not(feature = "metrics"))]
@@ -235,12 +248,12 @@ pub(crate) mod metric {
         }
     }
 
-    /// `static NAME: CounterMetric = "name" {label: value}...;`
+    /// `Kind NAME = "name" {label => value} "help";`, a `static` each.
     macro_rules! metrics {
-        ($($(#[$meta:meta])* $kind:ident $name:ident = $metric:literal $({ $label:literal => $value:literal })?;)*) => {
-            $(metrics!(@one $(#[$meta])* $kind $name $metric $($label $value)?);)*
+        ($($(#[$meta:meta])* $kind:ident $name:ident = $metric:literal $({ $label:literal => $value:literal })? $help:literal;)*) => {
+            $(metrics!(@one $(#[$meta])* $kind $name $metric $help $($label $value)?);)*
         };
-        (@one $(#[$meta:meta])* $kind:ident $name:ident $metric:literal $($label:literal $value:literal)?) => {
+        (@one $(#[$meta:meta])* $kind:ident $name:ident $metric:literal $help:literal $($label:literal $value:literal)?) => {
             $(#[$meta])*
             pub(crate) static $name: $kind = $kind {
                 #[cfg(feature = "metrics")]
@@ -250,6 +263,8 @@ pub(crate) mod metric {
                     LABELS
                 }),
                 #[cfg(feature = "metrics")]
+                help: $help,
+                #[cfg(feature = "metrics")]
                 handle: OnceLock::new(),
             };
         };
@@ -257,34 +272,61 @@ pub(crate) mod metric {
 
     metrics! {
         #[cfg(feature = "memory")]
-        CounterMetric L1_HITS = "api_key_auth_cache_hits_total" { "tier" => "l1" };
+        CounterMetric L1_HITS = "api_key_auth_cache_hits_total" { "tier" => "l1" }
+            "Cache reads that found the key, by tier (l1: in process, l2: Redis).";
         #[cfg(feature = "redis")]
-        CounterMetric L2_HITS = "api_key_auth_cache_hits_total" { "tier" => "l2" };
-        CounterMetric HITS = "api_key_auth_hits_total";
-        CounterMetric NEGATIVE_HITS = "api_key_auth_negative_hits_total";
-        CounterMetric MISSES = "api_key_auth_misses_total";
-        CounterMetric LOOKUPS = "api_key_auth_lookups_total";
-        CounterMetric LOOKUP_ERRORS = "api_key_auth_lookup_errors_total";
-        CounterMetric LOOKUP_TIMEOUTS = "api_key_auth_lookup_timeouts_total";
-        CounterMetric CACHE_ERRORS = "api_key_auth_cache_errors_total";
-        CounterMetric CACHE_SKIPPED = "api_key_auth_cache_skipped_total";
-        CounterMetric FORMAT_REJECTED = "api_key_auth_format_rejected_total";
-        CounterMetric COALESCED = "api_key_auth_coalesced_total";
-        CounterMetric STALE_SERVED = "api_key_auth_stale_served_total";
-        CounterMetric REFRESHES = "api_key_auth_refreshes_total";
-        CounterMetric RATE_LIMIT_ADMITTED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "admitted" };
-        CounterMetric RATE_LIMIT_LIMITED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "limited" };
-        CounterMetric RATE_LIMIT_FALLBACK = "api_key_auth_rate_limit_decisions_total" { "outcome" => "fallback" };
-        CounterMetric RATE_LIMIT_STORE_ERRORS = "api_key_auth_rate_limit_store_errors_total";
-        CounterMetric REJECTED_MISSING = "api_key_auth_rejections_total" { "reason" => "missing_api_key" };
-        CounterMetric REJECTED_MALFORMED = "api_key_auth_rejections_total" { "reason" => "invalid_request" };
-        CounterMetric REJECTED_INVALID = "api_key_auth_rejections_total" { "reason" => "invalid_token" };
-        CounterMetric REJECTED_LOOKUP = "api_key_auth_rejections_total" { "reason" => "lookup_unavailable" };
-        CounterMetric REJECTED_LAYER_MISSING = "api_key_auth_rejections_total" { "reason" => "auth_layer_missing" };
-        CounterMetric REJECTED_RATE_LIMITED = "api_key_auth_rejections_total" { "reason" => "rate_limited" };
-        CounterMetric REJECTED_LIMITER = "api_key_auth_rejections_total" { "reason" => "rate_limiter_unavailable" };
-        HistogramMetric LOOKUP_SECONDS = "api_key_auth_lookup_duration_seconds";
+        CounterMetric L2_HITS = "api_key_auth_cache_hits_total" { "tier" => "l2" }
+            "Cache reads that found the key, by tier (l1: in process, l2: Redis).";
+        CounterMetric HITS = "api_key_auth_hits_total"
+            "Requests answered from a cached valid key.";
+        CounterMetric NEGATIVE_HITS = "api_key_auth_negative_hits_total"
+            "Requests answered from a cached negative entry.";
+        CounterMetric MISSES = "api_key_auth_misses_total"
+            "Requests that needed the lookup.";
+        CounterMetric LOOKUPS = "api_key_auth_lookups_total"
+            "Calls of the key lookup service.";
+        CounterMetric LOOKUP_ERRORS = "api_key_auth_lookup_errors_total"
+            "Lookups that failed (answered 503, never cached).";
+        CounterMetric LOOKUP_TIMEOUTS = "api_key_auth_lookup_timeouts_total"
+            "Lookups that ran past the lookup timeout.";
+        CounterMetric CACHE_ERRORS = "api_key_auth_cache_errors_total"
+            "Cache operations that failed (degraded to the lookup).";
+        CounterMetric CACHE_SKIPPED = "api_key_auth_cache_skipped_total"
+            "Cache operations skipped by an open circuit breaker.";
+        CounterMetric FORMAT_REJECTED = "api_key_auth_format_rejected_total"
+            "Keys refused by the key format's checksum before the cache.";
+        CounterMetric COALESCED = "api_key_auth_coalesced_total"
+            "Requests that shared another request's lookup.";
+        CounterMetric STALE_SERVED = "api_key_auth_stale_served_total"
+            "Requests answered from a stale entry while the lookup failed.";
+        CounterMetric REFRESHES = "api_key_auth_refreshes_total"
+            "Refresh-ahead lookups started.";
+        CounterMetric RATE_LIMIT_ADMITTED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "admitted" }
+            "Rate-limit decisions, by outcome.";
+        CounterMetric RATE_LIMIT_LIMITED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "limited" }
+            "Rate-limit decisions, by outcome.";
+        CounterMetric RATE_LIMIT_FALLBACK = "api_key_auth_rate_limit_decisions_total" { "outcome" => "fallback" }
+            "Rate-limit decisions, by outcome.";
+        CounterMetric RATE_LIMIT_STORE_ERRORS = "api_key_auth_rate_limit_store_errors_total"
+            "Rate-limit counter store operations that failed.";
+        CounterMetric REJECTED_MISSING = "api_key_auth_rejections_total" { "reason" => "missing_api_key" }
+            "Requests refused, by reason (the rejection body's code).";
+        CounterMetric REJECTED_MALFORMED = "api_key_auth_rejections_total" { "reason" => "invalid_request" }
+            "Requests refused, by reason (the rejection body's code).";
+        CounterMetric REJECTED_INVALID = "api_key_auth_rejections_total" { "reason" => "invalid_token" }
+            "Requests refused, by reason (the rejection body's code).";
+        CounterMetric REJECTED_LOOKUP = "api_key_auth_rejections_total" { "reason" => "lookup_unavailable" }
+            "Requests refused, by reason (the rejection body's code).";
+        CounterMetric REJECTED_LAYER_MISSING = "api_key_auth_rejections_total" { "reason" => "auth_layer_missing" }
+            "Requests refused, by reason (the rejection body's code).";
+        CounterMetric REJECTED_RATE_LIMITED = "api_key_auth_rejections_total" { "reason" => "rate_limited" }
+            "Requests refused, by reason (the rejection body's code).";
+        CounterMetric REJECTED_LIMITER = "api_key_auth_rejections_total" { "reason" => "rate_limiter_unavailable" }
+            "Requests refused, by reason (the rejection body's code).";
+        HistogramMetric LOOKUP_SECONDS = "api_key_auth_lookup_duration_seconds"
+            "Time taken by each key lookup, answered, failed or timed out.";
         #[cfg(feature = "redis")]
-        HistogramMetric REDIS_COMMAND_SECONDS = "api_key_auth_redis_command_duration_seconds";
+        HistogramMetric REDIS_COMMAND_SECONDS = "api_key_auth_redis_command_duration_seconds"
+            "Time taken by each Redis command, first poll to answer or timeout.";
     }
 }

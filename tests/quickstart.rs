@@ -592,5 +592,10 @@ async fn quickstart_serves_its_metrics_in_prometheus_text() {
     assert!(value("api_key_auth_cache_hits_total{tier=\"l1\"} ") >= 2.0);
     assert!(value("api_key_auth_rejections_total{reason=\"invalid_token\"} ") >= 1.0);
     assert!(text.contains("api_key_auth_lookup_duration_seconds"));
+    // Described: Prometheus shows the help text.
+    assert!(
+        text.contains("# HELP api_key_auth_hits_total Requests answered from a cached valid key."),
+        "{text}"
+    );
     assert!(!text.contains(ADMIN) && !text.contains("sk_live_nope"));
 }
