@@ -164,6 +164,7 @@ impl Timer {
     }
 
     /// Not started yet (no clock read): [`start`](Self::start) it later.
+    #[cfg(feature = "redis")]
     #[inline]
     pub(crate) fn unstarted() -> Self {
         Self {
