@@ -411,7 +411,7 @@ fn with_subscribers(keys: &Keys, zipf: &[u32], layer: &Layered) -> [f64; 3] {
 /// With `HIT_PATH_RECORDER=1` (and the `metrics` feature) a Prometheus
 /// recorder is installed first, so the layer's metrics are live.
 fn profile() {
-    if std::env::var_os("HIT_PATH_RECORDER").is_some() {
+    if std::env::var("HIT_PATH_RECORDER").is_ok_and(|v| v == "1") {
         #[cfg(feature = "metrics")]
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()

@@ -128,7 +128,8 @@ where
                         span,
                         ..
                     } = &mut *waiting;
-                    let Poll::Ready(decided) = span.in_scope(|| authentication.poll(cx, req))
+                    let Poll::Ready(decided) =
+                        telemetry::in_request_span(span, || authentication.poll(cx, req))
                     else {
                         *pending = Some(waiting);
                         return Poll::Pending;

@@ -101,11 +101,11 @@
 //! | `api_key_auth_rate_limit_decisions_total` | `outcome`: `admitted`, `limited`, `fallback` |
 //! | `api_key_auth_rate_limit_store_errors_total` | |
 //! | `api_key_auth_lookup_duration_seconds` (histogram) | |
-//! | `api_key_auth_redis_command_duration_seconds` (histogram) | |
+//! | `api_key_auth_redis_command_duration_seconds` (histogram, feature `redis`) | |
 //!
 //! Labels are fixed words: never a key, its hash or a principal. The
-//! counters are the events of [`ApiKeyAuthLayer::stats`], summed over every
-//! layer in the process.
+//! counters but the rejections are the events of [`ApiKeyAuthLayer::stats`],
+//! summed over every layer in the process.
 //!
 //! # What is public
 //!

@@ -93,11 +93,8 @@ where
         // `Span::none()` unless a subscriber wants it, and then not even
         // entered.
         let span = telemetry::request_span(&req);
-        let progress = if span.is_none() {
-            self.layer.request_path().authenticate(&mut req)
-        } else {
-            span.in_scope(|| self.layer.request_path().authenticate(&mut req))
-        };
+        let progress =
+            telemetry::in_request_span(&span, || self.layer.request_path().authenticate(&mut req));
         match progress {
             // Decided at once (a hit, a public route): the instance
             // `poll_ready` made ready is called here and now.

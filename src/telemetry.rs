@@ -24,11 +24,12 @@ use crate::{KeyHash, RejectionKind};
 /// at `DEBUG` only, `key` (the hash's first 8 hex digits).
 #[inline]
 pub(crate) fn request_span<B>(req: &http::Request<B>) -> Span {
-    // Asked first: with tracing's `log` feature on (axum's default
-    // `tower-log` turns it on) a span macro that no subscriber wants still
-    // builds its fields for the `log` crate, ~250 instructions a request
-    // by callgrind (`benches/hit_path.rs`).
-    if !tracing::enabled!(tracing::Level::INFO) {
+    // No subscriber has ever been set: with tracing's `log` feature on
+    // (axum's default `tower-log` turns it on) a span macro would still
+    // build its fields for the `log` crate, ~440 instructions a request by
+    // callgrind (`benches/hit_path.rs`). Once one is set, the macro's own
+    // cached interest decides, filters on span names included.
+    if !tracing::dispatcher::has_been_set() {
         return Span::none();
     }
     tracing::info_span!(
@@ -38,6 +39,40 @@ pub(crate) fn request_span<B>(req: &http::Request<B>) -> Span {
         outcome = Empty,
         key = Empty
     )
+}
+
+/// Runs `f` (a stage, or a poll of a waiting request) inside the request's
+/// span: a disabled span is not entered, and only inside a live one do
+/// [`answered_by`] and [`key`] record anything.
+#[inline]
+pub(crate) fn in_request_span<R>(span: &Span, f: impl FnOnce() -> R) -> R {
+    if span.is_disabled() {
+        return f();
+    }
+    span.in_scope(|| {
+        let _live = InRequestSpan::enter();
+        f()
+    })
+}
+
+std::thread_local! {
+    /// Whether this thread runs inside a live `api_key_auth` span now.
+    static IN_REQUEST_SPAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets [`IN_REQUEST_SPAN`] and puts it back on drop (a panic included).
+struct InRequestSpan(bool);
+
+impl InRequestSpan {
+    fn enter() -> Self {
+        Self(IN_REQUEST_SPAN.replace(true))
+    }
+}
+
+impl Drop for InRequestSpan {
+    fn drop(&mut self) {
+        IN_REQUEST_SPAN.set(self.0);
+    }
 }
 
 fn route_of<B>(req: &http::Request<B>) -> &str {
@@ -51,40 +86,26 @@ fn route_of<B>(req: &http::Request<B>) -> &str {
 /// The request's outcome, on its span.
 #[inline]
 pub(crate) fn decided(span: &Span, rejection: Option<&crate::AuthRejection>) {
-    if !span.is_none() {
+    if !span.is_disabled() {
         span.record("outcome", rejection.map_or("admitted", |r| r.code()));
     }
 }
 
-/// What answered this request, on the request's span.
+/// What answered this request, on the request's span (and never on a
+/// span of the application's: only inside [`in_request_span`]).
 #[inline]
 pub(crate) fn answered_by(tier: &'static str) {
-    // A callsite check (this crate's target, `INFO`): a subscriber that
-    // filters the crate out costs one cached interest load here.
-    if tracing::enabled!(tracing::Level::INFO) {
-        if let Some(span) = current_request_span() {
-            span.record("tier", tier);
-        }
+    if IN_REQUEST_SPAN.get() {
+        Span::current().record("tier", tier);
     }
 }
 
 /// The key's short hash on the request's span, at `DEBUG` only.
 #[inline]
 pub(crate) fn key(hash: &KeyHash) {
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        if let Some(span) = current_request_span() {
-            span.record("key", tracing::field::display(hash.short()));
-        }
+    if IN_REQUEST_SPAN.get() && tracing::enabled!(tracing::Level::DEBUG) {
+        Span::current().record("key", tracing::field::display(hash.short()));
     }
-}
-
-/// The current span if it is an `api_key_auth` span (a stage runs inside
-/// it): never a span of the application's that has a field of that name.
-fn current_request_span() -> Option<Span> {
-    let span = Span::current();
-    span.metadata()
-        .is_some_and(|m| m.name() == "api_key_auth")
-        .then_some(span)
 }
 
 /// A cache tier answered a read (a hit, fresh or aging): counted by tier,

@@ -441,6 +441,33 @@ async fn a_crate_filtered_out_gets_no_span_and_the_app_span_is_left_alone() {
     }
 }
 
+/// A subscriber that takes spans only (as in front of an OpenTelemetry
+/// exporter) still gets the span with its tier: the layer records on its
+/// own span, not on what an `enabled!` hint would say.
+#[tokio::test]
+async fn a_spans_only_filter_gets_the_span_with_its_tier() {
+    use tracing_subscriber::filter::filter_fn;
+    let _serial = lock().await;
+    let spans = Spans::default();
+    let subscriber =
+        tracing_subscriber::registry().with(spans.clone().with_filter(filter_fn(|m| m.is_span())));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let store = KeyStore::new();
+    store.create("admin", ADMIN, None);
+    let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
+    let ours: Vec<_> = spans
+        .closed()
+        .into_iter()
+        .filter(|s| s["name"] == "api_key_auth")
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert_eq!(ours[0].get("tier").map(String::as_str), Some("lookup"));
+    assert_eq!(ours[1].get("tier").map(String::as_str), Some("l1"));
+    assert_eq!(ours[1].get("outcome").map(String::as_str), Some("admitted"));
+}
+
 /// The degradations' metrics move with the layer's own counters: shared
 /// lookups, a lookup past its timeout, a cache whose Redis is gone (its
 /// errors, then the breaker's skips).

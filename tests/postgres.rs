@@ -136,8 +136,10 @@ async fn start(usage_interval: Duration) -> Option<Running> {
         .filter(|u| u.starts_with("postgres"))
         .unwrap_or_else(|| app::DEFAULT_DATABASE_URL.to_owned());
     if let Err(e) = sqlx::PgConnection::connect(&url).await {
-        // Where, without what is before the `@` (a password, perhaps).
+        // Where, without what is before the `@` or after a `?` (a
+        // password, perhaps).
         let at = url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host);
+        let at = at.split('?').next().unwrap_or(at);
         if std::env::var_os("CI").is_some() {
             panic!("no PostgreSQL at {at} under CI (scripts/test starts one): {e}");
         }
