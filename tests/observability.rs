@@ -305,6 +305,14 @@ impl Spans {
     fn closed(&self) -> Vec<SpanFields> {
         std::mem::take(&mut self.0.lock().unwrap().closed)
     }
+
+    /// The closed `api_key_auth` spans, in the order they closed.
+    fn closed_ours(&self) -> Vec<SpanFields> {
+        self.closed()
+            .into_iter()
+            .filter(|s| s["name"] == "api_key_auth")
+            .collect()
+    }
 }
 
 async fn traced(level: tracing::Level) -> Vec<SpanFields> {
@@ -324,11 +332,7 @@ async fn traced(level: tracing::Level) -> Vec<SpanFields> {
         send(app.clone(), get_anon("/me")).await.status,
         StatusCode::UNAUTHORIZED
     );
-    spans
-        .closed()
-        .into_iter()
-        .filter(|s| s["name"] == "api_key_auth")
-        .collect()
+    spans.closed_ours()
 }
 
 #[tokio::test]
@@ -390,11 +394,7 @@ async fn the_span_names_the_route_template_not_the_path() {
         .route("/keys/{id}", axum::routing::get(|| async { "ok" }))
         .layer(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
     assert_eq!(status(&app, "/keys/42", ADMIN).await, StatusCode::OK);
-    let ours: Vec<_> = spans
-        .closed()
-        .into_iter()
-        .filter(|s| s["name"] == "api_key_auth")
-        .collect();
+    let ours = spans.closed_ours();
     assert_eq!(ours.len(), 1, "{ours:?}");
     assert_eq!(ours[0]["route"], "/keys/{id}");
 }
@@ -457,11 +457,7 @@ async fn a_spans_only_filter_gets_the_span_with_its_tier() {
     let app = app(ApiKeyAuthLayer::new(MemoryCache::new(), store.lookup()));
     assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
     assert_eq!(status(&app, "/me", ADMIN).await, StatusCode::OK);
-    let ours: Vec<_> = spans
-        .closed()
-        .into_iter()
-        .filter(|s| s["name"] == "api_key_auth")
-        .collect();
+    let ours = spans.closed_ours();
     assert_eq!(ours.len(), 2, "{ours:?}");
     assert_eq!(ours[0].get("tier").map(String::as_str), Some("lookup"));
     assert_eq!(ours[1].get("tier").map(String::as_str), Some("l1"));
