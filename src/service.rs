@@ -90,7 +90,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        // `Span::none()` unless a subscriber wants it, and then not even
+        // Disabled unless a subscriber wants it; a disabled span is not
         // entered.
         let span = telemetry::request_span(&req);
         let progress =
