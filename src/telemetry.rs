@@ -270,12 +270,13 @@ pub(crate) mod metric {
         }
     }
 
-    /// `Kind NAME = "name" {label => value} "help";`, a `static` each.
+    /// `Kind NAME = "name" {label => value}: "help";` (or a `const` of the
+    /// help shared by one metric's labelled series), a `static` each.
     macro_rules! metrics {
-        ($($(#[$meta:meta])* $kind:ident $name:ident = $metric:literal $({ $label:literal => $value:literal })? $help:literal;)*) => {
-            $(metrics!(@one $(#[$meta])* $kind $name $metric $help $($label $value)?);)*
+        ($($(#[$meta:meta])* $kind:ident $name:ident = $metric:literal $({ $label:literal => $value:literal })?: $help:expr;)*) => {
+            $(metrics!(@one $(#[$meta])* $kind $name $metric [$($label $value)?] $help);)*
         };
-        (@one $(#[$meta:meta])* $kind:ident $name:ident $metric:literal $help:literal $($label:literal $value:literal)?) => {
+        (@one $(#[$meta:meta])* $kind:ident $name:ident $metric:literal [$($label:literal $value:literal)?] $help:expr) => {
             $(#[$meta])*
             pub(crate) static $name: $kind = $kind {
                 #[cfg(feature = "metrics")]
@@ -292,63 +293,72 @@ pub(crate) mod metric {
         };
     }
 
+    // The help of a metric with several labelled series, said once.
+    #[cfg(all(feature = "metrics", any(feature = "memory", feature = "redis")))]
+    const CACHE_HITS_HELP: &str =
+        "Cache reads that found the key, by tier (l1: in process, l2: Redis).";
+    #[cfg(feature = "metrics")]
+    const RATE_LIMIT_DECISIONS_HELP: &str = "Rate-limit decisions, by outcome.";
+    #[cfg(feature = "metrics")]
+    const REJECTIONS_HELP: &str = "Requests refused, by reason (the rejection body's code).";
+
     metrics! {
         #[cfg(feature = "memory")]
         CounterMetric L1_HITS = "api_key_auth_cache_hits_total" { "tier" => "l1" }
-            "Cache reads that found the key, by tier (l1: in process, l2: Redis).";
+            : CACHE_HITS_HELP;
         #[cfg(feature = "redis")]
         CounterMetric L2_HITS = "api_key_auth_cache_hits_total" { "tier" => "l2" }
-            "Cache reads that found the key, by tier (l1: in process, l2: Redis).";
+            : CACHE_HITS_HELP;
         CounterMetric HITS = "api_key_auth_hits_total"
-            "Requests answered from a cached valid key.";
+            : "Requests answered from a cached valid key.";
         CounterMetric NEGATIVE_HITS = "api_key_auth_negative_hits_total"
-            "Requests answered from a cached negative entry.";
+            : "Requests answered from a cached negative entry.";
         CounterMetric MISSES = "api_key_auth_misses_total"
-            "Requests that needed the lookup.";
+            : "Requests that needed the lookup.";
         CounterMetric LOOKUPS = "api_key_auth_lookups_total"
-            "Calls of the key lookup service.";
+            : "Calls of the key lookup service.";
         CounterMetric LOOKUP_ERRORS = "api_key_auth_lookup_errors_total"
-            "Lookups that failed (answered 503, never cached).";
+            : "Lookups that failed (answered 503, never cached).";
         CounterMetric LOOKUP_TIMEOUTS = "api_key_auth_lookup_timeouts_total"
-            "Lookups that ran past the lookup timeout.";
+            : "Lookups that ran past the lookup timeout.";
         CounterMetric CACHE_ERRORS = "api_key_auth_cache_errors_total"
-            "Cache operations that failed (degraded to the lookup).";
+            : "Cache operations that failed (degraded to the lookup).";
         CounterMetric CACHE_SKIPPED = "api_key_auth_cache_skipped_total"
-            "Cache operations skipped by an open circuit breaker.";
+            : "Cache operations skipped by an open circuit breaker.";
         CounterMetric FORMAT_REJECTED = "api_key_auth_format_rejected_total"
-            "Keys refused by the key format's checksum before the cache.";
+            : "Keys refused by the key format's checksum before the cache.";
         CounterMetric COALESCED = "api_key_auth_coalesced_total"
-            "Requests that shared another request's lookup.";
+            : "Requests that shared another request's lookup.";
         CounterMetric STALE_SERVED = "api_key_auth_stale_served_total"
-            "Requests answered from a stale entry while the lookup failed.";
+            : "Requests answered from a stale entry while the lookup failed.";
         CounterMetric REFRESHES = "api_key_auth_refreshes_total"
-            "Refresh-ahead lookups started.";
+            : "Refresh-ahead lookups started.";
         CounterMetric RATE_LIMIT_ADMITTED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "admitted" }
-            "Rate-limit decisions, by outcome.";
+            : RATE_LIMIT_DECISIONS_HELP;
         CounterMetric RATE_LIMIT_LIMITED = "api_key_auth_rate_limit_decisions_total" { "outcome" => "limited" }
-            "Rate-limit decisions, by outcome.";
+            : RATE_LIMIT_DECISIONS_HELP;
         CounterMetric RATE_LIMIT_FALLBACK = "api_key_auth_rate_limit_decisions_total" { "outcome" => "fallback" }
-            "Rate-limit decisions, by outcome.";
+            : RATE_LIMIT_DECISIONS_HELP;
         CounterMetric RATE_LIMIT_STORE_ERRORS = "api_key_auth_rate_limit_store_errors_total"
-            "Rate-limit counter store operations that failed.";
+            : "Rate-limit counter store operations that failed.";
         CounterMetric REJECTED_MISSING = "api_key_auth_rejections_total" { "reason" => "missing_api_key" }
-            "Requests refused, by reason (the rejection body's code).";
+            : REJECTIONS_HELP;
         CounterMetric REJECTED_MALFORMED = "api_key_auth_rejections_total" { "reason" => "invalid_request" }
-            "Requests refused, by reason (the rejection body's code).";
+            : REJECTIONS_HELP;
         CounterMetric REJECTED_INVALID = "api_key_auth_rejections_total" { "reason" => "invalid_token" }
-            "Requests refused, by reason (the rejection body's code).";
+            : REJECTIONS_HELP;
         CounterMetric REJECTED_LOOKUP = "api_key_auth_rejections_total" { "reason" => "lookup_unavailable" }
-            "Requests refused, by reason (the rejection body's code).";
+            : REJECTIONS_HELP;
         CounterMetric REJECTED_LAYER_MISSING = "api_key_auth_rejections_total" { "reason" => "auth_layer_missing" }
-            "Requests refused, by reason (the rejection body's code).";
+            : REJECTIONS_HELP;
         CounterMetric REJECTED_RATE_LIMITED = "api_key_auth_rejections_total" { "reason" => "rate_limited" }
-            "Requests refused, by reason (the rejection body's code).";
+            : REJECTIONS_HELP;
         CounterMetric REJECTED_LIMITER = "api_key_auth_rejections_total" { "reason" => "rate_limiter_unavailable" }
-            "Requests refused, by reason (the rejection body's code).";
+            : REJECTIONS_HELP;
         HistogramMetric LOOKUP_SECONDS = "api_key_auth_lookup_duration_seconds"
-            "Time taken by each key lookup, answered, failed or timed out.";
+            : "Time taken by each key lookup, answered, failed or timed out.";
         #[cfg(feature = "redis")]
         HistogramMetric REDIS_COMMAND_SECONDS = "api_key_auth_redis_command_duration_seconds"
-            "Time taken by each Redis command, first poll to answer or timeout.";
+            : "Time taken by each Redis command, first poll to answer or timeout.";
     }
 }
