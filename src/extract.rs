@@ -1,4 +1,5 @@
-//! [`Authenticated`], the axum extractor for the principal.
+//! [`Authenticated`], the axum extractor for the principal, and [`Scoped`],
+//! the same with a way to demand scopes in the handler.
 
 use std::fmt;
 use std::ops::Deref;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
-use crate::rejection::{AuthRejection, Passed};
+use crate::rejection::{AuthRejection, Passed, RejectionConfig, Rendering};
+use crate::scope::Requirement;
+use crate::{Principal, Scopes};
 
 /// Extractor for the principal of a request that [`ApiKeyAuthLayer`]
 /// authenticated: `Arc<P>`, as your lookup returned it.
@@ -109,5 +112,145 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         Ok(Self::from_parts(parts)?.ok())
+    }
+}
+
+/// Extractor for the principal, as [`Authenticated`], for handlers that
+/// decide about scopes themselves: when what is needed depends on the path
+/// parameters or the body, [`require`](Self::require) demands it in one
+/// call and answers exactly as the layer would, `403 insufficient_scope`
+/// with the RFC 6750 challenge (`PERMISSION_DENIED` for gRPC), rendered by
+/// the layer's [`on_rejection`](crate::ApiKeyAuthLayer::on_rejection)
+/// handler and realm if it has them.
+///
+/// ```
+/// use axum::extract::Path;
+/// use axum::{routing::delete, Router};
+/// use tower_api_key::{AuthRejection, Principal, Scoped, Scopes};
+///
+/// struct Client { scopes: Vec<String> }
+/// impl Principal for Client {
+///     fn has_scope(&self, scope: &str) -> bool {
+///         self.scopes.iter().any(|s| s == scope)
+///     }
+/// }
+///
+/// async fn delete_project(client: Scoped<Client>, Path(id): Path<u64>) -> Result<String, AuthRejection> {
+///     // Project 1 is the shared one: only an admin may delete it.
+///     if id == 1 {
+///         client.require("admin")?;
+///     } else {
+///         client.require(Scopes::any(["projects:write", "admin"]))?;
+///     }
+///     Ok(format!("deleted {id}"))
+/// }
+///
+/// let app: Router = Router::new().route("/projects/{id}", delete(delete_project));
+/// # let _ = app;
+/// ```
+///
+/// Extraction itself behaves as [`Authenticated`]'s: the layer's `401` for
+/// an anonymous request, `500` without the layer; `Option<Scoped<P>>` is
+/// `None` for an anonymous request. A refusal here is counted in the
+/// rejection metric; the layer's [`stats`](crate::ApiKeyAuthLayer::stats)
+/// only counts its own.
+pub struct Scoped<P> {
+    principal: Arc<P>,
+    /// The layer's rendering settings (`None`: the defaults).
+    config: Option<Arc<RejectionConfig>>,
+    grpc: bool,
+}
+
+impl<P: Principal> Scoped<P> {
+    /// Demands `scopes` of the key: a scope (`"keys:write"`) or a rule
+    /// ([`Scopes`]). `Err` is the `403` to answer with.
+    pub fn require(&self, scopes: impl Into<Scopes>) -> Result<(), AuthRejection> {
+        let scopes = scopes.into();
+        if scopes.is_satisfied_by(&*self.principal) {
+            return Ok(());
+        }
+        let rejection = AuthRejection::insufficient_scope(self.config.clone(), Requirement::new(scopes));
+        Err(rejection.grpc(self.grpc))
+    }
+
+    /// Whether the key satisfies `scopes`, for a handler that answers
+    /// otherwise than `403` (a narrower listing, say).
+    pub fn has(&self, scopes: impl Into<Scopes>) -> bool {
+        scopes.into().is_satisfied_by(&*self.principal)
+    }
+}
+
+impl<P> Scoped<P> {
+    /// The principal.
+    pub fn principal(&self) -> &Arc<P> {
+        &self.principal
+    }
+
+    /// The principal, taken out.
+    pub fn into_inner(self) -> Arc<P> {
+        self.principal
+    }
+}
+
+impl<P> Deref for Scoped<P> {
+    type Target = P;
+
+    fn deref(&self) -> &P {
+        &self.principal
+    }
+}
+
+impl<P> Clone for Scoped<P> {
+    fn clone(&self) -> Self {
+        Self {
+            principal: Arc::clone(&self.principal),
+            config: self.config.clone(),
+            grpc: self.grpc,
+        }
+    }
+}
+
+impl<P: fmt::Debug> fmt::Debug for Scoped<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Scoped").field(&self.principal).finish()
+    }
+}
+
+impl<P: Send + Sync + 'static> Scoped<P> {
+    fn from_authenticated(Authenticated(principal): Authenticated<P>, parts: &Parts) -> Self {
+        Self {
+            principal,
+            config: parts.extensions.get::<Rendering>().map(|r| Arc::clone(&r.0)),
+            grpc: AuthRejection::is_grpc_request(&parts.headers),
+        }
+    }
+}
+
+impl<P, S> FromRequestParts<S> for Scoped<P>
+where
+    P: Send + Sync + 'static,
+    S: Send + Sync,
+{
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let authenticated =
+            <Authenticated<P> as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        Ok(Self::from_authenticated(authenticated, parts))
+    }
+}
+
+impl<P, S> OptionalFromRequestParts<S> for Scoped<P>
+where
+    P: Send + Sync + 'static,
+    S: Send + Sync,
+{
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let authenticated =
+            <Authenticated<P> as OptionalFromRequestParts<S>>::from_request_parts(parts, state)
+                .await?;
+        Ok(authenticated.map(|a| Self::from_authenticated(a, parts)))
     }
 }

@@ -45,7 +45,11 @@ impl Routes {
         template: &str,
         policy: RoutePolicy,
     ) -> Result<(), crate::InvalidRoute> {
-        self.0.set_policy(method, template, policy)
+        let route = match method {
+            Some(method) => crate::Route::from((method, template)),
+            None => crate::Route::from(template),
+        };
+        self.0.set_policy(route, policy)
     }
 
     /// The policy that applies to `req` (by its path: no `MatchedPath`).

@@ -12,12 +12,12 @@ use tower_layer::Layer;
 
 use crate::cache::{CacheError, KeyCache};
 use crate::lookup::Lookup;
-use crate::policy::{InvalidRoute, RoutePolicy, RouteTable};
+use crate::policy::{InvalidRoute, Route, RoutePolicy, RouteTable};
 use crate::ratelimit::{CounterError, CounterKey, RateLimiter};
-use crate::rejection::{sanitize_realm, AuthRejection, Challenge};
+use crate::rejection::{sanitize_realm, AuthRejection, Challenge, RejectionConfig};
 use crate::request_path::{Config, RequestPath};
 use crate::stats::Stats;
-use crate::{ApiKeyAuth, KeyFormat, KeyHash, KeyHasher, KeySource};
+use crate::{ApiKeyAuth, ClientAddress, KeyFormat, KeyHash, KeyHasher, KeySource, Scopes};
 
 /// Layer that applies [`ApiKeyAuth`], which authenticates requests by API key
 /// against a cache in front of your key store.
@@ -109,6 +109,13 @@ where
 impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     fn config_mut(&mut self) -> &mut Config {
         self.path.config_mut()
+    }
+
+    /// The rejections' rendering settings, marked as set by the user.
+    fn rejection_mut(&mut self) -> &mut RejectionConfig {
+        let rejection = Arc::make_mut(&mut self.config_mut().rejection);
+        rejection.custom = true;
+        rejection
     }
 
     /// The request path this layer's services run.
@@ -252,13 +259,40 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
 
     /// Where keys are read from (default `Authorization: Bearer`).
     pub fn source(mut self, source: KeySource) -> Self {
-        let config = self.config_mut();
-        let rejection = Arc::make_mut(&mut config.rejection);
-        rejection.scheme = match (source.uses_bearer(), source.challenge_param()) {
+        let scheme = match (source.uses_bearer(), source.challenge_param()) {
             (false, Some(param)) => Challenge::ApiKey(param),
             _ => Challenge::Bearer,
         };
-        config.source = source;
+        if !matches!(scheme, Challenge::Bearer) {
+            self.rejection_mut().scheme = scheme;
+        } else if !matches!(self.path.config().rejection.scheme, Challenge::Bearer) {
+            self.rejection_mut().scheme = Challenge::Bearer;
+        }
+        self.config_mut().source = source;
+        self
+    }
+
+    /// Whether the presented key is taken out of the request the inner
+    /// service sees (default `true`: Kong's and Envoy's
+    /// `hide_credentials`): once read, the `Authorization` header's Bearer
+    /// value (other schemes stay), the [`KeySource`]'s named header, its
+    /// query parameter (the URI rewritten, the rest of the query as sent) or
+    /// its cookie (the other cookies kept) is gone, so no handler, log line
+    /// or upstream proxy can leak it. Pass `false` for an app that must
+    /// forward the key itself. A [`public`](Self::public) route is left
+    /// untouched either way (the layer reads no key there).
+    pub fn hide_credentials(mut self, hide: bool) -> Self {
+        self.config_mut().hide_credentials = hide;
+        self
+    }
+
+    /// Where the client's address comes from, for keys that may only be
+    /// used from some networks
+    /// ([`Principal::allowed_networks`](crate::Principal::allowed_networks)):
+    /// the connection's peer by default, through your trusted proxies'
+    /// forwarded header when you name them (see [`ClientAddress`]).
+    pub fn client_address(mut self, address: ClientAddress) -> Self {
+        self.config_mut().client_address = address;
         self
     }
 
@@ -315,8 +349,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// When `template` is not a route template (it must start with `/`;
     /// parameters are whole segments, `{name}` or a final `{*name}`), like
     /// axum's `Router::route`.
-    pub fn route_policy(self, template: &str, policy: RoutePolicy) -> Self {
-        self.with_route(|routes| routes.set_policy(None, template, policy))
+    pub fn route_policy(self, route: impl Into<Route>, policy: RoutePolicy) -> Self {
+        self.with_route(|routes| routes.set_policy(route.into(), policy))
     }
 
     /// Sets the route's policy for one method (`GET` rules cover `HEAD`
@@ -326,17 +360,63 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     ///
     /// As [`route_policy`](Self::route_policy).
     pub fn method_policy(self, method: Method, template: &str, policy: RoutePolicy) -> Self {
-        self.with_route(|routes| routes.set_policy(Some(method), template, policy))
+        self.route_policy((method, template), policy)
     }
 
     /// Shorthand for `route_policy(template, RoutePolicy::Public)`.
-    pub fn public(self, template: &str) -> Self {
-        self.route_policy(template, RoutePolicy::Public)
+    pub fn public(self, route: impl Into<Route>) -> Self {
+        self.route_policy(route, RoutePolicy::Public)
     }
 
     /// Shorthand for `route_policy(template, RoutePolicy::Optional)`.
-    pub fn optional(self, template: &str) -> Self {
-        self.route_policy(template, RoutePolicy::Optional)
+    pub fn optional(self, route: impl Into<Route>) -> Self {
+        self.route_policy(route, RoutePolicy::Optional)
+    }
+
+    /// Requires `scopes` of every key on this route (a [`Route`]: a
+    /// template, or a method and a template): a key whose
+    /// [`has_scope`](crate::Principal::has_scope) doesn't satisfy the rule
+    /// is answered `403 insufficient_scope` with an RFC 6750 challenge
+    /// naming a `scope` that would pass, before any rate-limit counter is
+    /// touched; counted in [`Stats::forbidden_scope`]. On an
+    /// [`optional`](Self::optional) route a key that is presented is held to
+    /// it too (an anonymous request passes); a [`public`](Self::public)
+    /// route checks nothing.
+    ///
+    /// Routes are matched as [`RoutePolicy`] says, the most specific
+    /// template deciding; a path that can't be matched with certainty (no
+    /// `MatchedPath`, and not in canonical form: `//v1/keys`, `/v1/keys/`,
+    /// `/v1/%6Beys`) must satisfy every requirement of the layer at once, so
+    /// no spelling dodges one. The rule is made once, here; the check on a
+    /// request allocates nothing.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_api_key::Scopes;
+    /// # use tower_api_key::{cache::MemoryCache, lookup_fn, ApiKeyAuthLayer, BoxError, KeyHash, Principal};
+    /// # #[derive(Clone)] struct Client;
+    /// # impl Principal for Client {}
+    /// # let lookup = lookup_fn(|_: KeyHash| async { Ok::<Option<Client>, BoxError>(None) });
+    ///
+    /// let auth = ApiKeyAuthLayer::new(MemoryCache::new(), lookup)
+    ///     .require_scopes("/v1/keys", Scopes::one("admin"))
+    ///     .require_scopes((Method::GET, "/v1/keys"), Scopes::any(["keys:read", "admin"]))
+    ///     .require_scopes("/v1/reports/{id}", "reports:read AND (billing OR admin)".parse()?);
+    /// # Ok::<(), tower_api_key::InvalidScopes>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`route_policy`](Self::route_policy), and when a scope is not an
+    /// RFC 6749 scope token (visible ASCII but `"` and `\`) or a set is
+    /// empty.
+    ///
+    /// [`Stats::forbidden_scope`]: crate::Stats::forbidden_scope
+    pub fn require_scopes(self, route: impl Into<Route>, scopes: Scopes) -> Self {
+        if let Err(e) = scopes.validate() {
+            panic!("{e}");
+        }
+        self.with_route(|routes| routes.set_scopes(route.into(), scopes))
     }
 
     /// On this route, every request with a key asks the lookup instead of
@@ -347,8 +427,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// # Panics
     ///
     /// As [`route_policy`](Self::route_policy).
-    pub fn bypass_cache(self, template: &str) -> Self {
-        self.with_route(|routes| routes.set_bypass(None, template))
+    pub fn bypass_cache(self, route: impl Into<Route>) -> Self {
+        self.with_route(|routes| routes.set_bypass(route.into()))
     }
 
     /// [`bypass_cache`](Self::bypass_cache) for one method of the route.
@@ -357,7 +437,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     ///
     /// As [`route_policy`](Self::route_policy).
     pub fn method_bypass_cache(self, method: Method, template: &str) -> Self {
-        self.with_route(|routes| routes.set_bypass(Some(method), template))
+        self.bypass_cache((method, template))
     }
 
     /// Limits the rate of each key after it is authenticated: its
@@ -377,8 +457,8 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     /// # Panics
     ///
     /// As [`route_policy`](Self::route_policy).
-    pub fn route_cost(self, template: &str, cost: u64) -> Self {
-        self.with_route(|routes| routes.set_cost(None, template, cost))
+    pub fn route_cost(self, route: impl Into<Route>, cost: u64) -> Self {
+        self.with_route(|routes| routes.set_cost(route.into(), cost))
     }
 
     /// [`route_cost`](Self::route_cost) for one method of the route.
@@ -387,26 +467,26 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     ///
     /// As [`route_policy`](Self::route_policy).
     pub fn method_route_cost(self, method: Method, template: &str, cost: u64) -> Self {
-        self.with_route(|routes| routes.set_cost(Some(method), template, cost))
+        self.route_cost((method, template), cost)
     }
 
     /// Shorthand for `route_cost(template, 0)`: requests on this route never
     /// touch a counter.
-    pub fn exempt_from_rate_limits(self, template: &str) -> Self {
-        self.route_cost(template, 0)
+    pub fn exempt_from_rate_limits(self, route: impl Into<Route>) -> Self {
+        self.route_cost(route, 0)
     }
 
     /// The `realm` of the `WWW-Authenticate` challenge (default `api`).
     /// Characters that can't appear in a quoted string are dropped.
     pub fn realm(mut self, realm: &str) -> Self {
-        Arc::make_mut(&mut self.config_mut().rejection).realm = sanitize_realm(realm);
+        self.rejection_mut().realm = sanitize_realm(realm);
         self
     }
 
     /// The `Retry-After` sent with `503` when the lookup fails (default five
     /// seconds, rounded up to whole seconds).
     pub fn retry_after(mut self, after: Duration) -> Self {
-        Arc::make_mut(&mut self.config_mut().rejection).retry_after = after;
+        self.rejection_mut().retry_after = after;
         self
     }
 
@@ -438,7 +518,7 @@ impl<C: KeyCache, L> ApiKeyAuthLayer<C, L> {
     where
         F: Fn(&AuthRejection) -> Response<Bytes> + Send + Sync + 'static,
     {
-        Arc::make_mut(&mut self.config_mut().rejection).handler = Some(Arc::new(handler));
+        self.rejection_mut().handler = Some(Arc::new(handler));
         self
     }
 

@@ -127,6 +127,7 @@
 mod background;
 mod breaker;
 pub mod cache;
+mod client_addr;
 mod env;
 #[cfg(feature = "axum")]
 mod extract;
@@ -145,6 +146,7 @@ pub mod ratelimit;
 mod redis_pool;
 mod rejection;
 mod request_path;
+mod scope;
 mod service;
 mod source;
 mod stats;
@@ -155,15 +157,22 @@ pub mod usage;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub use extract::Authenticated;
+pub use extract::{Authenticated, Scoped};
+pub use client_addr::{ClientAddress, ForwardedHeader, PeerAddr};
 pub use format::{FormatCheck, FormatError, GeneratedKey, KeyFormat};
 pub use hash::{KeyHash, KeyHasher, ShortHash};
 pub use layer::ApiKeyAuthLayer;
 pub use lookup::{lookup_fn, BoxError, Lookup, LookupFn};
-pub use policy::{InvalidRoute, RoutePolicy};
+/// An IPv4 or IPv6 network (CIDR), as a key's
+/// [`allowed_networks`](Principal::allowed_networks) and
+/// [`ClientAddress::trusted_proxies`] take it: the `ipnet` crate's (its
+/// `serde` feature (de)serialises it as `"10.0.0.0/8"`).
+pub use ipnet::IpNet;
+pub use policy::{InvalidRoute, Route, RoutePolicy};
 pub use principal::Principal;
 pub use ratelimit::policy::{InvalidRateLimit, RateLimit};
 pub use rejection::{AuthRejection, RejectionHandler, RejectionKind};
+pub use scope::{InvalidScopes, Scopes};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use request_path::DEFAULT_LOOKUP_TIMEOUT;

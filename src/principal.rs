@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
+use ipnet::IpNet;
+
 use crate::RateLimit;
 
 /// What the layer knows about a principal, the value your lookup returns for
@@ -14,7 +16,10 @@ use crate::RateLimit;
 /// it. A key that belongs to an owner (a tenant, an organisation) says which,
 /// so that [`invalidate_owner`](crate::ApiKeyAuthLayer::invalidate_owner)
 /// can drop all of that owner's keys at once. A key with rate limits says
-/// which ([`rate_limits`](Self::rate_limits)).
+/// which ([`rate_limits`](Self::rate_limits)). A key's permissions are its
+/// [`has_scope`](Self::has_scope), checked against what a route requires
+/// ([`Scopes`](crate::Scopes)); a key that may only be used from some
+/// networks lists them ([`allowed_networks`](Self::allowed_networks)).
 ///
 /// ```
 /// use std::borrow::Cow;
@@ -67,6 +72,54 @@ pub trait Principal: Send + Sync + 'static {
     /// # let _ = Client { limits: Some(vec![RateLimit::per_second(10), RateLimit::per_day(10_000)]) }.rate_limits();
     /// ```
     fn rate_limits(&self) -> Option<&[RateLimit]> {
+        None
+    }
+
+    /// Whether the key carries `scope` (a permission: `admin`,
+    /// `keys:write`). Routes that [require scopes](crate::ApiKeyAuthLayer::require_scopes)
+    /// ask it, once per scope their rule names, until the answer is known;
+    /// the default, `false`, carries none (such a key passes only routes
+    /// that require nothing). Make it cheap, it is on every request to such
+    /// a route: a slice of a few scopes, a set, or bits.
+    ///
+    /// ```
+    /// use tower_api_key::Principal;
+    ///
+    /// struct Client { scopes: Vec<String> }
+    ///
+    /// impl Principal for Client {
+    ///     fn has_scope(&self, scope: &str) -> bool {
+    ///         self.scopes.iter().any(|s| s == scope)
+    ///     }
+    /// }
+    /// # assert!(Client { scopes: vec!["admin".into()] }.has_scope("admin"));
+    /// ```
+    fn has_scope(&self, scope: &str) -> bool {
+        let _ = scope;
+        false
+    }
+
+    /// The networks the key may be used from (IPv4 and IPv6 CIDRs), if it
+    /// is restricted: `None` (the default) for anywhere, `Some(networks)`
+    /// for only those (`Some(&[])`: nowhere). The client's address is the
+    /// connection's peer, or behind your proxies what they forwarded (see
+    /// [`ClientAddress`](crate::ClientAddress)); a request from outside, or
+    /// whose address can't be known, is refused `403 address_not_allowed`.
+    ///
+    /// ```
+    /// use tower_api_key::{IpNet, Principal};
+    ///
+    /// struct Client { networks: Option<Vec<IpNet>> }
+    ///
+    /// impl Principal for Client {
+    ///     fn allowed_networks(&self) -> Option<&[IpNet]> {
+    ///         self.networks.as_deref()
+    ///     }
+    /// }
+    /// # let c = Client { networks: Some(vec!["10.0.0.0/8".parse().unwrap()]) };
+    /// # assert_eq!(c.allowed_networks().map(<[_]>::len), Some(1));
+    /// ```
+    fn allowed_networks(&self) -> Option<&[IpNet]> {
         None
     }
 

@@ -64,6 +64,12 @@ pub struct Stats {
     pub rate_limit_fallbacks: u64,
     /// Counter store operations that failed.
     pub rate_limit_store_errors: u64,
+    /// Requests refused `403 insufficient_scope`: the key lacked a scope
+    /// its route requires (checked before any rate-limit counter).
+    pub forbidden_scope: u64,
+    /// Requests refused `403 address_not_allowed`: the key may not be used
+    /// from the client's address, or the address could not be known.
+    pub forbidden_address: u64,
 }
 
 /// How many cells a counter is split into. Each thread bumps one, so two
@@ -163,6 +169,8 @@ pub(crate) struct Counters {
     pub(crate) rate_limited: Counter,
     pub(crate) rate_limit_fallbacks: Counter,
     pub(crate) rate_limit_store_errors: Counter,
+    pub(crate) forbidden_scope: Counter,
+    pub(crate) forbidden_address: Counter,
 }
 
 impl Default for Counters {
@@ -185,6 +193,9 @@ impl Default for Counters {
             rate_limited: Counter::metric(&RATE_LIMIT_LIMITED),
             rate_limit_fallbacks: Counter::metric(&RATE_LIMIT_FALLBACK),
             rate_limit_store_errors: Counter::metric(&RATE_LIMIT_STORE_ERRORS),
+            // Counted as metrics by their rejections' reason.
+            forbidden_scope: Counter::default(),
+            forbidden_address: Counter::default(),
         }
     }
 }
@@ -208,6 +219,8 @@ impl Counters {
             rate_limited: self.rate_limited.get(),
             rate_limit_fallbacks: self.rate_limit_fallbacks.get(),
             rate_limit_store_errors: self.rate_limit_store_errors.get(),
+            forbidden_scope: self.forbidden_scope.get(),
+            forbidden_address: self.forbidden_address.get(),
         }
     }
 }

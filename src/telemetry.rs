@@ -150,6 +150,8 @@ pub(crate) fn rejected(kind: RejectionKind) {
         RejectionKind::LayerMissing => REJECTED_LAYER_MISSING.increment(),
         RejectionKind::RateLimited => REJECTED_RATE_LIMITED.increment(),
         RejectionKind::RateLimiterUnavailable => REJECTED_LIMITER.increment(),
+        RejectionKind::InsufficientScope => REJECTED_SCOPE.increment(),
+        RejectionKind::AddressNotAllowed => REJECTED_ADDRESS.increment(),
     }
 }
 
@@ -354,6 +356,10 @@ pub(crate) mod metric {
         CounterMetric REJECTED_RATE_LIMITED = "api_key_auth_rejections_total" { "reason" => "rate_limited" }
             : REJECTIONS_HELP;
         CounterMetric REJECTED_LIMITER = "api_key_auth_rejections_total" { "reason" => "rate_limiter_unavailable" }
+            : REJECTIONS_HELP;
+        CounterMetric REJECTED_SCOPE = "api_key_auth_rejections_total" { "reason" => "insufficient_scope" }
+            : REJECTIONS_HELP;
+        CounterMetric REJECTED_ADDRESS = "api_key_auth_rejections_total" { "reason" => "address_not_allowed" }
             : REJECTIONS_HELP;
         HistogramMetric LOOKUP_SECONDS = "api_key_auth_lookup_duration_seconds"
             : "Time taken by each key lookup, answered, failed or timed out.";

@@ -13,14 +13,19 @@
 //! 5. [**Miss: look up once, store**](RequestPath::look_up) (in `miss.rs`):
 //!    concurrent misses share one lookup (`flight.rs`), whose answer is
 //!    stored with the miss's token.
-//! 6. [**Rate limit**](RequestPath::admit) (in `limit.rs`, with a
+//! 6. [**Authorize**](RequestPath::authorize) (in `authorize.rs`): the
+//!    route's [`Scopes`](crate::Scopes) against the key's, the key's
+//!    networks against the client's address; refused, `403`, before any
+//!    counter.
+//! 7. [**Rate limit**](RequestPath::admit) (in `limit.rs`, with a
 //!    [`RateLimiter`](crate::ratelimit::RateLimiter)): the key's policies, the
 //!    route's cost, one hit of the counter store; over a quota, `429`.
-//! 7. [**Usage**](RequestPath::forward) (with a
+//! 8. [**Usage**](RequestPath::forward) (with a
 //!    [`UsageTracker`](crate::usage::UsageTracker)): the key's use noted in
 //!    memory, recorded in batches off the request path.
-//! 8. [**Forward**](RequestPath::forward): the principal into the request's
-//!    extensions.
+//! 9. [**Forward**](RequestPath::forward): the principal into the request's
+//!    extensions (the key itself was taken out of the request when it was
+//!    read, unless the layer keeps it).
 //!
 //! Each stage is a method of [`RequestPath`] that either decides
 //! ([`Step::Done`]) or names what it waits on ([`Step::Wait`]). The
@@ -31,12 +36,14 @@
 //! service or renders the rejection. A new stage is a method here and a
 //! variant of [`Wait`] if it can wait; nothing else changes.
 
+mod authorize;
 mod flight;
 mod limit;
 mod miss;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -49,11 +56,11 @@ use self::miss::Miss;
 use crate::cache::{CacheError, CacheRead, KeyCache, Verdict};
 use crate::policy::RouteTable;
 use crate::ratelimit::RateLimiter;
-use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind};
+use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind, Rendering};
 use crate::source::RequestHead;
 use crate::stats::{Counters, Stats, WarnLimiter};
 use crate::telemetry;
-use crate::{KeyFormat, KeyHash, KeyHasher, KeySource, Principal, RoutePolicy};
+use crate::{ClientAddress, KeyFormat, KeyHash, KeyHasher, KeySource, Principal, RoutePolicy};
 
 /// Default time a valid key stays cached.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(300);
@@ -76,6 +83,10 @@ pub(crate) struct Config {
     pub(crate) rejection: Arc<RejectionConfig>,
     pub(crate) rate_limiter: Option<RateLimiter>,
     pub(crate) format: Option<Arc<KeyFormat>>,
+    /// Take the key out of the request once read (the default).
+    pub(crate) hide_credentials: bool,
+    /// Where the client's address comes from, for keys with networks.
+    pub(crate) client_address: ClientAddress,
     /// How long past its fresh time a valid key may answer when the lookup
     /// fails (zero: never).
     pub(crate) stale_for: Duration,
@@ -101,6 +112,8 @@ impl Default for Config {
             rejection: Arc::new(RejectionConfig::default()),
             rate_limiter: None,
             format: None,
+            hide_credentials: true,
+            client_address: ClientAddress::default(),
             stale_for: Duration::ZERO,
             #[cfg(feature = "tokio")]
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
@@ -122,6 +135,8 @@ struct Shared<C: KeyCache, L> {
     lookup_warnings: WarnLimiter,
     stale_warnings: WarnLimiter,
     counter_warnings: WarnLimiter,
+    /// Set once a key with networks met a request with no peer address.
+    no_peer_warned: AtomicBool,
 }
 
 /// The request path of one layer: its settings and its shared state (two
@@ -170,7 +185,11 @@ pub(crate) enum Wait<C: KeyCache> {
     Recheck(C::Get),
 }
 
-/// Where [`RequestPath::authenticate`] left a request.
+/// Where [`RequestPath::authenticate`] left a request. Returned once and
+/// matched at once: a waiting request is boxed right after (with its inner
+/// service, in the response future), so boxing here would add nothing but a
+/// second allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Progress<C: KeyCache, L> {
     Decided(Decided),
     /// Waiting: poll this.
@@ -192,6 +211,8 @@ pub(crate) struct Request {
     hash: KeyHash,
     /// Rate-limit units it costs (its route's).
     cost: u64,
+    /// The scopes its route requires (an index into the route table).
+    scopes: Option<u32>,
 }
 
 impl<C: KeyCache, L> RequestPath<C, L> {
@@ -207,6 +228,7 @@ impl<C: KeyCache, L> RequestPath<C, L> {
                 lookup_warnings: WarnLimiter::new(Duration::from_secs(10)),
                 stale_warnings: WarnLimiter::new(Duration::from_secs(10)),
                 counter_warnings: WarnLimiter::new(Duration::from_secs(10)),
+                no_peer_warned: AtomicBool::new(false),
             }),
         }
     }
@@ -274,6 +296,7 @@ where
         let request = Request {
             hash,
             cost: route.cost,
+            scopes: route.scopes,
         };
         let step = if route.bypass_cache {
             self.look_up(hash, Miss::Refresh, None)
@@ -297,24 +320,28 @@ where
 
     /// Stages 2 and 3: the presented secret, checked against the key format
     /// if there is one, hashed; `Ok(None)` when the request carries none.
-    /// The secret itself is dropped here.
-    fn read_key<B>(&self, req: &http::Request<B>) -> Result<Option<KeyHash>, AuthRejection> {
-        match self.config.source.extract(&RequestHead::of(req)) {
-            Ok(None) => Ok(None),
-            Ok(Some(secret)) => {
+    /// The secret itself is dropped here, and (unless the layer keeps it)
+    /// taken out of the request.
+    fn read_key<B>(&self, req: &mut http::Request<B>) -> Result<Option<KeyHash>, AuthRejection> {
+        let (hash, from) = match self.config.source.find(&RequestHead::of(req)) {
+            Ok(None) => return Ok(None),
+            Ok(Some(found)) => {
                 if let Some(format) = &self.config.format {
-                    if !format.check(&secret).passes() {
+                    if !format.check(&found.key).passes() {
                         // Answered as an unknown key is: the check is no oracle.
                         self.shared.counters.format_rejected.incr();
                         return Err(self.rejection(RejectionKind::InvalidKey));
                     }
                 }
-                let hash = self.config.hasher.hash(&secret);
-                telemetry::key(&hash);
-                Ok(Some(hash))
+                (self.config.hasher.hash(&found.key), found.from)
             }
-            Err(malformed) => Err(self.rejection(RejectionKind::MalformedKey(malformed))),
+            Err(malformed) => return Err(self.rejection(RejectionKind::MalformedKey(malformed))),
+        };
+        if self.config.hide_credentials {
+            self.config.source.hide(req, from);
         }
+        telemetry::key(&hash);
+        Ok(Some(hash))
     }
 
     /// No principal (a public route, or anonymous on an optional one), but a
@@ -361,7 +388,7 @@ where
                 if aging {
                     self.refresh_ahead(hash);
                 }
-                self.admit(req, request, principal)
+                self.authorize(req, request, principal)
             }
             None => {
                 counters.negative_hits.incr();
@@ -393,7 +420,7 @@ where
             telemetry::answered_by("lookup");
         }
         match outcome {
-            Outcome::Valid(principal) => self.admit(req, request, principal),
+            Outcome::Valid(principal) => self.authorize(req, request, principal),
             Outcome::Invalid => self.reject(RejectionKind::InvalidKey),
             Outcome::Failed => match stale.and_then(|p| judge(Verdict::Valid(p))) {
                 Some(_) => Step::Wait(Wait::Recheck(self.shared.cache.get(&request.hash))),
@@ -422,7 +449,7 @@ where
                     if let Some(suppressed) = self.shared.stale_warnings.allow() {
                         tracing::warn!(key = %request.hash, suppressed, "API key lookup failed; answering from a stale cache entry");
                     }
-                    self.admit(req, request, principal)
+                    self.authorize(req, request, principal)
                 }
                 None => self.reject(RejectionKind::LookupUnavailable),
             },
@@ -433,8 +460,10 @@ where
         }
     }
 
-    /// Stages 7 and 8: the key's use is noted (with a usage tracker), and
-    /// the principal goes into the request's extensions.
+    /// Stages 8 and 9: the key's use is noted (with a usage tracker), and
+    /// the principal goes into the request's extensions (with the layer's
+    /// rendering settings when they are not the defaults, for the
+    /// extractors' own rejections).
     fn forward<B>(
         &self,
         req: &mut http::Request<B>,
@@ -450,7 +479,11 @@ where
         }
         #[cfg(not(feature = "usage"))]
         let _ = hash;
-        req.extensions_mut().insert(principal);
+        let extensions = req.extensions_mut();
+        extensions.insert(principal);
+        if self.config.rejection.custom {
+            extensions.insert(Rendering(Arc::clone(&self.config.rejection)));
+        }
         Step::Done(Ok(extra))
     }
 }
