@@ -287,6 +287,8 @@ async fn a_flood_of_a_million_random_keys_leaves_every_valid_key_cached() {
             name: format!("c{i}"),
             expires_at: None,
             owner: None,
+            scopes: Vec::new(),
+            networks: None,
         };
         let verdict = Verdict::Valid(std::sync::Arc::new(client));
         now(cache.put(*hash, token, verdict, Ttl::fresh(Duration::from_secs(600)))).expect("put");

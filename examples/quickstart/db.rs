@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use tower_api_key::{KeyHash, Principal, RateLimit};
+use tower_api_key::{IpNet, KeyHash, Principal, RateLimit};
 
 /// A row of the key table, as the handlers see it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,15 +18,28 @@ pub struct ApiClient {
     /// The key's own policies; `None`: the layer's default
     /// (`APIKEY_DEFAULT_RATE_LIMIT`), an empty list: unlimited.
     pub rate_limits: Option<Vec<RateLimit>>,
+    /// Where the key may be used from; `None`: anywhere.
+    #[serde(default)]
+    pub allowed_networks: Option<Vec<IpNet>>,
 }
 
 impl ApiClient {
     pub fn is_admin(&self) -> bool {
-        self.scopes.iter().any(|s| s == "admin")
+        self.has_scope("admin")
     }
 }
 
 impl Principal for ApiClient {
+    /// The routes' requirements (`admin`, `reports:read`) are checked by
+    /// the layer against these.
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    fn allowed_networks(&self) -> Option<&[IpNet]> {
+        self.allowed_networks.as_deref()
+    }
+
     fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at.map(|s| UNIX_EPOCH + Duration::from_secs(s))
     }
@@ -45,6 +58,15 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What a new key's row holds besides its hash.
+pub struct NewRow {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<u64>,
+    pub rate_limits: Option<Vec<RateLimit>>,
+    pub allowed_networks: Option<Vec<IpNet>>,
 }
 
 /// The key table. SQLite calls are short and run on the blocking pool.
@@ -80,16 +102,19 @@ impl Db {
                 revoked_at  INTEGER,
                 rate_limits TEXT,
                 last_used_at INTEGER,
-                uses        INTEGER NOT NULL DEFAULT 0
+                uses        INTEGER NOT NULL DEFAULT 0,
+                allowed_networks TEXT
             );",
         )
         .map_err(|e| DbError(e.to_string()))?;
-        // A table kept from before rate limits or usage: add their columns
-        // (NULL rate limits: the default policy).
+        // A table kept from before rate limits, usage or networks: add their
+        // columns (NULL rate limits: the default policy; NULL networks:
+        // anywhere).
         for (column, ddl) in [
             ("rate_limits", "rate_limits TEXT"),
             ("last_used_at", "last_used_at INTEGER"),
             ("uses", "uses INTEGER NOT NULL DEFAULT 0"),
+            ("allowed_networks", "allowed_networks TEXT"),
         ] {
             let has = conn
                 .prepare("SELECT 1 FROM pragma_table_info('api_keys') WHERE name = ?1")
@@ -116,31 +141,32 @@ impl Db {
         .map_err(|e| DbError(e.to_string()))?
     }
 
-    pub async fn insert(
-        &self,
-        name: String,
-        hash: KeyHash,
-        scopes: Vec<String>,
-        expires_at: Option<u64>,
-        rate_limits: Option<Vec<RateLimit>>,
-    ) -> Result<i64, DbError> {
+    pub async fn insert(&self, hash: KeyHash, key: NewRow) -> Result<i64, DbError> {
         let json = |e: serde_json::Error| DbError(e.to_string());
-        let scopes = serde_json::to_string(&scopes).map_err(json)?;
-        let rate_limits = rate_limits
+        let scopes = serde_json::to_string(&key.scopes).map_err(json)?;
+        let rate_limits = key
+            .rate_limits
             .map(|l| serde_json::to_string(&l))
+            .transpose()
+            .map_err(json)?;
+        let networks = key
+            .allowed_networks
+            .map(|n| serde_json::to_string(&n))
             .transpose()
             .map_err(json)?;
         self.run(move |c| {
             c.execute(
-                "INSERT INTO api_keys (name, key_hash, scopes, created_at, expires_at, rate_limits)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO api_keys (name, key_hash, scopes, created_at, expires_at, rate_limits,
+                                       allowed_networks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    name,
+                    key.name,
                     hash.as_bytes().as_slice(),
                     scopes,
                     unix_now() as i64,
-                    expires_at.map(|v| v as i64),
-                    rate_limits
+                    key.expires_at.map(|v| v as i64),
+                    rate_limits,
+                    networks
                 ],
             )?;
             Ok(c.last_insert_rowid())
@@ -151,12 +177,13 @@ impl Db {
     pub async fn find_by_hash(&self, hash: KeyHash) -> Result<Option<ApiClient>, DbError> {
         self.run(move |c| {
             c.query_row(
-                "SELECT id, name, scopes, expires_at, rate_limits FROM api_keys
+                "SELECT id, name, scopes, expires_at, rate_limits, allowed_networks FROM api_keys
                  WHERE key_hash = ?1 AND revoked_at IS NULL",
                 [hash.as_bytes().as_slice()],
                 |row| {
                     let scopes: String = row.get(2)?;
                     let rate_limits: Option<String> = row.get(4)?;
+                    let networks: Option<String> = row.get(5)?;
                     Ok(ApiClient {
                         id: row.get(0)?,
                         name: row.get(1)?,
@@ -164,6 +191,9 @@ impl Db {
                         expires_at: row.get::<_, Option<i64>>(3)?.map(|v| v.max(0) as u64),
                         // Unreadable limits: the default policy, not none.
                         rate_limits: rate_limits.and_then(|l| serde_json::from_str(&l).ok()),
+                        // Unreadable networks: nowhere (fail closed), not anywhere.
+                        allowed_networks: networks
+                            .map(|n| serde_json::from_str(&n).unwrap_or_default()),
                     })
                 },
             )
@@ -192,6 +222,18 @@ impl Db {
                 }
             }
             tx.commit()
+        })
+        .await
+    }
+
+    /// Keys not revoked and the uses recorded of them all, for the report.
+    pub async fn totals(&self) -> Result<(u64, u64), DbError> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(uses), 0) FROM api_keys WHERE revoked_at IS NULL",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+            )
         })
         .await
     }

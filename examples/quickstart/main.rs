@@ -1,9 +1,10 @@
 //! A small real API guarded by `tower-api-key`: an embedded SQLite key table
-//! (keys stored by hash only), public, optional and required routes, key
-//! creation and revocation, and the layer's counters.
+//! (keys stored by hash only), public, optional and required routes, scopes
+//! per route and networks per key checked by the layer, key creation and
+//! revocation, and the layer's counters.
 //!
 //! ```sh
-//! cargo run --example quickstart --features metrics
+//! cargo run --example quickstart
 //! ```
 //!
 //! Environment (all optional):
@@ -27,6 +28,7 @@
 //! | `APIKEY_KEY_SECRETS` | none | comma-separated, newest first: new keys are `sk_live_…` with a keyed checksum under the first (forged keys cost no lookup); without it `sk_pub_…` with a public CRC-32. Keys of the other mode, or without either prefix, still work; to rotate, put the new secret first and keep the old ones listed (`sk_live_` keys made under a dropped secret stop working) |
 //! | `APIKEY_USAGE_INTERVAL_MS` | `60000` | how often key usage (`last_used_at`, `uses` in `GET /v1/keys`) is written to the table: once per key per interval, in one batch; with `APIKEY_CACHE_BACKEND=redis` or `tiered`, once per key per interval across all instances (counts summed in Redis) |
 //! | `APIKEY_DEFAULT_RATE_LIMIT` | none | `QUOTA/WINDOW_SECONDS` (`100/60`): the limit of keys created without `rate_limits` |
+//! | `APIKEY_TRUSTED_PROXIES` | none | comma-separated CIDRs of your reverse proxies: from a peer in them, the client's address (for keys with `allowed_networks`) is read from `X-Forwarded-For`, right to left, past every trusted hop; otherwise the header is ignored |
 //! | `QUICKSTART_LOOKUP_DELAY_MS` | `0` | added to every key lookup: watch `coalesced` rise |
 //! | `QUICKSTART_LOOKUP_FAIL` | off | `1`: the key store fails; cached keys keep working, others get 503 |
 //!
@@ -46,12 +48,13 @@ mod routes;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::Method;
 use tower_api_key::ratelimit::{RateLimitSettings, RateLimiter};
 use tower_api_key::usage::{KeyUse, UsageTracker};
-use tower_api_key::{ApiKeyAuthLayer, KeyFormat};
+use tower_api_key::{ApiKeyAuthLayer, ClientAddress, IpNet, KeyFormat, Scopes};
 
 use crate::cache::build_cache;
-use crate::db::Db;
+use crate::db::{Db, NewRow};
 use crate::lookup::DbLookup;
 use crate::routes::{new_secret, router, Auth};
 
@@ -69,6 +72,24 @@ fn env_u64(name: &str, default: u64) -> Result<u64, String> {
             .map_err(|_| format!("{name} must be a whole number, got {v:?}")),
         _ => Ok(default),
     }
+}
+
+/// `APIKEY_TRUSTED_PROXIES`: comma-separated CIDRs (a bare address is
+/// its own /32 or /128).
+fn trusted_proxies() -> Result<Vec<IpNet>, String> {
+    let Ok(value) = std::env::var("APIKEY_TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("APIKEY_TRUSTED_PROXIES: {s:?} is not a CIDR (10.0.0.0/8, ::1/128)"))
+        })
+        .collect()
 }
 
 #[tokio::main]
@@ -118,6 +139,7 @@ async fn run() -> Result<(), String> {
         std::env::var("QUICKSTART_LOOKUP_FAIL").as_deref(),
         Ok("1" | "true" | "yes")
     );
+    let proxies = trusted_proxies()?;
     let (cache, backend) = build_cache().await?;
     let limits = RateLimitSettings::from_env();
     let (limiter, limits_said) = match RateLimiter::from_settings_strict(limits.clone()).await {
@@ -218,6 +240,15 @@ async fn run() -> Result<(), String> {
     .public("/health")
     .public("/metrics")
     .optional("/v1/hello")
+    // Scopes per route, checked by the layer before any handler (or rate
+    // limit) runs: 403 insufficient_scope with an RFC 6750 challenge.
+    .require_scopes("/v1/keys", Scopes::one("admin"))
+    .require_scopes((Method::DELETE, "/v1/keys/{id}"), Scopes::one("admin"))
+    .require_scopes("/v1/stats", Scopes::one("admin"))
+    .require_scopes("/v1/reports", Scopes::any(["reports:read", "admin"]))
+    // Keys with allowed_networks: the peer, or behind APIKEY_TRUSTED_PROXIES
+    // the client they forwarded.
+    .client_address(ClientAddress::peer().trusted_proxies(proxies.iter().copied()))
     // Key management always asks the table, not the cache.
     .bypass_cache("/v1/keys")
     .bypass_cache("/v1/keys/{id}")
@@ -254,15 +285,14 @@ async fn run() -> Result<(), String> {
             .is_none()
         {
             // The admin key is never limited (an empty list, not the default).
-            db.insert(
-                "admin".into(),
-                hash,
-                vec!["admin".into()],
-                None,
-                Some(Vec::new()),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let admin = NewRow {
+                name: "admin".into(),
+                scopes: vec!["admin".into()],
+                expires_at: None,
+                rate_limits: Some(Vec::new()),
+                allowed_networks: None,
+            };
+            db.insert(hash, admin).await.map_err(|e| e.to_string())?;
         }
     }
     let shown = admin_secret.as_ref().is_some_and(|(_, shown)| *shown);
@@ -286,6 +316,10 @@ async fn run() -> Result<(), String> {
         stale_for.as_secs(),
     );
     println!("rate limits: {limits_said}");
+    match proxies.len() {
+        0 => println!("client address: the connection's peer (X-Forwarded-For ignored)"),
+        n => println!("client address: X-Forwarded-For through {n} trusted proxy networks"),
+    }
     println!("keys: {format_said}, legacy keys allowed");
     println!(
         "usage: recorded every {} ms, {usage_said}",
@@ -305,14 +339,17 @@ try:
   curl -i {base}/v1/me
   curl -H "Authorization: Bearer {key}" {base}/v1/me
   curl -H "Authorization: Bearer {key}" -H "content-type: application/json" \
-       -d '{{"name":"ci-bot","scopes":["read"],"ttl_seconds":3600,
+       -d '{{"name":"ci-bot","scopes":["reports:read"],"ttl_seconds":3600,
+            "allowed_networks":["127.0.0.0/8","::1/128"],
             "rate_limits":[{{"name":"burst","quota":5,"window_seconds":60}}]}}' {base}/v1/keys
+  curl -H "Authorization: Bearer {key}" {base}/v1/reports
   curl -H "Authorization: Bearer {key}" {base}/v1/keys
   curl -i -X DELETE -H "Authorization: Bearer {key}" {base}/v1/keys/2
   curl -H "Authorization: Bearer {key}" {base}/v1/stats
 "#
     );
-    axum::serve(listener, app)
+    // With connect info: the peer's address, for keys with allowed_networks.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -1,6 +1,8 @@
 //! The routes: public `/health` and `/metrics` (Prometheus text), optional
-//! `/v1/hello`, required `/v1/me`, and the admin's key management and
-//! counters.
+//! `/v1/hello`, required `/v1/me`, `/v1/reports` (scope `reports:read` or
+//! `admin`), and the admin's key management and counters. Which scope a
+//! route needs is the layer's configuration (`main.rs`), not these
+//! handlers' code.
 
 use std::sync::Arc;
 
@@ -14,10 +16,10 @@ use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tower_api_key::ratelimit::RateLimitStatus;
-use tower_api_key::{ApiKeyAuthLayer, Authenticated, FormatError, KeyFormat, RateLimit};
+use tower_api_key::{ApiKeyAuthLayer, Authenticated, FormatError, IpNet, KeyFormat, RateLimit};
 
 use crate::cache::{tiered_stats, Cache};
-use crate::db::{unix_now, ApiClient, Db, DbError};
+use crate::db::{unix_now, ApiClient, Db, DbError, NewRow};
 use crate::lookup::DbLookup;
 
 pub type Auth = ApiKeyAuthLayer<Cache, DbLookup>;
@@ -43,6 +45,7 @@ pub fn router(db: Db, auth: Auth, format: KeyFormat, metrics: PrometheusHandle) 
         )
         .route("/v1/hello", get(hello))
         .route("/v1/me", get(me))
+        .route("/v1/reports", get(reports))
         .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{id}", delete(revoke_key))
         .route("/v1/stats", get(stats))
@@ -88,17 +91,6 @@ impl From<DbError> for ApiError {
     }
 }
 
-fn require_admin(client: &ApiClient) -> Result<(), ApiError> {
-    if client.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "this endpoint needs the admin scope",
-        ))
-    }
-}
-
 /// A new key's secret, in the quickstart's format (a prefix, 32 random
 /// characters, a checksum): shown once, stored only as its hash.
 pub fn new_secret(format: &KeyFormat) -> Result<String, FormatError> {
@@ -118,8 +110,9 @@ async fn hello(client: Option<Authenticated<ApiClient>>) -> Json<serde_json::Val
     })
 }
 
-/// The caller's key, and each of its rate-limit policies with what this
-/// request left of it (`rate_limits` is empty for an unlimited key).
+/// The caller's key: its scopes, the networks it may be used from (`null`:
+/// anywhere), and each of its rate-limit policies with what this request
+/// left of it (`rate_limits` is empty for an unlimited key).
 async fn me(
     Authenticated(client): Authenticated<ApiClient>,
     status: Option<Extension<RateLimitStatus>>,
@@ -141,9 +134,17 @@ async fn me(
         "id": client.id,
         "name": client.name,
         "scopes": client.scopes,
+        "allowed_networks": client.allowed_networks,
         "expires_at": client.expires_at,
         "rate_limits": limits,
     }))
+}
+
+/// A report for keys with `reports:read` (or `admin`): how many keys are
+/// active and the uses recorded of them.
+async fn reports(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (keys, uses) = state.db.totals().await?;
+    Ok(Json(serde_json::json!({ "active_keys": keys, "uses": uses })))
 }
 
 #[derive(Deserialize)]
@@ -154,6 +155,8 @@ struct NewKey {
     ttl_seconds: Option<u64>,
     /// `None`: the default policy (`APIKEY_DEFAULT_RATE_LIMIT`, or none).
     rate_limits: Option<Vec<RateLimit>>,
+    /// `None` (or absent): usable from anywhere.
+    allowed_networks: Option<Vec<IpNet>>,
 }
 
 #[derive(Serialize)]
@@ -163,18 +166,18 @@ struct CreatedKey {
     expires_at: Option<u64>,
 }
 
+/// `POST /v1/keys` (scope `admin`, required by the layer before the body
+/// is read: a caller without it learns nothing from this handler).
 async fn create_key(
     State(state): State<AppState>,
-    Authenticated(client): Authenticated<ApiClient>,
     body: Result<Json<NewKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    // Authorisation before the body: a non-admin learns nothing from it.
-    require_admin(&client)?;
     let Json(new) = body.map_err(|_| {
         ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
             "expected JSON {\"name\": string, \"scopes\"?: [string], \"ttl_seconds\"?: number, \
-             \"rate_limits\"?: [{\"name\"?: string, \"quota\": number > 0, \"window_seconds\": number > 0}]}",
+             \"rate_limits\"?: [{\"name\"?: string, \"quota\": number > 0, \"window_seconds\": number > 0}], \
+             \"allowed_networks\"?: [CIDR string]}",
         )
     })?;
     let name = new.name.trim().to_owned();
@@ -196,6 +199,12 @@ async fn create_key(
             "rate_limits must be up to 8 policies",
         ));
     }
+    if new.allowed_networks.as_ref().is_some_and(|n| n.len() > 16) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "allowed_networks must be up to 16 networks",
+        ));
+    }
     let expires_at = match new.ttl_seconds {
         None => None,
         Some(0) => {
@@ -211,10 +220,17 @@ async fn create_key(
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, "could not make a key")
     })?;
     let hash = state.auth.hash_key(&secret);
-    let id = state
-        .db
-        .insert(name, hash, new.scopes, expires_at, new.rate_limits)
-        .await?;
+    let row = NewRow {
+        name,
+        scopes: new.scopes,
+        expires_at,
+        rate_limits: new.rate_limits,
+        // The network's own address (`10.1.2.3/8` is `10.0.0.0/8`).
+        allowed_networks: new
+            .allowed_networks
+            .map(|nets| nets.iter().map(IpNet::trunc).collect()),
+    };
+    let id = state.db.insert(hash, row).await?;
     // A negative entry cached before this key existed must not block it.
     if let Err(e) = state.auth.invalidate(&hash).await {
         tracing::warn!(error = %e, "could not invalidate the new key's hash");
@@ -240,11 +256,7 @@ struct ListedKey {
     uses: u64,
 }
 
-async fn list_keys(
-    State(state): State<AppState>,
-    Authenticated(client): Authenticated<ApiClient>,
-) -> Result<Json<Vec<ListedKey>>, ApiError> {
-    require_admin(&client)?;
+async fn list_keys(State(state): State<AppState>) -> Result<Json<Vec<ListedKey>>, ApiError> {
     let rows = state.db.list().await?;
     Ok(Json(
         rows.into_iter()
@@ -280,12 +292,7 @@ fn rfc3339(ms: u64) -> String {
     )
 }
 
-async fn revoke_key(
-    State(state): State<AppState>,
-    Authenticated(client): Authenticated<ApiClient>,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    require_admin(&client)?;
+async fn revoke_key(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
     // Revoking a revoked key invalidates it again: a retry after a 503
     // (the cache could not be reached) finishes the job.
     let Some(hash) = state.db.revoke(id).await? else {
@@ -302,11 +309,7 @@ async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn stats(
-    State(state): State<AppState>,
-    Authenticated(client): Authenticated<ApiClient>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&client)?;
+async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut body = serde_json::to_value(state.auth.stats()).unwrap_or_default();
     if let Some(tiered) = tiered_stats(state.auth.cache()) {
         body["tiered"] = tiered;

@@ -22,7 +22,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Ttl, Verdict};
-use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, KeyHash, Lookup, Principal};
+use tower_api_key::{
+    lookup_fn, ApiKeyAuthLayer, Authenticated, IpNet, KeyHash, Lookup, Principal,
+};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Client {
@@ -32,6 +34,12 @@ pub struct Client {
     /// The tenant the key belongs to, for owner-wide invalidation.
     #[serde(default)]
     pub owner: Option<String>,
+    /// The key's permissions.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Where the key may be used from (`None`: anywhere).
+    #[serde(default)]
+    pub networks: Option<Vec<IpNet>>,
 }
 
 impl Principal for Client {
@@ -42,6 +50,14 @@ impl Principal for Client {
 
     fn owner(&self) -> Option<Cow<'_, str>> {
         self.owner.as_deref().map(Cow::Borrowed)
+    }
+
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    fn allowed_networks(&self) -> Option<&[IpNet]> {
+        self.networks.as_deref()
     }
 }
 
@@ -91,6 +107,8 @@ impl KeyStore {
                 key_hash BLOB NOT NULL UNIQUE,
                 expires_at INTEGER,
                 owner TEXT,
+                scopes TEXT NOT NULL DEFAULT '[]',
+                networks TEXT,
                 revoked INTEGER NOT NULL DEFAULT 0
             );",
         )
@@ -124,14 +142,42 @@ impl KeyStore {
         expires_at_ms: Option<u64>,
         owner: Option<&str>,
     ) -> i64 {
+        self.insert_row(name, hash, expires_at_ms, owner, &[], None)
+    }
+
+    /// A key with scopes and, optionally, the networks it may be used from.
+    pub fn create_scoped(
+        &self,
+        name: &str,
+        secret: &str,
+        scopes: &[&str],
+        networks: Option<&[&str]>,
+    ) -> i64 {
+        self.insert_row(name, KeyHash::of(secret), None, None, scopes, networks)
+    }
+
+    fn insert_row(
+        &self,
+        name: &str,
+        hash: KeyHash,
+        expires_at_ms: Option<u64>,
+        owner: Option<&str>,
+        scopes: &[&str],
+        networks: Option<&[&str]>,
+    ) -> i64 {
+        let scopes = serde_json::to_string(scopes).expect("scopes");
+        let networks = networks.map(|n| serde_json::to_string(n).expect("networks"));
         let conn = self.conn.lock().unwrap();
         conn.execute(
-            "INSERT INTO api_keys (name, key_hash, expires_at, owner) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO api_keys (name, key_hash, expires_at, owner, scopes, networks)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 name,
                 hash.as_bytes().as_slice(),
                 expires_at_ms.map(|v| v as i64),
-                owner
+                owner,
+                scopes,
+                networks
             ],
         )
         .expect("insert");
@@ -154,14 +200,19 @@ impl KeyStore {
     pub fn find(&self, hash: &KeyHash) -> Option<Client> {
         let conn = self.conn.lock().unwrap();
         conn.query_row(
-            "SELECT id, name, expires_at, owner FROM api_keys WHERE key_hash = ?1 AND revoked = 0",
+            "SELECT id, name, expires_at, owner, scopes, networks FROM api_keys
+             WHERE key_hash = ?1 AND revoked = 0",
             [hash.as_bytes().as_slice()],
             |row| {
+                let scopes: String = row.get(4)?;
+                let networks: Option<String> = row.get(5)?;
                 Ok(Client {
                     id: row.get(0)?,
                     name: row.get(1)?,
                     expires_at: row.get::<_, Option<i64>>(2)?.map(|v| v as u64),
                     owner: row.get(3)?,
+                    scopes: serde_json::from_str(&scopes).expect("scopes"),
+                    networks: networks.map(|n| serde_json::from_str(&n).expect("networks")),
                 })
             },
         )
