@@ -188,6 +188,7 @@ impl KeySource {
     }
 
     /// Reads the one credential of a request: `Ok(None)` when there is none.
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn extract<'a>(
         &self,
         parts: &'a RequestHead<'a>,
