@@ -113,12 +113,16 @@ fn known(hash: KeyHash) -> std::future::Ready<Result<Option<Client>, Infallible>
 
 /// The layer as a service hands it to hyper: a cache big enough for every
 /// key, a public health route (so route resolution runs), every key cached.
+/// With `HIT_PATH_KEEP_KEY=1` the key stays in the request
+/// (`hide_credentials(false)`: the path before the key was taken out).
 fn layered(keys: &Keys) -> Layered {
+    let keep = std::env::var("HIT_PATH_KEEP_KEY").is_ok_and(|v| v == "1");
     let auth = ApiKeyAuthLayer::new(
         MemoryCache::builder().max_capacity(2 * KEYS as u64).build(),
         lookup_fn(known as fn(_) -> _),
     )
-    .public("/health");
+    .public("/health")
+    .hide_credentials(!keep);
     let mut svc = ServiceBuilder::new().layer(auth.clone()).service(inner());
     warm(&mut svc, keys);
     assert_eq!(auth.stats().lookups, KEYS as u64);

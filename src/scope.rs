@@ -115,7 +115,7 @@ impl Scopes {
     /// scope named is asked of [`Principal::has_scope`] until the answer is
     /// known.
     pub fn is_satisfied_by<P: Principal + ?Sized>(&self, principal: &P) -> bool {
-        self.0.holds(&|scope| principal.has_scope(scope))
+        self.0.holds(&|scope: &str| principal.has_scope(scope))
     }
 
     /// Every scope named is a scope token and no set is empty.
@@ -180,12 +180,27 @@ impl Scopes {
 }
 
 impl Rule {
-    fn holds(&self, has: &dyn Fn(&str) -> bool) -> bool {
+    #[inline]
+    fn holds<F: Fn(&str) -> bool>(&self, has: &F) -> bool {
         match self {
             Rule::One(scope) => has(scope),
-            Rule::All(rules) => rules.iter().all(|r| r.holds(has)),
-            Rule::Any(rules) => rules.iter().any(|r| r.holds(has)),
+            Rule::All(rules) => rules.iter().all(|r| r.holds_nested(has)),
+            Rule::Any(rules) => rules.iter().any(|r| r.holds_nested(has)),
         }
+    }
+
+    /// A member of a set: most are single scopes, asked without a call.
+    #[inline]
+    fn holds_nested<F: Fn(&str) -> bool>(&self, has: &F) -> bool {
+        match self {
+            Rule::One(scope) => has(scope),
+            nested => nested.holds_set(has),
+        }
+    }
+
+    #[inline(never)]
+    fn holds_set<F: Fn(&str) -> bool>(&self, has: &F) -> bool {
+        self.holds(has)
     }
 
     fn validate(&self) -> Result<(), &'static str> {

@@ -268,7 +268,10 @@ impl RouteTable {
         });
         // A path that a router could read as another route needs what
         // every route needs: a requirement is never dodged by a spelling.
-        if self.every.is_some() && !canonical() {
+        // (A rule that matched says the path is canonical already: a
+        // literal one by equality with a canonical template, another by
+        // the check its match needed.)
+        if self.every.is_some() && resolved.scopes.is_none() && !canonical() {
             resolved.scopes = self.every;
         }
         resolved

@@ -7,7 +7,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Uri};
 
 use super::syntax::{cookie_pairs, is_bearer_scheme};
-use super::{KeySource, SourceKind};
+use super::{KeySource, Place, SourceKind};
 
 impl KeySource {
     /// Removes what source `from` (a [`Found::from`](super::Found)) reads
@@ -15,8 +15,12 @@ impl KeySource {
     /// such as `Basic`, stay), the named header, every instance of the query
     /// parameter (the rest of the query kept as sent), or the cookie (the
     /// other cookies kept).
-    pub(crate) fn hide<B>(&self, req: &mut http::Request<B>, from: usize) {
-        match self.kinds.get(from) {
+    pub(crate) fn hide<B>(&self, req: &mut http::Request<B>, from: Place) {
+        match self.kinds.get(from.source) {
+            // The one `Authorization` line: the common case, one lookup.
+            Some(SourceKind::Bearer) if from.alone => {
+                req.headers_mut().remove(AUTHORIZATION);
+            }
             Some(SourceKind::Bearer) => {
                 remove_values(req.headers_mut(), AUTHORIZATION, |v| {
                     (!is_bearer_scheme(v.as_bytes())).then(|| v.clone())

@@ -200,27 +200,31 @@ impl KeySource {
     pub(crate) fn find<'a>(&self, parts: &'a RequestHead<'a>) -> Result<Option<Found<'a>>, MalformedKey> {
         let mut found: Option<Found<'a>> = None;
         for (from, kind) in self.kinds.iter().enumerate() {
-            let mut put = |key: Cow<'a, [u8]>| match found {
+            let mut put = |key: Cow<'a, [u8]>, alone: bool| match found {
                 Some(_) => Err(MalformedKey::MultipleCredentials),
                 None => {
+                    let from = Place { source: from, alone };
                     found = Some(Found { key, from });
                     Ok(())
                 }
             };
             match kind {
                 SourceKind::Bearer => {
-                    for value in parts.headers.get_all(AUTHORIZATION) {
+                    let values = parts.headers.get_all(AUTHORIZATION);
+                    let mut lines = values.iter();
+                    let alone = lines.next().is_some() && lines.next().is_none();
+                    for value in values {
                         // Another scheme (Basic, Digest...) is not a bearer
                         // credential: RFC 6750 §3.1 answers it as missing.
                         if let Some(token) = parse_bearer(value.as_bytes(), self.max_len)? {
-                            put(Cow::Borrowed(token))?;
+                            put(Cow::Borrowed(token), alone)?;
                         }
                     }
                 }
                 SourceKind::Header(name) => {
                     for value in parts.headers.get_all(name) {
                         let key = parse_plain(value.as_bytes(), self.max_len)?;
-                        put(Cow::Borrowed(key))?;
+                        put(Cow::Borrowed(key), false)?;
                     }
                 }
                 SourceKind::Query(param) => {
@@ -241,14 +245,14 @@ impl KeySource {
                                 Cow::Owned(parse_plain(s.as_bytes(), self.max_len)?.to_vec())
                             }
                         };
-                        put(key)?;
+                        put(key, false)?;
                     }
                 }
                 SourceKind::Cookie(name) => {
                     for line in parts.headers.get_all(COOKIE) {
                         for cookie in cookie_pairs(line.as_bytes()) {
                             if cookie.name == name.as_bytes() {
-                                put(Cow::Borrowed(parse_plain(cookie.value, self.max_len)?))?;
+                                put(Cow::Borrowed(parse_plain(cookie.value, self.max_len)?), false)?;
                             }
                         }
                     }
@@ -263,7 +267,16 @@ impl KeySource {
 /// [`KeySource::hide`]).
 pub(crate) struct Found<'a> {
     pub(crate) key: Cow<'a, [u8]>,
-    pub(crate) from: usize,
+    pub(crate) from: Place,
+}
+
+/// Where a credential was found: the source's index, and whether its
+/// header line was the only one of its name (then hiding it is removing
+/// the header, no other line to keep).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Place {
+    pub(crate) source: usize,
+    pub(crate) alone: bool,
 }
 
 /// The parts of a request a source reads (borrowed, so a source never holds on
