@@ -212,11 +212,22 @@ pub(crate) fn allows(networks: &[IpNet], addr: IpAddr) -> bool {
 #[inline]
 fn contains(net: &IpNet, addr: IpAddr) -> bool {
     match (net, addr) {
-        (IpNet::V4(net), IpAddr::V4(a)) => net.contains(&a),
-        (IpNet::V6(net), IpAddr::V6(a)) => net.contains(&a),
+        (IpNet::V4(net), IpAddr::V4(a)) => {
+            same_prefix(u32::from(net.addr()).into(), u32::from(a).into(), 96 + net.prefix_len())
+        }
+        (IpNet::V6(net), IpAddr::V6(a)) => {
+            same_prefix(u128::from(net.addr()), u128::from(a), net.prefix_len())
+        }
         (IpNet::V6(net), IpAddr::V4(a)) => net.contains(&a.to_ipv6_mapped()),
         (IpNet::V4(_), IpAddr::V6(_)) => false,
     }
+}
+
+/// Whether `a` and `b` agree on their first `bits` bits (of 128; an IPv4
+/// address is in the low 32, so its prefix is 96 + its length).
+#[inline]
+fn same_prefix(a: u128, b: u128, bits: u8) -> bool {
+    (a ^ b).checked_shr(128 - u32::from(bits.min(128))).unwrap_or(0) == 0
 }
 
 /// An IPv4-mapped IPv6 address as its IPv4 address.
@@ -347,6 +358,26 @@ mod tests {
         // An IPv4 address inside a mapped IPv6 network.
         assert!(allows(&[net("::ffff:10.0.0.0/104")], ip("10.1.2.3")));
         assert!(!allows(&[], ip("127.0.0.1")));
+        // Edges: whole families, single addresses, host bits in the network.
+        assert!(allows(&[net("0.0.0.0/0")], ip("198.51.100.1")));
+        assert!(!allows(&[net("0.0.0.0/0")], ip("2001:db8::1")));
+        assert!(allows(&[net("::/0")], ip("2001:db8::1")));
+        assert!(allows(&[net("192.0.2.7/32")], ip("192.0.2.7")));
+        assert!(!allows(&[net("192.0.2.7/32")], ip("192.0.2.8")));
+        assert!(allows(&[net("10.9.9.9/8")], ip("10.1.2.3")));
+        assert!(!allows(&[net("10.9.9.9/8")], ip("11.1.2.3")));
+        assert!(allows(&[net("2001:db8::1/128")], ip("2001:db8::1")));
+        assert!(!allows(&[net("2001:db8::1/128")], ip("2001:db8::2")));
+        assert!(allows(&[net("2001:db8::/31")], ip("2001:db9::1")));
+        assert!(!allows(&[net("2001:db8::/32")], ip("2001:db9::1")));
+        // Every prefix length agrees with ipnet's own check.
+        for len in 0..=32u8 {
+            let n = IpNet::V4(ipnet::Ipv4Net::new("203.0.113.77".parse().unwrap(), len).unwrap());
+            for a in ["203.0.113.77", "203.0.113.1", "203.0.112.1", "0.0.0.0", "255.255.255.255"] {
+                let a: std::net::Ipv4Addr = a.parse().unwrap();
+                assert_eq!(allows(&[n], IpAddr::V4(a)), n.contains(&IpAddr::V4(a)), "{n} {a}");
+            }
+        }
     }
 
     #[test]
