@@ -15,14 +15,22 @@
 //!    that key, and caches a valid key for the positive TTL (capped by the
 //!    key's own expiry) and an unknown one for the negative TTL. A lookup
 //!    error is never cached and answers `503`;
-//! 6. puts the principal into the request's extensions as `Arc<P>`, where
-//!    the [`Authenticated`] extractor finds it.
+//! 6. authorizes: the route's required [`Scopes`] against the key's
+//!    [`has_scope`](Principal::has_scope), the key's
+//!    [`allowed_networks`](Principal::allowed_networks) against the client's
+//!    address ([`ClientAddress`]); refused, `403`, before any rate-limit
+//!    counter;
+//! 7. puts the principal into the request's extensions as `Arc<P>`, where
+//!    the [`Authenticated`] (or [`Scoped`]) extractor finds it. The key itself
+//!    was taken out of the request once read
+//!    ([`hide_credentials`](ApiKeyAuthLayer::hide_credentials)).
 //!
-//! Rejections are responses: `400`, `401` with an RFC 6750 challenge, `503`
+//! Rejections are responses: `400`, `401` with an RFC 6750 challenge, `403`
+//! (`insufficient_scope` with its challenge, `address_not_allowed`), `503`
 //! with `Retry-After`, with RFC 9457 problem+json bodies; a gRPC request
 //! (`content-type: application/grpc…`, a tonic client) gets a gRPC status
-//! instead, `UNAUTHENTICATED`, `RESOURCE_EXHAUSTED` or `UNAVAILABLE` (see
-//! [`AuthRejection`]).
+//! instead, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED` or
+//! `UNAVAILABLE` (see [`AuthRejection`]).
 //!
 //! # Example
 //!
@@ -58,8 +66,9 @@
 //! # Features
 //!
 //! - `memory` (default): `cache::MemoryCache`, on quick_cache.
-//! - `axum` (default): [`Authenticated`], `IntoResponse` for
-//!   [`AuthRejection`], and route policies by `MatchedPath`.
+//! - `axum` (default): [`Authenticated`] and [`Scoped`], `IntoResponse` for
+//!   [`AuthRejection`], route policies by `MatchedPath`, and the client's
+//!   address from `ConnectInfo`.
 //! - `redis`: `cache::RedisCache`, shared by every instance through Redis
 //!   (on fred).
 //! - `tiered` (`memory` + `redis`): `cache::TieredCache` (memory in front
@@ -110,8 +119,8 @@
 //! # What is public
 //!
 //! At the root, what a user of the layer writes: the layer, its service, the
-//! key source and hash, the principal and lookup traits, route policy,
-//! rejections, the extractor, the counters. In [`cache`], the backend
+//! key source and hash, the principal and lookup traits, route policy and
+//! scopes, the client's address, rejections, the extractors, the counters. In [`cache`], the backend
 //! contract and the backends; their tokens and `get` futures, which no user
 //! of the layer names, one level down in `cache::token` and
 //! `cache::future`, as the service's response future is in [`future`]. One

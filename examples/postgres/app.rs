@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use tower_api_key::cache::MemoryCache;
 use tower_api_key::usage::UsageTracker;
-use tower_api_key::{ApiKeyAuthLayer, KeyFormat};
+use tower_api_key::{ApiKeyAuthLayer, KeyFormat, Scopes};
 
 use crate::routes::{new_secret, router};
 use crate::store::{ApiKey, PgStore, PgUsage};
@@ -61,6 +61,12 @@ pub async fn build(settings: Settings) -> Result<App, String> {
         .positive_ttl(settings.positive_ttl)
         .negative_ttl(settings.negative_ttl)
         .public("/health")
+        // The admin routes need the admin scope, checked by the layer
+        // before any handler (or the body) is read.
+        .require_scopes("/v1/keys", Scopes::one("admin"))
+        .require_scopes("/v1/keys/{id}", Scopes::one("admin"))
+        .require_scopes("/v1/owners/{owner}/keys", Scopes::one("admin"))
+        .require_scopes("/v1/stats", Scopes::one("admin"))
         // Key management always asks the table, not the cache.
         .bypass_cache("/v1/keys")
         .bypass_cache("/v1/keys/{id}")

@@ -65,12 +65,6 @@ pub struct ApiKey {
     pub expires_at: Option<SystemTime>,
 }
 
-impl ApiKey {
-    pub fn is_admin(&self) -> bool {
-        self.scopes.iter().any(|s| s == "admin")
-    }
-}
-
 impl Principal for ApiKey {
     /// The cache never keeps the key past its row's `expires_at`.
     fn expires_at(&self) -> Option<SystemTime> {
@@ -80,6 +74,11 @@ impl Principal for ApiKey {
     /// `invalidate_owner(owner)` drops every cached key of the owner.
     fn owner(&self) -> Option<Cow<'_, str>> {
         Some(Cow::Borrowed(&self.owner))
+    }
+
+    /// The admin routes' requirement is checked by the layer against these.
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
     }
 }
 
