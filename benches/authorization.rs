@@ -234,8 +234,15 @@ fn main() {
     );
     println!(
         "{:<6} {:>7} {:>7} {:>10} | {:>14} {:>10} | {:>5} {:>12} {:>9}",
-        "keys", "kept", "hidden", "authorized", "compact hidden", "authorized",
-        "hide", "stage (heap)", "(compact)"
+        "keys",
+        "kept",
+        "hidden",
+        "authorized",
+        "compact hidden",
+        "authorized",
+        "hide",
+        "stage (heap)",
+        "(compact)"
     );
     for (name, sequence) in [hot, zipf] {
         let mut services = layers.clone();

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! `PORT` (3001) picks the port. The handler reads the principal the layer
-//! put into the request's extensions, as `Arc<Client>`.
+//! put into the request's extensions, as `Arc<Client>`. The key may only be
+//! used from the loopback: each connection's peer address goes into its
+//! requests as a `PeerAddr`, which the layer reads (axum's `ConnectInfo`
+//! does this for axum).
 
 use std::convert::Infallible;
 use std::env;
@@ -25,18 +28,23 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_api_key::cache::MemoryCache;
-use tower_api_key::{lookup_fn, ApiKeyAuthLayer, KeyHash, Principal};
+use tower_api_key::{lookup_fn, ApiKeyAuthLayer, IpNet, KeyHash, PeerAddr, Principal};
 
 /// The one key this example knows.
 pub const KEY: &str = "sk_demo_hyper";
 
-/// Whom a key belongs to.
+/// Whom a key belongs to, and where it may be used from.
 #[derive(Clone, Debug)]
 pub struct Client {
     pub name: String,
+    pub networks: Vec<IpNet>,
 }
 
-impl Principal for Client {}
+impl Principal for Client {
+    fn allowed_networks(&self) -> Option<&[IpNet]> {
+        Some(&self.networks)
+    }
+}
 
 /// The handler: only authenticated requests reach it.
 async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -54,8 +62,14 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
         MemoryCache::new(),
         lookup_fn(move |hash: KeyHash| async move {
             // Your key table here, queried by hash.
-            Ok::<_, Infallible>((hash == known).then(|| Client {
-                name: "hyper".into(),
+            Ok::<_, Infallible>((hash == known).then(|| {
+                Client {
+                    name: "hyper".into(),
+                    networks: ["127.0.0.0/8", "::1/128"]
+                        .iter()
+                        .filter_map(|n| n.parse().ok())
+                        .collect(),
+                }
             }))
         }),
     );
@@ -63,8 +77,15 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
         .layer(auth)
         .service(tower::service_fn(hello));
     loop {
-        let (stream, _) = listener.accept().await?;
-        let service = TowerToHyperService::new(service.clone());
+        let (stream, peer) = listener.accept().await?;
+        // The connection's peer, for keys with allowed networks.
+        let service = ServiceBuilder::new()
+            .map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req
+            })
+            .service(service.clone());
+        let service = TowerToHyperService::new(service);
         tokio::spawn(async move {
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             if let Err(error) = conn.await {

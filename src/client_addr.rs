@@ -212,9 +212,11 @@ pub(crate) fn allows(networks: &[IpNet], addr: IpAddr) -> bool {
 #[inline]
 fn contains(net: &IpNet, addr: IpAddr) -> bool {
     match (net, addr) {
-        (IpNet::V4(net), IpAddr::V4(a)) => {
-            same_prefix(u32::from(net.addr()).into(), u32::from(a).into(), 96 + net.prefix_len())
-        }
+        (IpNet::V4(net), IpAddr::V4(a)) => same_prefix(
+            u32::from(net.addr()).into(),
+            u32::from(a).into(),
+            96 + net.prefix_len(),
+        ),
         (IpNet::V6(net), IpAddr::V6(a)) => {
             same_prefix(u128::from(net.addr()), u128::from(a), net.prefix_len())
         }
@@ -227,7 +229,10 @@ fn contains(net: &IpNet, addr: IpAddr) -> bool {
 /// address is in the low 32, so its prefix is 96 + its length).
 #[inline]
 fn same_prefix(a: u128, b: u128, bits: u8) -> bool {
-    (a ^ b).checked_shr(128 - u32::from(bits.min(128))).unwrap_or(0) == 0
+    (a ^ b)
+        .checked_shr(128 - u32::from(bits.min(128)))
+        .unwrap_or(0)
+        == 0
 }
 
 /// An IPv4-mapped IPv6 address as its IPv4 address.
@@ -287,7 +292,9 @@ impl Iterator for Hops<'_> {
 fn forwarded_for(element: &str) -> Option<IpAddr> {
     let value = element.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
-        name.trim().eq_ignore_ascii_case("for").then_some(value.trim())
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
     })?;
     let value = match value.strip_prefix('"') {
         Some(quoted) => quoted.strip_suffix('"')?,
@@ -373,9 +380,19 @@ mod tests {
         // Every prefix length agrees with ipnet's own check.
         for len in 0..=32u8 {
             let n = IpNet::V4(ipnet::Ipv4Net::new("203.0.113.77".parse().unwrap(), len).unwrap());
-            for a in ["203.0.113.77", "203.0.113.1", "203.0.112.1", "0.0.0.0", "255.255.255.255"] {
+            for a in [
+                "203.0.113.77",
+                "203.0.113.1",
+                "203.0.112.1",
+                "0.0.0.0",
+                "255.255.255.255",
+            ] {
                 let a: std::net::Ipv4Addr = a.parse().unwrap();
-                assert_eq!(allows(&[n], IpAddr::V4(a)), n.contains(&IpAddr::V4(a)), "{n} {a}");
+                assert_eq!(
+                    allows(&[n], IpAddr::V4(a)),
+                    n.contains(&IpAddr::V4(a)),
+                    "{n} {a}"
+                );
             }
         }
     }
@@ -399,8 +416,7 @@ mod tests {
 
     #[test]
     fn the_chain_is_walked_from_the_right_to_the_first_untrusted_hop() {
-        let address =
-            ClientAddress::peer().trusted_proxies([net("10.0.0.0/8"), net("fd00::/8")]);
+        let address = ClientAddress::peer().trusted_proxies([net("10.0.0.0/8"), net("fd00::/8")]);
         // client (forged left part), real client, proxy 2; peer is proxy 1.
         let req = request(
             Some("10.0.0.1"),

@@ -169,7 +169,8 @@ impl<P: Principal> Scoped<P> {
         if scopes.is_satisfied_by(&*self.principal) {
             return Ok(());
         }
-        let rejection = AuthRejection::insufficient_scope(self.config.clone(), Requirement::new(scopes));
+        let rejection =
+            AuthRejection::insufficient_scope(self.config.clone(), Requirement::new(scopes));
         Err(rejection.grpc(self.grpc))
     }
 
@@ -220,7 +221,10 @@ impl<P: Send + Sync + 'static> Scoped<P> {
     fn from_authenticated(Authenticated(principal): Authenticated<P>, parts: &Parts) -> Self {
         Self {
             principal,
-            config: parts.extensions.get::<Rendering>().map(|r| Arc::clone(&r.0)),
+            config: parts
+                .extensions
+                .get::<Rendering>()
+                .map(|r| Arc::clone(&r.0)),
             grpc: AuthRejection::is_grpc_request(&parts.headers),
         }
     }
@@ -247,7 +251,10 @@ where
 {
     type Rejection = AuthRejection;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
         let authenticated =
             <Authenticated<P> as OptionalFromRequestParts<S>>::from_request_parts(parts, state)
                 .await?;

@@ -164,28 +164,28 @@ mod telemetry;
 #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
 pub mod usage;
 
+pub use client_addr::{ClientAddress, ForwardedHeader, PeerAddr};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::{Authenticated, Scoped};
-pub use client_addr::{ClientAddress, ForwardedHeader, PeerAddr};
 pub use format::{FormatCheck, FormatError, GeneratedKey, KeyFormat};
 pub use hash::{KeyHash, KeyHasher, ShortHash};
-pub use layer::ApiKeyAuthLayer;
-pub use lookup::{lookup_fn, BoxError, Lookup, LookupFn};
 /// An IPv4 or IPv6 network (CIDR), as a key's
 /// [`allowed_networks`](Principal::allowed_networks) and
 /// [`ClientAddress::trusted_proxies`] take it: the `ipnet` crate's (its
 /// `serde` feature (de)serialises it as `"10.0.0.0/8"`).
 pub use ipnet::IpNet;
+pub use layer::ApiKeyAuthLayer;
+pub use lookup::{lookup_fn, BoxError, Lookup, LookupFn};
 pub use policy::{InvalidRoute, Route, RoutePolicy};
 pub use principal::Principal;
 pub use ratelimit::policy::{InvalidRateLimit, RateLimit};
 pub use rejection::{AuthRejection, RejectionHandler, RejectionKind};
-pub use scope::{InvalidScopes, Scopes};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use request_path::DEFAULT_LOOKUP_TIMEOUT;
 pub use request_path::{DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
+pub use scope::{InvalidScopes, Scopes};
 pub use service::ApiKeyAuth;
 pub use source::{KeySource, MalformedKey, DEFAULT_MAX_KEY_LENGTH};
 pub use stats::Stats;

@@ -461,7 +461,17 @@ mod tests {
     #[test]
     fn bad_rules_are_refused() {
         for bad in [
-            "", "AND", "a AND", "a OR OR b", "(a", "a)", "()", "a b", "a (b)", "a\"b", "a\\b",
+            "",
+            "AND",
+            "a AND",
+            "a OR OR b",
+            "(a",
+            "a)",
+            "()",
+            "a b",
+            "a (b)",
+            "a\"b",
+            "a\\b",
             "é",
         ] {
             assert!(Scopes::parse(bad).is_err(), "{bad:?}");
@@ -474,7 +484,10 @@ mod tests {
 
     #[test]
     fn the_challenge_lists_one_way_to_pass() {
-        assert_eq!(Scopes::any(["reports:read", "admin"]).one_way(), ["reports:read"]);
+        assert_eq!(
+            Scopes::any(["reports:read", "admin"]).one_way(),
+            ["reports:read"]
+        );
         assert_eq!(
             Scopes::one("a").and(Scopes::any(["b", "c"])).one_way(),
             ["a", "b"]

@@ -58,7 +58,10 @@ fn scoped_layer(
 {
     layer(store)
         .require_scopes("/v1/keys", Scopes::one("admin"))
-        .require_scopes((Method::GET, "/v1/keys"), Scopes::any(["keys:read", "admin"]))
+        .require_scopes(
+            (Method::GET, "/v1/keys"),
+            Scopes::any(["keys:read", "admin"]),
+        )
         .require_scopes("/v1/reports", Scopes::any(["reports:read", "admin"]))
         .require_scopes("/v1/invoices", Scopes::all(["keys:write", "billing"]))
         .require_scopes(
@@ -72,7 +75,12 @@ fn scoped_layer(
         .require_scopes("/health", Scopes::one("admin"))
 }
 
-fn scoped_app(auth: ApiKeyAuthLayer<impl tower_api_key::cache::KeyCache<Principal = Client>, impl tower_api_key::Lookup<Client>>) -> Router {
+fn scoped_app(
+    auth: ApiKeyAuthLayer<
+        impl tower_api_key::cache::KeyCache<Principal = Client>,
+        impl tower_api_key::Lookup<Client>,
+    >,
+) -> Router {
     Router::new()
         .route("/v1/keys", get(name).post(name))
         .route("/v1/reports", get(who()))
@@ -119,11 +127,18 @@ async fn every_rule_shape_is_enforced() {
     // nested: keys:write AND (billing OR admin)
     assert_eq!(get("/v1/projects/7", BILLING).await, OK);
     assert_eq!(get("/v1/projects/7", WRITER).await, NO);
-    assert_eq!(get("/v1/projects/7", ADMIN).await, NO, "admin lacks keys:write");
+    assert_eq!(
+        get("/v1/projects/7", ADMIN).await,
+        NO,
+        "admin lacks keys:write"
+    );
     // No requirement: any valid key.
     assert_eq!(get("/v1/me", NOBODY).await, OK);
     // An unknown key is still a 401, never a 403.
-    assert_eq!(get("/v1/reports", "sk_test_unknown").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get("/v1/reports", "sk_test_unknown").await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(store.lookups(), 6, "one lookup per key, then the cache");
 }
 
@@ -148,14 +163,23 @@ async fn optional_routes_hold_a_presented_key_and_public_routes_check_nothing() 
     let store = store();
     let app = scoped_app(scoped_layer(&store));
     let docs = call(&app, Method::GET, "/docs", None).await;
-    assert_eq!((docs.status, docs.body.as_str()), (StatusCode::OK, "anonymous"));
-    assert_eq!(call(&app, Method::GET, "/docs", Some(READER)).await.status, StatusCode::OK);
+    assert_eq!(
+        (docs.status, docs.body.as_str()),
+        (StatusCode::OK, "anonymous")
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/docs", Some(READER)).await.status,
+        StatusCode::OK
+    );
     let refused = call(&app, Method::GET, "/docs", Some(NOBODY)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert_eq!(refused.json()["code"], "insufficient_scope");
     // Public: no key read, no scope asked, even of a key without it.
     for key in [None, Some(NOBODY), Some("sk_test_unknown")] {
-        assert_eq!(call(&app, Method::GET, "/health", key).await.status, StatusCode::OK);
+        assert_eq!(
+            call(&app, Method::GET, "/health", key).await.status,
+            StatusCode::OK
+        );
     }
     assert_eq!(store.lookups(), 2);
 }
@@ -210,7 +234,10 @@ async fn the_rejection_handler_sees_the_kind_and_the_rule() {
     });
     let app = scoped_app(auth);
     let res = call(&app, Method::GET, "/v1/reports", Some(NOBODY)).await;
-    assert_eq!((res.status, res.body.as_str()), (StatusCode::FORBIDDEN, "no: insufficient_scope"));
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::FORBIDDEN, "no: insufficient_scope")
+    );
     assert_eq!(
         *seen.lock().unwrap(),
         [(
@@ -226,9 +253,13 @@ async fn the_rejection_handler_sees_the_kind_and_the_rule() {
 async fn no_spelling_of_a_path_dodges_a_requirement() {
     let store = store();
     let inner = service_fn(|req: Request<Body>| async move {
-        Ok::<_, Infallible>(axum::response::Response::new(Body::from(req.uri().path().to_owned())))
+        Ok::<_, Infallible>(axum::response::Response::new(Body::from(
+            req.uri().path().to_owned(),
+        )))
     });
-    let svc = ServiceBuilder::new().layer(scoped_layer(&store)).service(inner);
+    let svc = ServiceBuilder::new()
+        .layer(scoped_layer(&store))
+        .service(inner);
     for path in [
         "/v1/keys",
         "//v1/keys",
@@ -251,7 +282,11 @@ async fn no_spelling_of_a_path_dodges_a_requirement() {
         // GET of the canonical path is the reader's; any other spelling
         // needs every requirement at once.
         let res = send(svc.clone(), req()).await;
-        let expected = if path == "/v1/keys" { StatusCode::OK } else { StatusCode::FORBIDDEN };
+        let expected = if path == "/v1/keys" {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
         assert_eq!(res.status, expected, "GET {path}");
     }
     // The same over an axum router: never a 2xx for the reader's POST.
@@ -278,7 +313,10 @@ async fn a_refused_request_touches_no_counter() {
     for _ in 0..10 {
         let res = call(&app, Method::GET, "/v1/invoices", Some(READER)).await;
         assert_eq!(res.status, StatusCode::FORBIDDEN);
-        assert!(res.header("ratelimit").is_none(), "not counted, not reported");
+        assert!(
+            res.header("ratelimit").is_none(),
+            "not counted, not reported"
+        );
     }
     let after = call(&app, Method::GET, "/v1/reports", Some(READER)).await;
     assert_eq!(after.status, StatusCode::OK);
@@ -302,7 +340,12 @@ async fn delete_project(
     Ok(format!("{} deleted {id}", client.name))
 }
 
-fn extractor_app(auth: ApiKeyAuthLayer<impl tower_api_key::cache::KeyCache<Principal = Client>, impl tower_api_key::Lookup<Client>>) -> Router {
+fn extractor_app(
+    auth: ApiKeyAuthLayer<
+        impl tower_api_key::cache::KeyCache<Principal = Client>,
+        impl tower_api_key::Lookup<Client>,
+    >,
+) -> Router {
     Router::new()
         .route("/projects/{id}", delete(delete_project))
         .route(
@@ -334,10 +377,19 @@ async fn a_handler_demands_a_scope_in_one_call_and_answers_as_the_layer_would() 
         Some(r#"Bearer realm="api", error="insufficient_scope", scope="admin""#)
     );
     assert_eq!(res.json()["required_scopes"], "admin");
-    assert_eq!(del("/projects/2", READER).await.json()["required_scopes"], "keys:write OR admin");
+    assert_eq!(
+        del("/projects/2", READER).await.json()["required_scopes"],
+        "keys:write OR admin"
+    );
     // Optional: anonymous is None; a key is read.
-    assert_eq!(call(&app, Method::GET, "/maybe", None).await.body, "anonymous");
-    assert_eq!(call(&app, Method::GET, "/maybe", Some(ADMIN)).await.body, "admin true");
+    assert_eq!(
+        call(&app, Method::GET, "/maybe", None).await.body,
+        "anonymous"
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/maybe", Some(ADMIN)).await.body,
+        "admin true"
+    );
     // gRPC gets PERMISSION_DENIED.
     let grpc = Request::delete("/projects/1")
         .header("authorization", format!("Bearer {READER}"))
@@ -347,19 +399,21 @@ async fn a_handler_demands_a_scope_in_one_call_and_answers_as_the_layer_would() 
     let res = send(app.clone(), grpc).await;
     assert_eq!(res.header("grpc-status"), Some("7"));
     // Anonymous on a required route: the layer's 401 (the extractor never runs).
-    assert_eq!(call(&app, Method::DELETE, "/projects/1", None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&app, Method::DELETE, "/projects/1", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn the_extractors_refusal_is_rendered_with_the_layers_settings() {
     let store = store();
-    let auth = layer(&store)
-        .realm("projects")
-        .on_rejection(|r| {
-            let mut res = r.default_response();
-            res.headers_mut().insert("x-rendered-by", "layer".parse().unwrap());
-            res
-        });
+    let auth = layer(&store).realm("projects").on_rejection(|r| {
+        let mut res = r.default_response();
+        res.headers_mut()
+            .insert("x-rendered-by", "layer".parse().unwrap());
+        res
+    });
     let app = extractor_app(auth);
     let res = call(&app, Method::DELETE, "/projects/1", Some(READER)).await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);

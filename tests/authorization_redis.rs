@@ -66,7 +66,10 @@ async fn survives(a: Svc, b: Svc, b_store: &KeyStore) {
         assert_eq!(res.status, status, "B: {path} {key} from {peer}");
         if status == StatusCode::FORBIDDEN {
             let code = res.json()["code"].clone();
-            assert!(code == "insufficient_scope" || code == "address_not_allowed", "{code}");
+            assert!(
+                code == "insufficient_scope" || code == "address_not_allowed",
+                "{code}"
+            );
         }
     }
     assert_eq!(b_store.lookups(), 0, "B answered from Redis alone");
@@ -102,7 +105,10 @@ async fn scopes_and_networks_survive_a_sealed_redis_cache() {
     // What Redis holds is sealed: the scopes are there, with a MAC.
     let dump = common::redis::dump(server.port);
     assert!(dump.iter().any(|(_, v)| v.contains("reports:read")));
-    assert!(!dump.iter().any(|(_, v)| v.contains(OFFICE)), "no plaintext key");
+    assert!(
+        !dump.iter().any(|(_, v)| v.contains(OFFICE)),
+        "no plaintext key"
+    );
 }
 
 #[tokio::test]

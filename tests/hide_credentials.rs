@@ -20,7 +20,10 @@ const SECRET: &str = "sk_test_HIDDEN_42";
 async fn echo(req: Request) -> String {
     let mut seen = format!("uri {}\n", req.uri());
     for (name, value) in req.headers() {
-        seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("<bytes>")));
+        seen.push_str(&format!(
+            "{name}: {}\n",
+            value.to_str().unwrap_or("<bytes>")
+        ));
     }
     seen
 }
@@ -102,12 +105,17 @@ async fn the_inner_service_never_sees_the_key_from_any_source() {
                 }
                 "header" => assert!(res.body.contains("x-request-id: r1\n")),
                 "query" => assert!(
-                    res.body.starts_with(&format!("uri {path}?a=1&b=two%20words+x&c\n")),
+                    res.body
+                        .starts_with(&format!("uri {path}?a=1&b=two%20words+x&c\n")),
                     "{}",
                     res.body
                 ),
                 _ => {
-                    assert!(res.body.contains("cookie: theme=dark; lang=en\n"), "{}", res.body);
+                    assert!(
+                        res.body.contains("cookie: theme=dark; lang=en\n"),
+                        "{}",
+                        res.body
+                    );
                     assert!(res.body.contains("cookie: session=s1\n"));
                 }
             }
@@ -119,7 +127,10 @@ async fn the_inner_service_never_sees_the_key_from_any_source() {
 async fn each_source_alone_hides_its_own_place() {
     let sources = [
         ("bearer", KeySource::bearer()),
-        ("header", KeySource::header(HeaderName::from_static("x-api-key"))),
+        (
+            "header",
+            KeySource::header(HeaderName::from_static("x-api-key")),
+        ),
         ("query", KeySource::query("api_key")),
         ("cookie", KeySource::cookie("api_key")),
     ];
@@ -151,6 +162,9 @@ async fn a_public_route_is_left_untouched() {
     for (source, req) in requests("/public") {
         let res = send(app.clone(), req).await;
         assert_eq!(res.status, StatusCode::OK, "{source}");
-        assert!(res.body.contains(SECRET), "{source}: the layer read no key there");
+        assert!(
+            res.body.contains(SECRET),
+            "{source}: the layer read no key there"
+        );
     }
 }

@@ -30,7 +30,12 @@ fn store() -> KeyStore {
     let store = KeyStore::new();
     store.create_scoped("v4", LOOPBACK_V4, &[], Some(&["127.0.0.0/8"]));
     store.create_scoped("v6", LOOPBACK_V6, &[], Some(&["::1/128"]));
-    store.create_scoped("office", OFFICE, &[], Some(&["203.0.113.0/24", "2001:db8::/32"]));
+    store.create_scoped(
+        "office",
+        OFFICE,
+        &[],
+        Some(&["203.0.113.0/24", "2001:db8::/32"]),
+    );
     store.create_scoped("anywhere", ANYWHERE, &[], None);
     store.create_scoped("nowhere", NOWHERE, &[], Some(&[]));
     store
@@ -51,9 +56,12 @@ async fn serve(bind: &str, address: ClientAddress, store: &KeyStore) -> SocketAd
     let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     addr
 }
@@ -75,7 +83,10 @@ async fn the_peer_over_ipv4_and_ipv6_decides() {
     let store = store();
     let v4 = serve("127.0.0.1:0", ClientAddress::peer(), &store).await;
     let url = format!("http://{v4}/me");
-    assert_eq!(get_over_tcp(&url, LOOPBACK_V4, None).await, (StatusCode::OK, "v4".into()));
+    assert_eq!(
+        get_over_tcp(&url, LOOPBACK_V4, None).await,
+        (StatusCode::OK, "v4".into())
+    );
     assert_eq!(get_over_tcp(&url, ANYWHERE, None).await.0, StatusCode::OK);
     for key in [LOOPBACK_V6, OFFICE, NOWHERE] {
         let (status, body) = get_over_tcp(&url, key, None).await;
@@ -93,8 +104,14 @@ async fn the_peer_over_ipv4_and_ipv6_decides() {
     drop(v6);
     let v6 = serve("[::1]:0", ClientAddress::peer(), &store).await;
     let url = format!("http://{v6}/me");
-    assert_eq!(get_over_tcp(&url, LOOPBACK_V6, None).await, (StatusCode::OK, "v6".into()));
-    assert_eq!(get_over_tcp(&url, LOOPBACK_V4, None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_over_tcp(&url, LOOPBACK_V6, None).await,
+        (StatusCode::OK, "v6".into())
+    );
+    assert_eq!(
+        get_over_tcp(&url, LOOPBACK_V4, None).await.0,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -108,8 +125,14 @@ async fn an_ipv4_mapped_peer_matches_ipv4_networks() {
     drop(probe);
     let addr = serve("[::]:0", ClientAddress::peer(), &store).await;
     let url = format!("http://127.0.0.1:{}/me", addr.port());
-    assert_eq!(get_over_tcp(&url, LOOPBACK_V4, None).await, (StatusCode::OK, "v4".into()));
-    assert_eq!(get_over_tcp(&url, LOOPBACK_V6, None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_over_tcp(&url, LOOPBACK_V4, None).await,
+        (StatusCode::OK, "v4".into())
+    );
+    assert_eq!(
+        get_over_tcp(&url, LOOPBACK_V6, None).await.0,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -125,20 +148,42 @@ async fn behind_trusted_proxies_the_first_untrusted_hop_from_the_right_is_the_cl
     let url = format!("http://{addr}/me");
     // client, proxy 2 (10.1.1.1), proxy 1 = the peer: the client is 203.0.113.7.
     let through_two = Some("198.51.100.1, 203.0.113.7, 10.1.1.1");
-    assert_eq!(get_over_tcp(&url, OFFICE, through_two).await.0, StatusCode::OK);
+    assert_eq!(
+        get_over_tcp(&url, OFFICE, through_two).await.0,
+        StatusCode::OK
+    );
     // The same chain, its left end forged to an allowed address: the forged
     // part is never reached.
     let forged = Some("203.0.113.9, 198.51.100.1, 10.1.1.1");
-    assert_eq!(get_over_tcp(&url, OFFICE, forged).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_over_tcp(&url, OFFICE, forged).await.0,
+        StatusCode::FORBIDDEN
+    );
     // No header: the proxy itself is the client.
-    assert_eq!(get_over_tcp(&url, LOOPBACK_V4, None).await.0, StatusCode::OK);
-    assert_eq!(get_over_tcp(&url, OFFICE, None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_over_tcp(&url, LOOPBACK_V4, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_over_tcp(&url, OFFICE, None).await.0,
+        StatusCode::FORBIDDEN
+    );
     // Malformed chains: a 403 for a key with networks, never a 5xx; a key
     // without networks never asks.
-    for chain in ["unknown", "203.0.113.7:99999", "[2001:db8::1", "garbage, ", "", ",,,"] {
+    for chain in [
+        "unknown",
+        "203.0.113.7:99999",
+        "[2001:db8::1",
+        "garbage, ",
+        "",
+        ",,,",
+    ] {
         let (status, _) = get_over_tcp(&url, OFFICE, Some(chain)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{chain:?}");
-        assert_eq!(get_over_tcp(&url, ANYWHERE, Some(chain)).await.0, StatusCode::OK);
+        assert_eq!(
+            get_over_tcp(&url, ANYWHERE, Some(chain)).await.0,
+            StatusCode::OK
+        );
     }
     // IPv6 hops, with ports and brackets.
     let v6 = Some("[2001:db8::42]:4711, 10.2.2.2:80");
@@ -162,7 +207,8 @@ fn from(peer: Option<&str>, key: &str, headers: &[(&'static str, &str)]) -> Requ
     let mut req = get_with_key("/me", key);
     if let Some(peer) = peer {
         let ip: std::net::IpAddr = peer.parse().unwrap();
-        req.extensions_mut().insert(PeerAddr(SocketAddr::new(ip, 4711)));
+        req.extensions_mut()
+            .insert(PeerAddr(SocketAddr::new(ip, 4711)));
     }
     for (name, value) in headers {
         req.headers_mut().append(*name, value.parse().unwrap());
@@ -181,7 +227,10 @@ async fn rfc7239_forwarded_is_read_only_when_chosen() {
             .forwarded_header(ForwardedHeader::Forwarded),
     );
     let xff = plain(&store, ClientAddress::peer().trusted_proxies(proxies));
-    let chain = ("forwarded", r#"for=192.0.2.1, for="[2001:db8::7]:4711";proto=https"#);
+    let chain = (
+        "forwarded",
+        r#"for=192.0.2.1, for="[2001:db8::7]:4711";proto=https"#,
+    );
     let res = send(forwarded.clone(), from(Some("10.0.0.1"), OFFICE, &[chain])).await;
     assert_eq!(res.status, StatusCode::OK);
     // The X-Forwarded-For stack does not read Forwarded, and vice versa.
@@ -189,12 +238,26 @@ async fn rfc7239_forwarded_is_read_only_when_chosen() {
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     let res = send(
         forwarded.clone(),
-        from(Some("10.0.0.1"), OFFICE, &[("x-forwarded-for", "203.0.113.1")]),
+        from(
+            Some("10.0.0.1"),
+            OFFICE,
+            &[("x-forwarded-for", "203.0.113.1")],
+        ),
     )
     .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
-    for bad in ["for=unknown", "for=_hidden", "proto=https", r#"for="203.0.113.1"#, "for"] {
-        let res = send(forwarded.clone(), from(Some("10.0.0.1"), OFFICE, &[("forwarded", bad)])).await;
+    for bad in [
+        "for=unknown",
+        "for=_hidden",
+        "proto=https",
+        r#"for="203.0.113.1"#,
+        "for",
+    ] {
+        let res = send(
+            forwarded.clone(),
+            from(Some("10.0.0.1"), OFFICE, &[("forwarded", bad)]),
+        )
+        .await;
         assert_eq!(res.status, StatusCode::FORBIDDEN, "{bad}");
     }
     // Non-ASCII in the header: refused, not a 5xx.
@@ -235,7 +298,13 @@ async fn no_address_is_a_403_and_one_warning() {
     let store = store();
     let mut svc = plain(&store, ClientAddress::peer());
     for _ in 0..3 {
-        let res = svc.ready().await.unwrap().call(from(None, LOOPBACK_V4, &[])).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(from(None, LOOPBACK_V4, &[]))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
     }
     // A key without networks never needs the address.
@@ -262,7 +331,8 @@ async fn a_custom_peer_reader_and_the_stats() {
     let auth = layer(&store).client_address(address);
     let svc = ServiceBuilder::new().layer(auth.clone()).service(inner);
     let mut req = from(None, OFFICE, &[]);
-    req.extensions_mut().insert(Remote("203.0.113.77:1".parse().unwrap()));
+    req.extensions_mut()
+        .insert(Remote("203.0.113.77:1".parse().unwrap()));
     assert_eq!(send(svc.clone(), req).await.status, StatusCode::OK);
     // A PeerAddr is not read once another reader is set.
     let req = from(Some("203.0.113.77"), OFFICE, &[]);

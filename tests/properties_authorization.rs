@@ -60,8 +60,8 @@ impl tower::Service<KeyHash> for Anyone {
     }
 
     fn call(&mut self, hash: KeyHash) -> Self::Future {
-        let networks = (hash == KeyHash::of(RESTRICTED))
-            .then(|| vec!["203.0.113.0/24".parse().unwrap()]);
+        let networks =
+            (hash == KeyHash::of(RESTRICTED)).then(|| vec!["203.0.113.0/24".parse().unwrap()]);
         std::future::ready(Ok(Some(Client { networks })))
     }
 }
@@ -81,7 +81,10 @@ fn status(layer: &Auth, req: Request<Bytes>) -> (StatusCode, Option<String>) {
     let inner = service_fn(move |req: Request<Bytes>| {
         let mut view = format!("{}\n", req.uri());
         for (name, value) in req.headers() {
-            view.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+            view.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
         }
         *log.lock().unwrap() = Some(view);
         async { Ok::<_, Infallible>(Response::new(Bytes::from_static(b"ok"))) }
@@ -121,7 +124,11 @@ fn respell(path: &str, how: u8, at: usize, lower: bool) -> String {
     match how % 6 {
         0 => {
             let b = path.as_bytes()[at];
-            let enc = if lower { format!("%{b:02x}") } else { format!("%{b:02X}") };
+            let enc = if lower {
+                format!("%{b:02x}")
+            } else {
+                format!("%{b:02X}")
+            };
             format!("{}{enc}{}", &path[..at], &path[at + 1..])
         }
         1 => format!("{}/{}", &path[..=slash], &path[slash + 1..]),
@@ -249,7 +256,8 @@ fn chain_layer() -> Auth {
 fn from(peer: &str, chain: Option<&str>) -> Option<Request<Bytes>> {
     let mut req = get("/x", RESTRICTED)?;
     let peer: IpAddr = peer.parse().ok()?;
-    req.extensions_mut().insert(PeerAddr(SocketAddr::new(peer, 1)));
+    req.extensions_mut()
+        .insert(PeerAddr(SocketAddr::new(peer, 1)));
     if let Some(chain) = chain {
         req.headers_mut()
             .insert("x-forwarded-for", HeaderValue::from_str(chain).ok()?);

@@ -12,7 +12,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 async fn create(base: &str, body: Value) -> String {
-    let (s, created) = call(Method::POST, &format!("{base}/v1/keys"), Some(ADMIN), Some(body)).await;
+    let (s, created) = call(
+        Method::POST,
+        &format!("{base}/v1/keys"),
+        Some(ADMIN),
+        Some(body),
+    )
+    .await;
     assert_eq!(s, 201, "{created}");
     created["secret"].as_str().unwrap().to_owned()
 }
@@ -25,7 +31,10 @@ async fn get_from(url: &str, key: &str, forwarded_for: Option<&str>) -> (u16, Va
     let res = req.send().await.expect("request");
     let status = res.status().as_u16();
     let text = res.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +69,8 @@ async fn admin_routes_and_reports_need_their_scopes_through_the_layer() {
         (Method::GET, "/v1/stats", None),
     ] {
         let url = format!("{b}{path}");
-        let (s, headers, answer) = call_with_headers(method.clone(), &url, Some(&reader), body).await;
+        let (s, headers, answer) =
+            call_with_headers(method.clone(), &url, Some(&reader), body).await;
         assert_eq!(s, 403, "{method} {path}: {answer}");
         assert_eq!(answer["code"], "insufficient_scope", "{method} {path}");
         assert_eq!(answer["required_scopes"], "admin");
@@ -90,14 +100,21 @@ async fn keys_with_networks_work_only_from_there() {
         json!({"name": "local", "scopes": ["reports:read"], "allowed_networks": ["127.0.0.0/8", "::1/128"]}),
     )
     .await;
-    let office = create(&b, json!({"name": "office", "allowed_networks": ["10.0.0.0/8"]})).await;
+    let office = create(
+        &b,
+        json!({"name": "office", "allowed_networks": ["10.0.0.0/8"]}),
+    )
+    .await;
 
     let (s, me) = get_from(&format!("{b}/v1/me"), &local, None).await;
     assert_eq!(s, 200);
     assert_eq!(me["scopes"], json!(["reports:read"]));
     assert_eq!(me["allowed_networks"], json!(["127.0.0.0/8", "::1/128"]));
     let (s, body) = get_from(&format!("{b}/v1/me"), &office, None).await;
-    assert_eq!((s, body["code"].as_str()), (403, Some("address_not_allowed")));
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (403, Some("address_not_allowed"))
+    );
     // Without trusted proxies, a forwarded address is not believed.
     let (s, _) = get_from(&format!("{b}/v1/me"), &office, Some("10.1.2.3")).await;
     assert_eq!(s, 403);
@@ -123,13 +140,30 @@ async fn behind_trusted_proxies_the_forwarded_client_decides() {
         .iter()
         .any(|l| l.contains("X-Forwarded-For through 2 trusted proxy networks")));
     let b = qs.base.clone();
-    let office = create(&b, json!({"name": "office", "allowed_networks": ["10.0.0.0/8"]})).await;
+    let office = create(
+        &b,
+        json!({"name": "office", "allowed_networks": ["10.0.0.0/8"]}),
+    )
+    .await;
     let me = format!("{b}/v1/me");
     assert_eq!(get_from(&me, &office, Some("10.1.2.3")).await.0, 200);
-    assert_eq!(get_from(&me, &office, Some("10.1.2.3, 192.168.1.1")).await.0, 200);
-    assert_eq!(get_from(&me, &office, Some("10.9.9.9, 172.16.0.1")).await.0, 403, "an untrusted hop");
+    assert_eq!(
+        get_from(&me, &office, Some("10.1.2.3, 192.168.1.1"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get_from(&me, &office, Some("10.9.9.9, 172.16.0.1")).await.0,
+        403,
+        "an untrusted hop"
+    );
     assert_eq!(get_from(&me, &office, Some("not an address")).await.0, 403);
-    assert_eq!(get_from(&me, &office, None).await.0, 403, "the proxy itself");
+    assert_eq!(
+        get_from(&me, &office, None).await.0,
+        403,
+        "the proxy itself"
+    );
 }
 
 #[test]

@@ -176,9 +176,7 @@ async fn create_key(
     ))
 }
 
-async fn list_keys(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<KeyRow>>, ApiError> {
+async fn list_keys(State(state): State<AppState>) -> Result<Json<Vec<KeyRow>>, ApiError> {
     Ok(Json(state.store.list().await?))
 }
 
@@ -224,9 +222,7 @@ async fn revoke_owner(
     Ok(Json(serde_json::json!({ "revoked": revoked })))
 }
 
-async fn stats(
-    State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn stats(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut body = serde_json::to_value(state.auth.stats()).unwrap_or_default();
     let queries = state.store.queries();
     body["store"] = serde_json::json!({

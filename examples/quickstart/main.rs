@@ -87,7 +87,9 @@ fn trusted_proxies() -> Result<Vec<IpNet>, String> {
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("APIKEY_TRUSTED_PROXIES: {s:?} is not a CIDR (10.0.0.0/8, ::1/128)"))
+                .map_err(|_| {
+                    format!("APIKEY_TRUSTED_PROXIES: {s:?} is not a CIDR (10.0.0.0/8, ::1/128)")
+                })
         })
         .collect()
 }
@@ -349,12 +351,15 @@ try:
 "#
     );
     // With connect info: the peer's address, for keys with allowed_networks.
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     // What was used since the last batch, before the process goes.
     usage
         .shutdown(Duration::from_secs(5))

@@ -144,7 +144,9 @@ async fn me(
 /// active and the uses recorded of them.
 async fn reports(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let (keys, uses) = state.db.totals().await?;
-    Ok(Json(serde_json::json!({ "active_keys": keys, "uses": uses })))
+    Ok(Json(
+        serde_json::json!({ "active_keys": keys, "uses": uses }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -292,7 +294,10 @@ fn rfc3339(ms: u64) -> String {
     )
 }
 
-async fn revoke_key(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
     // Revoking a revoked key invalidates it again: a retry after a 503
     // (the cache could not be reached) finishes the job.
     let Some(hash) = state.db.revoke(id).await? else {

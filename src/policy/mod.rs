@@ -208,7 +208,11 @@ impl RouteTable {
         Ok(&mut self.rules[idx])
     }
 
-    pub(crate) fn set_policy(&mut self, route: Route, policy: RoutePolicy) -> Result<(), InvalidRoute> {
+    pub(crate) fn set_policy(
+        &mut self,
+        route: Route,
+        policy: RoutePolicy,
+    ) -> Result<(), InvalidRoute> {
         self.rule_mut(route)?.policy = Some(policy);
         Ok(())
     }
@@ -230,7 +234,10 @@ impl RouteTable {
         // Remade with the new rule in it; the old one (and an old `every`)
         // stays unused in the list, which is only built at start.
         let all = self.rules.iter().filter_map(|r| r.scopes);
-        let every = Scopes::all(all.map(|i| self.requirements[i as usize].scopes.clone()).collect::<Vec<_>>());
+        let every = Scopes::all(
+            all.map(|i| self.requirements[i as usize].scopes.clone())
+                .collect::<Vec<_>>(),
+        );
         self.every = Some(self.push_requirement(every));
         Ok(())
     }

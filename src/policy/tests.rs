@@ -2,7 +2,8 @@ use super::*;
 
 fn table() -> RouteTable {
     let mut t = RouteTable::default();
-    t.set_policy(Route::from("/health"), RoutePolicy::Public).unwrap();
+    t.set_policy(Route::from("/health"), RoutePolicy::Public)
+        .unwrap();
     t.set_policy(Route::from("/public/{*rest}"), RoutePolicy::Public)
         .unwrap();
     t.set_policy(Route::from("/docs/{page}"), RoutePolicy::Optional)
@@ -86,9 +87,12 @@ fn another_spelling_never_reaches_a_looser_rule() {
         .unwrap();
     t.set_policy(Route::from("/users/me"), RoutePolicy::Required)
         .unwrap();
-    t.set_policy(Route::from("/x/{p}"), RoutePolicy::Public).unwrap();
-    t.set_policy(Route::from("/x/%7B"), RoutePolicy::Required).unwrap();
-    t.set_policy(Route::from("/x/a!b"), RoutePolicy::Required).unwrap();
+    t.set_policy(Route::from("/x/{p}"), RoutePolicy::Public)
+        .unwrap();
+    t.set_policy(Route::from("/x/%7B"), RoutePolicy::Required)
+        .unwrap();
+    t.set_policy(Route::from("/x/a!b"), RoutePolicy::Required)
+        .unwrap();
     t.set_policy(Route::from("/x/caf%C3%A9"), RoutePolicy::Required)
         .unwrap();
     let p = |path| resolve(&t, Method::GET, path).policy;
@@ -128,8 +132,11 @@ fn method_rules_override_any_method_rules() {
 #[test]
 fn the_most_specific_template_decides_whatever_the_order() {
     let mut t = RouteTable::default();
-    t.set_policy(Route::from((Method::GET, "/users/{id}")), RoutePolicy::Public)
-        .unwrap();
+    t.set_policy(
+        Route::from((Method::GET, "/users/{id}")),
+        RoutePolicy::Public,
+    )
+    .unwrap();
     t.set_policy(Route::from("/users/me"), RoutePolicy::Required)
         .unwrap();
     t.set_policy(Route::from("/files/{*path}"), RoutePolicy::Public)
@@ -202,21 +209,39 @@ fn scope_requirements_follow_the_most_specific_template_and_the_method() {
         Scopes::any(["keys:read", "admin"]),
     )
     .unwrap();
-    t.set_scopes(Route::from("/v1/reports/{*rest}"), Scopes::one("reports:read"))
-        .unwrap();
+    t.set_scopes(
+        Route::from("/v1/reports/{*rest}"),
+        Scopes::one("reports:read"),
+    )
+    .unwrap();
     t.set_scopes(Route::from("/v1/reports/public"), Scopes::one("anyone"))
         .unwrap();
     t.set_policy(Route::from("/v1/keys"), RoutePolicy::Optional)
         .unwrap();
     let s = |m, path| scopes_of(&t, m, path);
     assert_eq!(s(Method::POST, "/v1/keys").as_deref(), Some("admin"));
-    assert_eq!(s(Method::GET, "/v1/keys").as_deref(), Some("keys:read OR admin"));
-    assert_eq!(s(Method::HEAD, "/v1/keys").as_deref(), Some("keys:read OR admin"));
-    assert_eq!(s(Method::GET, "/v1/reports/a/b").as_deref(), Some("reports:read"));
-    assert_eq!(s(Method::GET, "/v1/reports/public").as_deref(), Some("anyone"));
+    assert_eq!(
+        s(Method::GET, "/v1/keys").as_deref(),
+        Some("keys:read OR admin")
+    );
+    assert_eq!(
+        s(Method::HEAD, "/v1/keys").as_deref(),
+        Some("keys:read OR admin")
+    );
+    assert_eq!(
+        s(Method::GET, "/v1/reports/a/b").as_deref(),
+        Some("reports:read")
+    );
+    assert_eq!(
+        s(Method::GET, "/v1/reports/public").as_deref(),
+        Some("anyone")
+    );
     assert_eq!(s(Method::GET, "/v1/other"), None);
     // The other settings of the rule are kept.
-    assert_eq!(resolve(&t, Method::POST, "/v1/keys").policy, RoutePolicy::Optional);
+    assert_eq!(
+        resolve(&t, Method::POST, "/v1/keys").policy,
+        RoutePolicy::Optional
+    );
 }
 
 #[test]
@@ -224,10 +249,16 @@ fn a_path_spelled_otherwise_needs_every_requirement() {
     let mut t = RouteTable::default();
     t.set_scopes(Route::from("/v1/keys"), Scopes::one("admin"))
         .unwrap();
-    t.set_scopes(Route::from("/v1/reports"), Scopes::any(["reports:read", "admin"]))
-        .unwrap();
-    t.set_scopes(Route::from((Method::DELETE, "/v1/keys/{id}")), Scopes::one("keys:delete"))
-        .unwrap();
+    t.set_scopes(
+        Route::from("/v1/reports"),
+        Scopes::any(["reports:read", "admin"]),
+    )
+    .unwrap();
+    t.set_scopes(
+        Route::from((Method::DELETE, "/v1/keys/{id}")),
+        Scopes::one("keys:delete"),
+    )
+    .unwrap();
     let every = "admin AND (reports:read OR admin) AND keys:delete";
     for path in [
         "//v1/keys",
@@ -240,11 +271,21 @@ fn a_path_spelled_otherwise_needs_every_requirement() {
         "/v1/reports/",
         "/v1/keys/1/",
     ] {
-        assert_eq!(scopes_of(&t, Method::GET, path).as_deref(), Some(every), "{path}");
+        assert_eq!(
+            scopes_of(&t, Method::GET, path).as_deref(),
+            Some(every),
+            "{path}"
+        );
     }
     // The canonical spellings: their own rule, or none.
-    assert_eq!(scopes_of(&t, Method::GET, "/v1/keys").as_deref(), Some("admin"));
-    assert_eq!(scopes_of(&t, Method::DELETE, "/v1/keys/7").as_deref(), Some("keys:delete"));
+    assert_eq!(
+        scopes_of(&t, Method::GET, "/v1/keys").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(
+        scopes_of(&t, Method::DELETE, "/v1/keys/7").as_deref(),
+        Some("keys:delete")
+    );
     assert_eq!(scopes_of(&t, Method::GET, "/v1/keys/7"), None);
     assert_eq!(scopes_of(&t, Method::GET, "/v1/public"), None);
 }

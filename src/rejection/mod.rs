@@ -492,4 +492,3 @@ impl axum::response::IntoResponse for AuthRejection {
 
 #[cfg(test)]
 mod tests;
-

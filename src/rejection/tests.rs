@@ -154,7 +154,11 @@ fn only_grpc_content_types_are_grpc() {
     ] {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
-        assert_eq!(AuthRejection::is_grpc_request(&headers), expected, "{value}");
+        assert_eq!(
+            AuthRejection::is_grpc_request(&headers),
+            expected,
+            "{value}"
+        );
     }
     assert!(!AuthRejection::is_grpc_request(&HeaderMap::new()));
     // Not gRPC: the problem+json rendering, as before.
@@ -171,10 +175,7 @@ fn realm_is_sanitised() {
 }
 
 fn scope_rejection(config: RejectionConfig, rule: crate::Scopes) -> AuthRejection {
-    AuthRejection::insufficient_scope(
-        Some(Arc::new(config)),
-        crate::scope::Requirement::new(rule),
-    )
+    AuthRejection::insufficient_scope(Some(Arc::new(config)), crate::scope::Requirement::new(rule))
 }
 
 #[test]

@@ -113,8 +113,7 @@ fn without_param(uri: &Uri, param: &str) -> Option<Uri> {
     // Pieces of a valid URI, rejoined: valid. Were it not, the path alone
     // (never the key).
     parts.path_and_query = Some(
-        PathAndQuery::try_from(path_and_query)
-            .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+        PathAndQuery::try_from(path_and_query).unwrap_or_else(|_| PathAndQuery::from_static("/")),
     );
     Some(Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/")))
 }
@@ -139,8 +138,10 @@ mod tests {
     fn bearer_values_go_and_other_schemes_stay() {
         let source = KeySource::bearer();
         let mut req = Request::new(());
-        req.headers_mut()
-            .append(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwYXNz"));
+        req.headers_mut().append(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjpwYXNz"),
+        );
         req.headers_mut()
             .append(AUTHORIZATION, HeaderValue::from_static("bearer sk_1"));
         req.headers_mut()
@@ -178,7 +179,10 @@ mod tests {
             ("/x?a=1&api_key=sk_1&b=%20two+3", "/x?a=1&b=%20two+3"),
             ("/x?api%5Fkey=sk_1&a=1", "/x?a=1"),
             ("/x?a=1&&api_key=sk_1", "/x?a=1&"),
-            ("http://h.example/x?q=%E2%9C%93&api_key=k", "http://h.example/x?q=%E2%9C%93"),
+            (
+                "http://h.example/x?q=%E2%9C%93&api_key=k",
+                "http://h.example/x?q=%E2%9C%93",
+            ),
         ] {
             let mut req = Request::get(uri).body(()).unwrap();
             hide(&source, &mut req);

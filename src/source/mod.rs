@@ -197,13 +197,19 @@ impl KeySource {
     }
 
     /// Reads the one credential of a request, and where it was found.
-    pub(crate) fn find<'a>(&self, parts: &'a RequestHead<'a>) -> Result<Option<Found<'a>>, MalformedKey> {
+    pub(crate) fn find<'a>(
+        &self,
+        parts: &'a RequestHead<'a>,
+    ) -> Result<Option<Found<'a>>, MalformedKey> {
         let mut found: Option<Found<'a>> = None;
         for (from, kind) in self.kinds.iter().enumerate() {
             let mut put = |key: Cow<'a, [u8]>, alone: bool| match found {
                 Some(_) => Err(MalformedKey::MultipleCredentials),
                 None => {
-                    let from = Place { source: from, alone };
+                    let from = Place {
+                        source: from,
+                        alone,
+                    };
                     found = Some(Found { key, from });
                     Ok(())
                 }
@@ -252,7 +258,10 @@ impl KeySource {
                     for line in parts.headers.get_all(COOKIE) {
                         for cookie in cookie_pairs(line.as_bytes()) {
                             if cookie.name == name.as_bytes() {
-                                put(Cow::Borrowed(parse_plain(cookie.value, self.max_len)?), false)?;
+                                put(
+                                    Cow::Borrowed(parse_plain(cookie.value, self.max_len)?),
+                                    false,
+                                )?;
                             }
                         }
                     }

@@ -37,7 +37,8 @@ const fn class(ranges: &[(u8, u8)], extra: &[u8]) -> [bool; 256] {
 
 /// `b64token` characters (RFC 6750 §2.1): `ALPHA / DIGIT / "-" / "." / "_" /
 /// "~" / "+" / "/"`.
-pub(super) static B64TOKEN: [bool; 256] = class(&[(b'A', b'Z'), (b'a', b'z'), (b'0', b'9')], b"-._~+/");
+pub(super) static B64TOKEN: [bool; 256] =
+    class(&[(b'A', b'Z'), (b'a', b'z'), (b'0', b'9')], b"-._~+/");
 
 /// Visible ASCII, `%x21-7E`.
 pub(super) static VISIBLE: [bool; 256] = class(&[(0x21, 0x7e)], b"");

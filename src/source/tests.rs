@@ -192,7 +192,10 @@ fn a_cookie_is_read_by_its_name() {
     req.headers_mut()
         .insert(AUTHORIZATION, http::HeaderValue::from_static("Bearer b"));
     assert_eq!(extract(&both, &req), Err(MalformedKey::MultipleCredentials));
-    assert_eq!(format!("{both:?}"), r#"["Authorization: Bearer", cookie api_key]"#);
+    assert_eq!(
+        format!("{both:?}"),
+        r#"["Authorization: Bearer", cookie api_key]"#
+    );
 }
 
 #[test]

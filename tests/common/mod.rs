@@ -22,9 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_api_key::cache::{CacheError, CacheRead, KeyCache, MemoryCache, Ttl, Verdict};
-use tower_api_key::{
-    lookup_fn, ApiKeyAuthLayer, Authenticated, IpNet, KeyHash, Lookup, Principal,
-};
+use tower_api_key::{lookup_fn, ApiKeyAuthLayer, Authenticated, IpNet, KeyHash, Lookup, Principal};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Client {
