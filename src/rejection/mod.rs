@@ -480,6 +480,7 @@ impl Passed {
 /// principal when they are not the defaults, so that an extractor's own
 /// rejection ([`Scoped::require`](crate::Scoped::require)) renders as the
 /// layer's do. With the defaults nothing is left: no allocation on a hit.
+#[cfg(feature = "axum")]
 #[derive(Clone)]
 pub(crate) struct Rendering(pub(crate) Arc<RejectionConfig>);
 

@@ -56,7 +56,7 @@ use self::miss::Miss;
 use crate::cache::{CacheError, CacheRead, KeyCache, Verdict};
 use crate::policy::RouteTable;
 use crate::ratelimit::RateLimiter;
-use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind, Rendering};
+use crate::rejection::{AuthRejection, Passed, RejectionConfig, RejectionKind};
 use crate::source::RequestHead;
 use crate::stats::{Counters, Stats, WarnLimiter};
 use crate::telemetry;
@@ -481,8 +481,12 @@ where
         let _ = hash;
         let extensions = req.extensions_mut();
         extensions.insert(principal);
+        // Only the axum extractors read it.
+        #[cfg(feature = "axum")]
         if self.config.rejection.custom {
-            extensions.insert(Rendering(Arc::clone(&self.config.rejection)));
+            extensions.insert(crate::rejection::Rendering(Arc::clone(
+                &self.config.rejection,
+            )));
         }
         Step::Done(Ok(extra))
     }
