@@ -208,7 +208,9 @@ pub(crate) fn allows(networks: &[IpNet], addr: IpAddr) -> bool {
 }
 
 /// `net` contains `addr` (canonical: an IPv4-mapped address is IPv4), also
-/// an IPv4 address inside an IPv4-mapped IPv6 network (`::ffff:0:0/96`).
+/// an IPv4 address inside an IPv6 network written in the IPv4-mapped range
+/// (`::ffff:10.0.0.0/104`); a wider IPv6 network (`::/0`) holds no IPv4
+/// address.
 #[inline]
 fn contains(net: &IpNet, addr: IpAddr) -> bool {
     match (net, addr) {
@@ -220,7 +222,10 @@ fn contains(net: &IpNet, addr: IpAddr) -> bool {
         (IpNet::V6(net), IpAddr::V6(a)) => {
             same_prefix(u128::from(net.addr()), u128::from(a), net.prefix_len())
         }
-        (IpNet::V6(net), IpAddr::V4(a)) => net.contains(&a.to_ipv6_mapped()),
+        (IpNet::V6(net), IpAddr::V4(a)) => {
+            let mapped = u128::from(a.to_ipv6_mapped());
+            net.prefix_len() >= 96 && same_prefix(u128::from(net.addr()), mapped, net.prefix_len())
+        }
         (IpNet::V4(_), IpAddr::V6(_)) => false,
     }
 }
@@ -249,9 +254,12 @@ fn canonical(addr: IpAddr) -> IpAddr {
 /// client's own part unreadable, never a proxy's).
 struct Hops<'a> {
     lines: std::iter::Rev<http::header::ValueIter<'a, http::HeaderValue>>,
-    line: Option<std::iter::Rev<std::str::Split<'a, char>>>,
+    line: Option<Entries<'a>>,
     header: ForwardedHeader,
 }
+
+/// One header line's entries, the last first.
+type Entries<'a> = std::iter::Rev<std::slice::Split<'a, u8, fn(&u8) -> bool>>;
 
 impl<'a> Hops<'a> {
     fn new(headers: &'a HeaderMap, header: ForwardedHeader) -> Self {
@@ -273,17 +281,18 @@ impl Iterator for Hops<'_> {
     fn next(&mut self) -> Option<Option<IpAddr>> {
         loop {
             if let Some(entry) = self.line.as_mut().and_then(Iterator::next) {
+                // An entry that is not text can't be read; the entries
+                // right of it (a proxy's) still can.
+                let Ok(entry) = std::str::from_utf8(entry) else {
+                    return Some(None);
+                };
                 return Some(match self.header {
                     ForwardedHeader::XForwardedFor => parse_node(entry.trim()),
                     ForwardedHeader::Forwarded => forwarded_for(entry),
                 });
             }
-            let value = self.lines.next()?;
-            match value.to_str() {
-                Ok(text) => self.line = Some(text.split(',').rev()),
-                // Not visible ASCII: the hop can't be read.
-                Err(_) => return Some(None),
-            }
+            let comma: fn(&u8) -> bool = |b| *b == b',';
+            self.line = Some(self.lines.next()?.as_bytes().split(comma).rev());
         }
     }
 }
@@ -362,8 +371,12 @@ mod tests {
         assert!(!allows(&nets, ip("::1")));
         // A mapped address is its IPv4 address, once made canonical.
         assert!(allows(&nets, canonical(ip("::ffff:127.0.0.1"))));
-        // An IPv4 address inside a mapped IPv6 network.
+        // An IPv4 address inside a mapped IPv6 network, and only there.
         assert!(allows(&[net("::ffff:10.0.0.0/104")], ip("10.1.2.3")));
+        assert!(!allows(&[net("::ffff:10.0.0.0/104")], ip("11.1.2.3")));
+        assert!(allows(&[net("::ffff:0:0/96")], ip("198.51.100.1")));
+        assert!(!allows(&[net("::/0")], ip("198.51.100.1")));
+        assert!(!allows(&[net("::/64")], ip("0.0.0.1")));
         assert!(!allows(&[], ip("127.0.0.1")));
         // Edges: whole families, single addresses, host bits in the network.
         assert!(allows(&[net("0.0.0.0/0")], ip("198.51.100.1")));
@@ -462,13 +475,20 @@ mod tests {
             &["\"garbage, 203.0.113.9"],
         );
         assert_eq!(address.resolve(&req), Found::Addr(ip("203.0.113.9")));
-        // Non-ASCII bytes in the header.
+        // Non-ASCII bytes in the header: that hop is unknown, a proxy's
+        // entry right of it is still read.
         let mut req = request(Some("10.0.0.1"), "x-forwarded-for", &[]);
         req.headers_mut().insert(
             "x-forwarded-for",
             HeaderValue::from_bytes(b"203.0.113.\xff").unwrap(),
         );
         assert_eq!(address.resolve(&req), Found::Unknown);
+        let mut req = request(Some("10.0.0.1"), "x-forwarded-for", &[]);
+        req.headers_mut().insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xc3\xa9\xff, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(address.resolve(&req), Found::Addr(ip("203.0.113.9")));
         // More trusted hops than are walked.
         let long = vec!["10.0.0.5"; MAX_HOPS + 1].join(", ");
         let req = request(Some("10.0.0.1"), "x-forwarded-for", &[&long]);

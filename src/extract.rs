@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
-use crate::rejection::{AuthRejection, Passed, RejectionConfig, Rendering};
+use crate::rejection::{AuthRejection, Passed};
 use crate::scope::Requirement;
 use crate::{Principal, Scopes};
 
@@ -153,31 +153,38 @@ where
 /// an anonymous request, `500` without the layer; `Option<Scoped<P>>` is
 /// `None` for an anonymous request. A refusal here is counted in the
 /// rejection metric; the layer's [`stats`](crate::ApiKeyAuthLayer::stats)
-/// only counts its own.
+/// only counts its own. Returned as the handler's answer (with `?`), it is
+/// rendered by the layer on its way out, with the layer's realm and
+/// [`on_rejection`](crate::ApiKeyAuthLayer::on_rejection) handler.
 pub struct Scoped<P> {
     principal: Arc<P>,
-    /// The layer's rendering settings (`None`: the defaults).
-    config: Option<Arc<RejectionConfig>>,
     grpc: bool,
 }
 
 impl<P: Principal> Scoped<P> {
-    /// Demands `scopes` of the key: a scope (`"keys:write"`) or a rule
-    /// ([`Scopes`]). `Err` is the `403` to answer with.
+    /// Demands `scopes` of the key: a scope (`"keys:write"`: a `&str` is one
+    /// scope, not a rule; parse one with [`Scopes::parse`]) or a rule
+    /// ([`Scopes`]). `Err` is the `403` to answer with. A rule that is not
+    /// one (an empty set, a name that is no scope token) is refused
+    /// whatever the key carries, and logged: a bug of the handler must not
+    /// open it.
     pub fn require(&self, scopes: impl Into<Scopes>) -> Result<(), AuthRejection> {
         let scopes = scopes.into();
-        if scopes.is_satisfied_by(&*self.principal) {
-            return Ok(());
+        match scopes.validate() {
+            Ok(()) if scopes.is_satisfied_by(&*self.principal) => return Ok(()),
+            Ok(()) => {}
+            Err(error) => tracing::error!(%error, "Scoped::require was given no rule; refused"),
         }
-        let rejection =
-            AuthRejection::insufficient_scope(self.config.clone(), Requirement::new(scopes));
+        let rejection = AuthRejection::insufficient_scope(None, Requirement::new(scopes));
         Err(rejection.grpc(self.grpc))
     }
 
     /// Whether the key satisfies `scopes`, for a handler that answers
-    /// otherwise than `403` (a narrower listing, say).
+    /// otherwise than `403` (a narrower listing, say). `false` for a rule
+    /// that is not one, as [`require`](Self::require).
     pub fn has(&self, scopes: impl Into<Scopes>) -> bool {
-        scopes.into().is_satisfied_by(&*self.principal)
+        let scopes = scopes.into();
+        scopes.validate().is_ok() && scopes.is_satisfied_by(&*self.principal)
     }
 }
 
@@ -205,7 +212,6 @@ impl<P> Clone for Scoped<P> {
     fn clone(&self) -> Self {
         Self {
             principal: Arc::clone(&self.principal),
-            config: self.config.clone(),
             grpc: self.grpc,
         }
     }
@@ -221,10 +227,6 @@ impl<P: Send + Sync + 'static> Scoped<P> {
     fn from_authenticated(Authenticated(principal): Authenticated<P>, parts: &Parts) -> Self {
         Self {
             principal,
-            config: parts
-                .extensions
-                .get::<Rendering>()
-                .map(|r| Arc::clone(&r.0)),
             grpc: AuthRejection::is_grpc_request(&parts.headers),
         }
     }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use tower_service::Service;
 
 use crate::cache::KeyCache;
 use crate::lookup::Lookup;
-use crate::rejection::AuthRejection;
+use crate::rejection::{AuthRejection, RejectionConfig};
 use crate::request_path::{Authentication, Extra};
 use crate::telemetry;
 use tracing::Span;
@@ -48,6 +49,9 @@ pin_project! {
             future: S::Future,
             // The rate-limit fields, for the response.
             extra: Extra,
+            // The layer's rendering settings when not the defaults: an
+            // extractor's rejection is rendered again with them.
+            rendering: Option<Arc<RejectionConfig>>,
         },
         Rejected {
             rejection: Option<AuthRejection>,
@@ -71,9 +75,17 @@ where
     S: Service<Request<ReqB>>,
     C: KeyCache,
 {
-    pub(crate) fn inner(future: S::Future, extra: Extra) -> Self {
+    pub(crate) fn inner(
+        future: S::Future,
+        extra: Extra,
+        rendering: Option<Arc<RejectionConfig>>,
+    ) -> Self {
         Self {
-            state: State::Inner { future, extra },
+            state: State::Inner {
+                future,
+                extra,
+                rendering,
+            },
         }
     }
 
@@ -135,24 +147,37 @@ where
                         return Poll::Pending;
                     };
                     let Pending {
+                        authentication,
                         req,
                         mut inner,
                         span,
-                        ..
                     } = *waiting;
                     telemetry::decided(&span, decided.as_ref().err());
+                    let rendering = authentication.rendering();
                     match decided {
                         Ok(extra) => State::Inner {
                             future: inner.call(req),
                             extra,
+                            rendering,
                         },
                         Err(rejection) => State::Rejected {
                             rejection: Some(rejection.for_request(req.headers())),
                         },
                     }
                 }
-                StateProj::Inner { future, extra } => {
+                StateProj::Inner {
+                    future,
+                    extra,
+                    rendering,
+                } => {
                     let mut answer = ready!(future.poll(cx));
+                    #[cfg(feature = "axum")]
+                    if let (Ok(res), Some(config)) = (&mut answer, rendering.take()) {
+                        let as_is = std::mem::replace(res, Response::new(ResB::from(Bytes::new())));
+                        *res = AuthRejection::rerender(as_is, &config);
+                    }
+                    #[cfg(not(feature = "axum"))]
+                    let _ = rendering;
                     if let (Ok(res), Some(fields)) = (&mut answer, extra.take()) {
                         res.headers_mut().extend(*fields);
                     }

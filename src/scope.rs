@@ -288,13 +288,25 @@ impl fmt::Debug for Scopes {
 #[derive(Debug)]
 pub(crate) struct Requirement {
     pub(crate) scopes: Scopes,
-    /// `scope="…"` of the challenge: one way to satisfy the rule.
+    /// `scope="…"` of the challenge: one way to satisfy the rule (empty:
+    /// none said).
     pub(crate) challenge: Box<str>,
-    /// The body's `required_scopes`: the whole rule.
-    pub(crate) rule: Box<str>,
+    /// The body's `required_scopes`: the whole rule (`None`: not said).
+    pub(crate) rule: Option<Box<str>>,
 }
 
 impl Requirement {
+    /// A requirement whose refusal doesn't say what it is (every route's
+    /// at once, for a path not in canonical form: naming it would list the
+    /// API's rules).
+    pub(crate) fn undisclosed(scopes: Scopes) -> Arc<Self> {
+        Arc::new(Self {
+            scopes,
+            challenge: Box::from(""),
+            rule: None,
+        })
+    }
+
     pub(crate) fn new(scopes: Scopes) -> Arc<Self> {
         // A rule made in a handler may name what is not a scope token:
         // left out of the header, whose quoted string it could break.
@@ -302,7 +314,7 @@ impl Requirement {
         challenge.retain(|s| is_scope_token(s));
         let challenge = challenge.join(" ");
         Arc::new(Self {
-            rule: scopes.to_string().into_boxed_str(),
+            rule: Some(scopes.to_string().into_boxed_str()),
             challenge: challenge.into_boxed_str(),
             scopes,
         })
@@ -499,6 +511,6 @@ mod tests {
         assert_eq!(Scopes::all(["a", "a"]).one_way(), ["a"]);
         let req = Requirement::new(Scopes::all(["ok", "not ok"]));
         assert_eq!(&*req.challenge, "ok");
-        assert_eq!(&*req.rule, "ok AND not ok");
+        assert_eq!(req.rule.as_deref(), Some("ok AND not ok"));
     }
 }

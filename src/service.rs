@@ -100,7 +100,8 @@ where
             // `poll_ready` made ready is called here and now.
             Progress::Decided(Ok(extra)) => {
                 telemetry::decided(&span, None);
-                ResponseFuture::inner(self.inner.call(req), extra)
+                let rendering = self.layer.request_path().rendering();
+                ResponseFuture::inner(self.inner.call(req), extra, rendering)
             }
             // Only a rejection reads the content-type (gRPC or not).
             Progress::Decided(Err(rejection)) => {

@@ -161,6 +161,7 @@ pub struct UsageTrackerBuilder<P> {
     interval: Duration,
     max_pending: usize,
     record_timeout: Duration,
+    on_timer: bool,
     #[cfg(feature = "redis")]
     redis: Option<RedisUsage>,
 }
@@ -198,6 +199,17 @@ impl<P: Send + Sync + 'static> UsageTrackerBuilder<P> {
         self
     }
 
+    /// Whether a task of the tracker's own sends a batch every interval
+    /// (default `true`). With `false` nothing is sent until you call
+    /// [`flush`](UsageTracker::flush): on a scheduler of your own, or in a
+    /// test that decides when each batch goes. The interval still bounds
+    /// how often a key is recorded across instances sharing Redis.
+    #[must_use]
+    pub fn batches_on_timer(mut self, on: bool) -> Self {
+        self.on_timer = on;
+        self
+    }
+
     /// Records each key at most once per interval across every instance
     /// that shares `redis` (see [`RedisUsage`]), counts summed there. While
     /// Redis fails, each instance records its own uses (counted in
@@ -227,7 +239,8 @@ impl<P: Send + Sync + 'static> UsageTrackerBuilder<P> {
                     Mutex::new(HashMap::with_hasher(DigestHasher::new()))
                 }),
                 flushing: tokio::sync::Mutex::new(()),
-                started: AtomicBool::new(false),
+                // Without the timer, as if started: no task is spawned.
+                started: AtomicBool::new(!self.on_timer),
                 batches: AtomicU64::new(0),
                 recorded_keys: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
@@ -283,6 +296,7 @@ impl<P: Send + Sync + 'static> UsageTracker<P> {
             interval: DEFAULT_INTERVAL,
             max_pending: DEFAULT_MAX_PENDING,
             record_timeout: DEFAULT_RECORD_TIMEOUT,
+            on_timer: true,
             #[cfg(feature = "redis")]
             redis: None,
         }

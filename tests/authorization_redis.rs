@@ -102,9 +102,23 @@ async fn scopes_and_networks_survive_a_sealed_redis_cache() {
     let a = instance(cache().await, &store);
     let b = instance(cache().await, &empty);
     survives(a, b, &empty).await;
-    // What Redis holds is sealed: the scopes are there, with a MAC.
+    // The seal holds the scopes: the reader's entry rewritten by hand to
+    // carry `admin` is refused (a degraded miss, then C's table, which has
+    // no such key: 401), never an admission to /admin.
+    let names = cache().await;
+    let reader = names.redis_key(&tower_api_key::KeyHash::of(READER));
+    let value = server.cli(&["get", &reader]);
+    assert!(value.contains("reports:read"), "{value}");
+    let forged = value.trim_end().replacen("reports:read", "admin", 1);
+    assert_eq!(
+        server.cli(&["set", &reader, &forged, "keepttl"]).trim(),
+        "OK"
+    );
+    let c = instance(cache().await, &empty);
+    let res = send(c, request("/admin", READER, "127.0.0.1:1")).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{}", res.body);
+    assert_eq!(empty.lookups(), 1, "the forged entry sent C to its table");
     let dump = common::redis::dump(server.port);
-    assert!(dump.iter().any(|(_, v)| v.contains("reports:read")));
     assert!(
         !dump.iter().any(|(_, v)| v.contains(OFFICE)),
         "no plaintext key"

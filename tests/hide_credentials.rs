@@ -16,9 +16,13 @@ use tower_api_key::KeySource;
 
 const SECRET: &str = "sk_test_HIDDEN_42";
 
-/// What the handler sees: every header line and the URI.
+/// What the handler sees: the URI (and axum's `OriginalUri`) and every
+/// header line.
 async fn echo(req: Request) -> String {
     let mut seen = format!("uri {}\n", req.uri());
+    if let Some(original) = req.extensions().get::<axum::extract::OriginalUri>() {
+        seen.push_str(&format!("original {}\n", original.0));
+    }
     for (name, value) in req.headers() {
         seen.push_str(&format!(
             "{name}: {}\n",
@@ -104,12 +108,15 @@ async fn the_inner_service_never_sees_the_key_from_any_source() {
                     assert!(res.body.contains("cookie: theme=dark\n"));
                 }
                 "header" => assert!(res.body.contains("x-request-id: r1\n")),
-                "query" => assert!(
-                    res.body
-                        .starts_with(&format!("uri {path}?a=1&b=two%20words+x&c\n")),
-                    "{}",
-                    res.body
-                ),
+                "query" => {
+                    let rest = format!("{path}?a=1&b=two%20words+x&c\n");
+                    assert!(res.body.starts_with(&format!("uri {rest}")), "{}", res.body);
+                    assert!(
+                        res.body.contains(&format!("original {rest}")),
+                        "{}",
+                        res.body
+                    );
+                }
                 _ => {
                     assert!(
                         res.body.contains("cookie: theme=dark; lang=en\n"),

@@ -77,8 +77,12 @@ fn env_u64(name: &str, default: u64) -> Result<u64, String> {
 /// `APIKEY_TRUSTED_PROXIES`: comma-separated CIDRs (a bare address is
 /// its own /32 or /128).
 fn trusted_proxies() -> Result<Vec<IpNet>, String> {
-    let Ok(value) = std::env::var("APIKEY_TRUSTED_PROXIES") else {
-        return Ok(Vec::new());
+    let value = match std::env::var("APIKEY_TRUSTED_PROXIES") {
+        Ok(value) => value,
+        Err(std::env::VarError::NotPresent) => return Ok(Vec::new()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("APIKEY_TRUSTED_PROXIES is not UTF-8".to_owned())
+        }
     };
     value
         .split(',')

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use http::{Method, Request};
 
 pub(crate) use self::path::is_canonical;
+#[cfg(feature = "axum")]
+use self::path::same_shape;
 use self::path::{matches_path, parse_template, Segment};
 use crate::scope::{Requirement, Scopes};
 
@@ -238,12 +240,18 @@ impl RouteTable {
             all.map(|i| self.requirements[i as usize].scopes.clone())
                 .collect::<Vec<_>>(),
         );
-        self.every = Some(self.push_requirement(every));
+        // Its answer says nothing of the rules: it would list every route's.
+        self.requirements.push(Requirement::undisclosed(every));
+        self.every = Some(self.last_requirement());
         Ok(())
     }
 
     fn push_requirement(&mut self, scopes: Scopes) -> u32 {
         self.requirements.push(Requirement::new(scopes));
+        self.last_requirement()
+    }
+
+    fn last_requirement(&self) -> u32 {
         u32::try_from(self.requirements.len() - 1).unwrap_or(u32::MAX)
     }
 
@@ -256,17 +264,28 @@ impl RouteTable {
         if self.rules.is_empty() {
             return Resolved::DEFAULT;
         }
+        let path = req.uri().path();
+        // Behind axum: the rules of the route it matched (parameter names
+        // aside), and literal rules naming this very path. When none names
+        // it (the layer inside a `route_service` or a nested router, whose
+        // template is the outer one), the path decides, as on a plain stack.
         #[cfg(feature = "axum")]
         if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
             let template = matched.as_str();
-            return self.resolve_with(req.method(), |rule| rule.template == template);
+            let (resolved, matched) = self.resolve_with(req.method(), |rule| {
+                rule.template == template
+                    || (rule.literal && path == rule.template)
+                    || (!rule.literal && same_shape(&rule.segments, template))
+            });
+            if matched {
+                return resolved;
+            }
         }
-        let path = req.uri().path();
         // Checked once, and only if a rule with parameters (or a scope
         // requirement) needs it.
         let canonical = std::cell::OnceCell::new();
         let canonical = || *canonical.get_or_init(|| is_canonical(path));
-        let mut resolved = self.resolve_with(req.method(), |rule| {
+        let (mut resolved, _) = self.resolve_with(req.method(), |rule| {
             if rule.literal {
                 path == rule.template
             } else {
@@ -286,8 +305,11 @@ impl RouteTable {
 
     /// One pass over the rules that apply: for each setting, the most
     /// specific template that says something decides, and on it a method
-    /// rule overrides the any-method rule.
-    fn resolve_with(&self, method: &Method, matches: impl Fn(&Rule) -> bool) -> Resolved {
+    /// rule overrides the any-method rule. A rule that requires scopes and
+    /// names no policy is `Required`: a looser policy of a broader template
+    /// never switches its requirement off (on its own template, a policy
+    /// said outright decides). Also says whether any rule applied.
+    fn resolve_with(&self, method: &Method, matches: impl Fn(&Rule) -> bool) -> (Resolved, bool) {
         let applies = |rule: &Rule| match &rule.method {
             None => true,
             Some(m) => m == method || (method == Method::HEAD && m == Method::GET),
@@ -299,10 +321,22 @@ impl RouteTable {
                     || (r.template == b.template && r.method.is_some() && b.method.is_none())
             }
         };
+        let said = |r: &Rule| r.policy.is_some();
+        let better_policy = |best: Option<&Rule>, r: &Rule| match best {
+            None => true,
+            Some(b) => {
+                r.specificity > b.specificity
+                    || (r.template == b.template
+                        && ((said(r) && !said(b))
+                            || (said(r) == said(b) && r.method.is_some() && b.method.is_none())))
+            }
+        };
         let (mut policy, mut cost, mut scopes) = (None::<&Rule>, None::<&Rule>, None::<&Rule>);
         let mut bypass_cache = false;
+        let mut any = false;
         for rule in self.rules.iter().filter(|r| applies(r) && matches(r)) {
-            if rule.policy.is_some() && better(policy, rule) {
+            any = true;
+            if (rule.policy.is_some() || rule.scopes.is_some()) && better_policy(policy, rule) {
                 policy = Some(rule);
             }
             if rule.cost.is_some() && better(cost, rule) {
@@ -315,12 +349,13 @@ impl RouteTable {
             // it wins.
             bypass_cache |= rule.bypass_cache;
         }
-        Resolved {
+        let resolved = Resolved {
             policy: policy.and_then(|r| r.policy).unwrap_or_default(),
             bypass_cache,
             cost: cost.and_then(|r| r.cost).unwrap_or(1),
             scopes: scopes.and_then(|r| r.scopes),
-        }
+        };
+        (resolved, any)
     }
 }
 

@@ -140,6 +140,35 @@ fn hex(c: u8) -> u8 {
     }
 }
 
+/// Whether a route template (axum's `MatchedPath`) has the shape of
+/// `segments`: the same literals, a parameter where it has one, a catch-all
+/// where it has one, whatever the parameters are named.
+#[cfg(any(feature = "axum", test))]
+pub(super) fn same_shape(segments: &[Segment], template: &str) -> bool {
+    let Some(rest) = template.strip_prefix('/') else {
+        return false;
+    };
+    if segments.is_empty() {
+        return rest.is_empty();
+    }
+    let mut parts = rest.split('/');
+    for segment in segments {
+        let Some(part) = parts.next() else {
+            return false;
+        };
+        let braced = part.len() > 2 && part.starts_with('{') && part.ends_with('}');
+        let same = match segment {
+            Segment::Literal(literal) => part == literal,
+            Segment::Param => braced && !part.starts_with("{*"),
+            Segment::CatchAll => braced && part.starts_with("{*") && part.len() > 3,
+        };
+        if !same {
+            return false;
+        }
+    }
+    parts.next().is_none()
+}
+
 pub(super) fn matches_path(segments: &[Segment], path: &str) -> bool {
     let rest = &path[1..];
     if segments.is_empty() {

@@ -1,3 +1,4 @@
+use super::path;
 use super::*;
 
 fn table() -> RouteTable {
@@ -196,7 +197,7 @@ fn bad_templates_are_refused() {
 
 fn scopes_of(t: &RouteTable, method: Method, path: &str) -> Option<String> {
     let scopes = resolve(t, method, path).scopes?;
-    Some(t.requirement(scopes).rule.to_string())
+    Some(t.requirement(scopes).scopes.to_string())
 }
 
 #[test]
@@ -296,4 +297,67 @@ fn a_table_without_requirements_asks_for_no_scope_whatever_the_path() {
     for path in ["//health", "/v1/keys/", "/x"] {
         assert_eq!(resolve(&t, Method::GET, path).scopes, None, "{path}");
     }
+}
+
+#[test]
+fn a_looser_broader_rule_never_switches_a_requirement_off() {
+    let mut t = RouteTable::default();
+    t.set_policy(Route::from("/files/{*path}"), RoutePolicy::Public)
+        .unwrap();
+    t.set_scopes(Route::from("/files/secret"), Scopes::one("admin"))
+        .unwrap();
+    t.set_policy(Route::from("/docs/{*rest}"), RoutePolicy::Optional)
+        .unwrap();
+    t.set_scopes(Route::from("/docs/admin"), Scopes::one("admin"))
+        .unwrap();
+    // On its own template a policy said outright decides, for every method
+    // or for its own.
+    t.set_scopes(Route::from("/open"), Scopes::one("x"))
+        .unwrap();
+    t.set_policy(Route::from("/open"), RoutePolicy::Optional)
+        .unwrap();
+    t.set_scopes(Route::from("/mixed"), Scopes::one("x"))
+        .unwrap();
+    t.set_policy(Route::from((Method::GET, "/mixed")), RoutePolicy::Public)
+        .unwrap();
+    let r = |m, path| resolve(&t, m, path);
+    let secret = r(Method::GET, "/files/secret");
+    assert_eq!(secret.policy, RoutePolicy::Required);
+    assert!(secret.scopes.is_some());
+    assert_eq!(r(Method::GET, "/files/other").policy, RoutePolicy::Public);
+    assert_eq!(r(Method::GET, "/docs/admin").policy, RoutePolicy::Required);
+    assert_eq!(r(Method::GET, "/docs/intro").policy, RoutePolicy::Optional);
+    assert_eq!(r(Method::GET, "/open").policy, RoutePolicy::Optional);
+    assert_eq!(r(Method::GET, "/mixed").policy, RoutePolicy::Public);
+    assert_eq!(r(Method::POST, "/mixed").policy, RoutePolicy::Required);
+}
+
+#[test]
+fn a_template_has_the_shape_of_a_rule_whatever_its_parameters_are_named() {
+    let shape = |rule: &str, template: &str| {
+        path::same_shape(&path::parse_template(rule).unwrap(), template)
+    };
+    assert!(shape("/v1/keys/{id}", "/v1/keys/{key_id}"));
+    assert!(shape("/files/{*path}", "/files/{*rest}"));
+    assert!(shape("/", "/"));
+    assert!(!shape("/v1/keys/{id}", "/v1/keys/{*id}"));
+    assert!(!shape("/files/{*path}", "/files/{path}"));
+    assert!(!shape("/v1/keys/{id}", "/v1/keys"));
+    assert!(!shape("/v1/keys/{id}", "/v1/keys/{id}/roll"));
+    assert!(!shape("/v1/keys/{id}", "/v1/keys/7"));
+    assert!(!shape("/v1/keys/{id}", "/v1/keys/{}"));
+    assert!(!shape("/v1/keys/{id}", "v1/keys/{id}"));
+}
+
+#[test]
+fn the_answer_for_every_requirement_names_none() {
+    let mut t = RouteTable::default();
+    t.set_scopes(Route::from("/v1/keys"), Scopes::one("admin"))
+        .unwrap();
+    let every = resolve(&t, Method::GET, "//v1/keys").scopes.unwrap();
+    let requirement = t.requirement(every);
+    assert_eq!(requirement.rule, None);
+    assert!(requirement.challenge.is_empty());
+    let own = resolve(&t, Method::GET, "/v1/keys").scopes.unwrap();
+    assert_eq!(t.requirement(own).rule.as_deref(), Some("admin"));
 }

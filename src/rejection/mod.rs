@@ -140,8 +140,8 @@ pub(crate) struct RejectionConfig {
     pub(crate) realm: String,
     pub(crate) retry_after: Duration,
     pub(crate) handler: Option<RejectionHandler>,
-    /// Set by any setter: the request then carries the settings for the
-    /// extractors' own rejections ([`Rendering`]).
+    /// Set by any setter: the layer then renders again, with these, a
+    /// rejection an extractor made in the handler ([`Rerender`]).
     pub(crate) custom: bool,
 }
 
@@ -476,18 +476,49 @@ impl Passed {
     }
 }
 
-/// A layer's rendering settings, left in a request it passed with a
-/// principal when they are not the defaults, so that an extractor's own
-/// rejection ([`Scoped::require`](crate::Scoped::require)) renders as the
-/// layer's do. With the defaults nothing is left: no allocation on a hit.
+/// A rejection made by an extractor in the handler
+/// ([`Scoped::require`](crate::Scoped::require)), which knows nothing of
+/// the layer's rendering settings: rendered with the defaults, it rides in
+/// the response's extensions, and a layer whose settings are not the
+/// defaults renders it again with its own on the way out
+/// ([`AuthRejection::rerender`]). Nothing is added to a request: no
+/// allocation on a hit.
 #[cfg(feature = "axum")]
 #[derive(Clone)]
-pub(crate) struct Rendering(pub(crate) Arc<RejectionConfig>);
+pub(crate) struct Rerender(pub(crate) AuthRejection);
 
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for AuthRejection {
     fn into_response(self) -> axum::response::Response {
-        self.to_response().map(axum::body::Body::from)
+        let mut res = self.to_response().map(axum::body::Body::from);
+        // Made without a layer's settings (an extractor's): a layer with
+        // settings of its own renders it again.
+        if self.config.is_none() && self.kind != RejectionKind::LayerMissing {
+            res.extensions_mut().insert(Rerender(self));
+        }
+        res
+    }
+}
+
+impl AuthRejection {
+    /// The inner service answered with an extractor's rejection
+    /// ([`Rerender`]): that rejection rendered with `config` (the layer's,
+    /// not the defaults), else the response as it is.
+    #[cfg(feature = "axum")]
+    pub(crate) fn rerender<B: From<Bytes>>(
+        response: Response<B>,
+        config: &Arc<RejectionConfig>,
+    ) -> Response<B> {
+        match response.extensions().get::<Rerender>() {
+            Some(Rerender(rejection)) => {
+                let rejection = Self {
+                    config: Some(Arc::clone(config)),
+                    ..rejection.clone()
+                };
+                rejection.to_response().map(B::from)
+            }
+            None => response,
+        }
     }
 }
 

@@ -88,7 +88,7 @@ impl AuthRejection {
                 .rate_limit()
                 .map(|s| s.violated().map(RateLimit::name).collect())
                 .unwrap_or_default(),
-            required_scopes: self.requirement().map(|r| &*r.rule),
+            required_scopes: self.requirement().and_then(|r| r.rule.as_deref()),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = Response::new(Bytes::from(body));

@@ -249,6 +249,17 @@ impl<C: KeyCache, L> RequestPath<C, L> {
         self.shared.counters.snapshot()
     }
 
+    /// The layer's rendering settings when they are not the defaults: the
+    /// response future then renders an extractor's rejection again with
+    /// them (`AuthRejection::rerender`).
+    pub(crate) fn rendering(&self) -> Option<Arc<RejectionConfig>> {
+        if cfg!(feature = "axum") && self.config.rejection.custom {
+            Some(Arc::clone(&self.config.rejection))
+        } else {
+            None
+        }
+    }
+
     fn rejection(&self, kind: RejectionKind) -> AuthRejection {
         AuthRejection::new(kind, Arc::clone(&self.config.rejection))
     }
@@ -461,9 +472,7 @@ where
     }
 
     /// Stages 8 and 9: the key's use is noted (with a usage tracker), and
-    /// the principal goes into the request's extensions (with the layer's
-    /// rendering settings when they are not the defaults, for the
-    /// extractors' own rejections).
+    /// the principal goes into the request's extensions.
     fn forward<B>(
         &self,
         req: &mut http::Request<B>,
@@ -479,16 +488,16 @@ where
         }
         #[cfg(not(feature = "usage"))]
         let _ = hash;
-        let extensions = req.extensions_mut();
-        extensions.insert(principal);
-        // Only the axum extractors read it.
-        #[cfg(feature = "axum")]
-        if self.config.rejection.custom {
-            extensions.insert(crate::rejection::Rendering(Arc::clone(
-                &self.config.rejection,
-            )));
-        }
+        req.extensions_mut().insert(principal);
         Step::Done(Ok(extra))
+    }
+}
+
+impl<C: KeyCache, L> Authentication<C, L> {
+    /// The layer's rendering settings, when not the defaults
+    /// ([`RequestPath::rendering`]).
+    pub(crate) fn rendering(&self) -> Option<Arc<RejectionConfig>> {
+        self.path.rendering()
     }
 }
 

@@ -13,11 +13,13 @@ impl KeySource {
     /// Removes what source `from` (a [`Found::from`](super::Found)) reads
     /// from `req`: the `Authorization` values of the Bearer scheme (others,
     /// such as `Basic`, stay), the named header, every instance of the query
-    /// parameter (the rest of the query kept as sent), or the cookie (the
-    /// other cookies kept).
+    /// parameter (the rest of the query kept as sent; axum's `OriginalUri`
+    /// too), or the cookie (the other cookies kept). The header cases cost
+    /// one lookup and no allocation when the line is the only one of its
+    /// name; a rewritten query or cookie line is one allocation.
     pub(crate) fn hide<B>(&self, req: &mut http::Request<B>, from: Place) {
         match self.kinds.get(from.source) {
-            // The one `Authorization` line: the common case, one lookup.
+            // The one `Authorization` line: the common case.
             Some(SourceKind::Bearer) if from.alone => {
                 req.headers_mut().remove(AUTHORIZATION);
             }
@@ -33,6 +35,28 @@ impl KeySource {
                 if let Some(uri) = without_param(req.uri(), param) {
                     *req.uri_mut() = uri;
                 }
+                // axum's router keeps the URI as it came, for handlers that
+                // ask (`OriginalUri`): the key must not wait there.
+                #[cfg(feature = "axum")]
+                if let Some(original) = req.extensions_mut().get_mut::<axum::extract::OriginalUri>()
+                {
+                    if let Some(uri) = without_param(&original.0, param) {
+                        original.0 = uri;
+                    }
+                }
+            }
+            Some(SourceKind::Cookie(name)) if from.alone => {
+                let headers = req.headers_mut();
+                let rewritten = headers.get(COOKIE).map(|v| without_cookie(v, name));
+                match rewritten {
+                    Some(Some(rest)) => {
+                        headers.insert(COOKIE, rest);
+                    }
+                    Some(None) => {
+                        headers.remove(COOKIE);
+                    }
+                    None => {}
+                }
             }
             Some(SourceKind::Cookie(name)) => {
                 remove_values(req.headers_mut(), COOKIE, |v| without_cookie(v, name));
@@ -43,8 +67,9 @@ impl KeySource {
 }
 
 /// Replaces every value of header `name` with what `keep` makes of it
-/// (`None`: dropped); the header goes when no value is kept. One lookup
-/// of the name; an allocation only for a value kept.
+/// (`None`: dropped); the header goes when no value is kept. For a header
+/// of several lines (rare but for cookies over HTTP/2): one lookup, the
+/// lines kept collected once.
 fn remove_values(
     headers: &mut HeaderMap,
     name: http::HeaderName,
@@ -62,36 +87,38 @@ fn remove_values(
 }
 
 /// A `Cookie` value without the cookie `name` (`None` when nothing is
-/// left); the other pairs as sent.
+/// left); the other pairs as sent, joined by `"; "`. The value itself when
+/// it has no such cookie; otherwise one allocation.
 fn without_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
-    let pairs = cookie_pairs(value.as_bytes());
-    let mut rest: Vec<&[u8]> = Vec::new();
-    let mut removed = false;
-    for cookie in pairs {
-        if cookie.name == name.as_bytes() {
-            removed = true;
-        } else {
-            rest.push(cookie.raw);
-        }
-    }
-    if !removed {
+    let named = |raw: &[u8]| {
+        cookie_pairs(raw)
+            .next()
+            .is_some_and(|c| c.name == name.as_bytes())
+    };
+    if !cookie_pairs(value.as_bytes()).any(|c| c.name == name.as_bytes()) {
         return Some(value.clone());
     }
-    let rest: Vec<&[u8]> = rest
-        .into_iter()
-        .map(|raw| raw.trim_ascii())
-        .filter(|raw| !raw.is_empty())
-        .collect();
+    let mut rest = Vec::with_capacity(value.len());
+    for raw in value.as_bytes().split(|&b| b == b';') {
+        let pair = raw.trim_ascii();
+        if pair.is_empty() || named(pair) {
+            continue;
+        }
+        if !rest.is_empty() {
+            rest.extend_from_slice(b"; ");
+        }
+        rest.extend_from_slice(pair);
+    }
     if rest.is_empty() {
         return None;
     }
-    // The pairs were bytes of a valid value, joined by "; ".
-    HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok()
+    // Pieces of a valid value, joined by "; ": valid.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(rest)).ok()
 }
 
 /// `uri` without any `param=…` in its query (`None`: it has none, nothing
 /// to change). Each other pair is kept byte for byte, in order; the query
-/// goes when nothing is left of it.
+/// goes when nothing is left of it. One allocation, the new path and query.
 fn without_param(uri: &Uri, param: &str) -> Option<Uri> {
     let query = uri.query()?;
     let named = |pair: &str| {
@@ -102,13 +129,15 @@ fn without_param(uri: &Uri, param: &str) -> Option<Uri> {
     if !query.split('&').any(named) {
         return None;
     }
-    let rest: Vec<&str> = query.split('&').filter(|pair| !named(pair)).collect();
-    let rest = rest.join("&");
-    let path_and_query = if rest.is_empty() {
-        uri.path().to_owned()
-    } else {
-        format!("{}?{rest}", uri.path())
-    };
+    let path = uri.path();
+    let mut path_and_query = String::with_capacity(path.len() + 1 + query.len());
+    path_and_query.push_str(path);
+    let mut first = true;
+    for pair in query.split('&').filter(|pair| !named(pair)) {
+        path_and_query.push(if first { '?' } else { '&' });
+        path_and_query.push_str(pair);
+        first = false;
+    }
     let mut parts = uri.clone().into_parts();
     // Pieces of a valid URI, rejoined: valid. Were it not, the path alone
     // (never the key).

@@ -255,12 +255,15 @@ impl KeySource {
                     }
                 }
                 SourceKind::Cookie(name) => {
-                    for line in parts.headers.get_all(COOKIE) {
+                    let lines = parts.headers.get_all(COOKIE);
+                    let mut each = lines.iter();
+                    let alone = each.next().is_some() && each.next().is_none();
+                    for line in lines {
                         for cookie in cookie_pairs(line.as_bytes()) {
                             if cookie.name == name.as_bytes() {
                                 put(
                                     Cow::Borrowed(parse_plain(cookie.value, self.max_len)?),
-                                    false,
+                                    alone,
                                 )?;
                             }
                         }
@@ -280,8 +283,8 @@ pub(crate) struct Found<'a> {
 }
 
 /// Where a credential was found: the source's index, and whether its
-/// header line was the only one of its name (then hiding it is removing
-/// the header, no other line to keep).
+/// header line was the only one of its name (then hiding it is one lookup:
+/// no other line to keep).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Place {
     pub(crate) source: usize,

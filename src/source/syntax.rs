@@ -131,7 +131,7 @@ pub(super) fn is_bearer_scheme(value: &[u8]) -> bool {
 
 /// The `name=value` pairs of a `Cookie` header value (RFC 6265 §4.2.1:
 /// `pair *( ";" SP pair )`, read leniently: spaces around either side
-/// trimmed), with each pair's whole text for rewriting the header.
+/// trimmed).
 pub(super) fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = Cookie<'_>> {
     value.split(|&b| b == b';').map(|raw| {
         let pair = trim_ows(raw);
@@ -145,14 +145,12 @@ pub(super) fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = Cookie<'_>> {
             [b'"', inner @ .., b'"'] => inner,
             v => v,
         };
-        Cookie { raw, name, value }
+        Cookie { name, value }
     })
 }
 
 /// One pair of a `Cookie` header.
 pub(super) struct Cookie<'a> {
-    /// The pair as sent, between its separators.
-    pub(super) raw: &'a [u8],
     pub(super) name: &'a [u8],
     pub(super) value: &'a [u8],
 }
