@@ -398,8 +398,27 @@ fn keep(shared: &Shared, key: CounterKey, entry: &Arc<Mutex<Local>>, units: Carr
     }
 }
 
+/// The most keys sent in one round of a batch: what a batch holds at once
+/// (its calls, their answers) is bounded by this, not by the keys in use.
+const BATCH_KEYS: usize = 512;
+
+/// Sends every key's unsent units, [`BATCH_KEYS`] keys at a time.
 async fn flush(shared: &Shared) -> Result<(), CounterError> {
-    let listed = mem::take(&mut *lock(&shared.unsent));
+    let mut listed = mem::take(&mut *lock(&shared.unsent));
+    let mut result = Ok(());
+    while !listed.is_empty() {
+        let round = listed.split_off(listed.len().saturating_sub(BATCH_KEYS));
+        if let Err(error) = flush_round(shared, round).await {
+            result = Err(error);
+        }
+    }
+    result
+}
+
+async fn flush_round(
+    shared: &Shared,
+    listed: Vec<(CounterKey, Arc<Mutex<Local>>)>,
+) -> Result<(), CounterError> {
     let mut batch = Vec::with_capacity(listed.len());
     let mut entries = Vec::with_capacity(listed.len());
     for (key, entry) in listed {

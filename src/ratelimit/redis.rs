@@ -456,13 +456,23 @@ impl RedisCounters {
         use futures_util::StreamExt;
         let inner = &*self.inner;
         let client = inner.pool.one();
-        let calls: Vec<_> = batch
+        // Made as the window moves, not all first: each command in flight
+        // holds its buffers.
+        // Each call's arguments made first (a batch is bounded: local-first
+        // sends its keys a round at a time), the futures as the window moves.
+        let client = &client;
+        let owned: Vec<_> = batch
             .iter()
             .map(|c| {
                 let key = self.redis_key(&c.key);
                 let args = arguments(&c.limits, c.algorithm, 0, c.units);
-                let client = &client;
-                let call = async move {
+                (key, args, c.limits.len())
+            })
+            .collect();
+        let calls = owned
+            .into_iter()
+            .map(move |(key, args, policies)| async move {
+                let call = async {
                     match client
                         .evalsha(&inner.sha, vec![key.as_str()], args.clone())
                         .await
@@ -471,14 +481,10 @@ impl RedisCounters {
                         answer => answer,
                     }
                 };
-                async move {
-                    let answer: Vec<i64> = inner.pool.run_within(timeout, call, failed).await?;
-                    Answer::parse(&answer, c.limits.len())
-                }
-            })
-            .collect();
-        // A bounded number in flight, answers in order: each command holds
-        // its buffers while in flight.
+                let answer: Vec<i64> = inner.pool.run_within(timeout, call, failed).await?;
+                Answer::parse(&answer, policies)
+            });
+        // A bounded number in flight, answers in order.
         futures_util::stream::iter(calls)
             .buffered(CALLS_IN_FLIGHT)
             .collect()

@@ -1,6 +1,7 @@
 //! Invalidations: one key (its version moved, its entry gone, in one
-//! script), one owner (the owner's set taken whole, each listed key
-//! invalidated), and everything under the prefix (SCAN and UNLINK).
+//! script), one owner (the owner's set taken whole into a sweep, each listed
+//! key invalidated a chunk at a time), and everything under the prefix
+//! (SCAN and UNLINK).
 
 use std::sync::atomic::Ordering;
 
@@ -13,6 +14,9 @@ use super::{scripts, RedisCache};
 use crate::cache::CacheError;
 use crate::redis_pool::millis;
 use crate::KeyHash;
+
+/// Keys of an owner invalidated at once.
+const SWEEP_CHUNK: i64 = 256;
 
 impl<P> RedisCache<P> {
     /// Moves the key's version (tokens taken before can't fill) and deletes
@@ -28,23 +32,42 @@ impl<P> RedisCache<P> {
     }
 
     /// Moves the owners' epoch (in-flight fills of owned keys stop), then
-    /// takes the owner's set whole, then invalidates each key it listed.
-    /// Taking it whole matters: a fill that lists a key after this goes into
-    /// a new set, never into one being swept and emptied.
+    /// takes the owner's set whole into its sweep, then pops it
+    /// [`SWEEP_CHUNK`] keys at a time and invalidates each. Taking it whole
+    /// matters: a fill that lists a key after this goes into a new set,
+    /// never into one being swept and emptied. Popping matters: an owner of
+    /// a million keys costs a chunk of memory, not a million members; and a
+    /// sweep cut short (an error) is finished by the next call.
     pub(super) async fn invalidate_owner_keys(&self, owner: &str) -> Result<(), CacheError> {
         let inner = &*self.inner;
         let _: i64 = inner.run(inner.client().incr(inner.keys.owners())).await?;
-        let set = vec![inner.keys.owner(owner)];
+        let sweep = inner.keys.owner_sweep(owner);
+        let keys = vec![inner.keys.owner(owner), sweep.clone()];
         let no_args: Vec<String> = Vec::new();
-        let members: Vec<String> = inner
-            .run(inner.client().eval(scripts::OWNER_TAKE, set, no_args))
+        let _held: i64 = inner
+            .run(inner.client().eval(scripts::OWNER_TAKE, keys, no_args))
             .await?;
-        for batch in members.chunks(256) {
-            let listed = batch.iter().filter_map(|m| KeyHash::from_hex(m));
+        // Each chunk leaves the sweep only once invalidated.
+        let mut done: Vec<String> = Vec::new();
+        loop {
+            let mut args = Vec::with_capacity(1 + done.len());
+            args.push(SWEEP_CHUNK.to_string());
+            args.append(&mut done);
+            let members: Vec<String> = inner
+                .run(
+                    inner
+                        .client()
+                        .eval(scripts::OWNER_NEXT, vec![sweep.clone()], args),
+                )
+                .await?;
+            if members.is_empty() {
+                return Ok(());
+            }
+            let listed = members.iter().filter_map(|m| KeyHash::from_hex(m));
             let results = join_all(listed.map(|hash| self.invalidate_key(hash))).await;
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            done = members;
         }
-        Ok(())
     }
 
     /// Bumps this process's epoch (its in-flight fills can't write), then

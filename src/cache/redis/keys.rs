@@ -61,6 +61,12 @@ impl Keys {
 
     /// The owners' epoch (ends like a version key, so `invalidate_all`
     /// keeps it).
+    /// An owner's listing being swept by `invalidate_owner` (the set's
+    /// hash tag: one slot with it).
+    pub(super) fn owner_sweep(&self, owner: &str) -> String {
+        self.tagged("o:", &KeyHash::of(owner), ":sweep")
+    }
+
     pub(super) fn owners(&self) -> String {
         format!("{}{{owners}}:v", self.prefix)
     }

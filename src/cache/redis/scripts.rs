@@ -35,10 +35,28 @@ end
 return 1
 ";
 
-/// Takes an owner's set whole: its members, and the set gone, atomically.
-/// KEYS: set.
+/// Takes an owner's set whole, atomically, into its sweep (merged with
+/// what an interrupted sweep left there, which lasts as long as either),
+/// and answers how many keys the sweep holds; they are then popped a chunk
+/// at a time. KEYS: set, sweep.
 pub(super) const OWNER_TAKE: &str = r"
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return members
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    local ttl = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]))
+    redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[1], 'AGGREGATE', 'MAX')
+    redis.call('DEL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  else
+    redis.call('RENAME', KEYS[1], KEYS[2])
+  end
+end
+return redis.call('ZCARD', KEYS[2])
+";
+
+/// Drops from an owner's sweep the keys just invalidated (ARGV: their
+/// members), then answers the next ARGV[1] members (none: the sweep is
+/// done and gone). KEYS: sweep. ARGV: chunk, members done…
+pub(super) const OWNER_NEXT: &str = r"
+if #ARGV > 1 then redis.call('ZREM', KEYS[1], unpack(ARGV, 2)) end
+return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 ";

@@ -48,14 +48,17 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::mem;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+mod flush;
 #[cfg(feature = "redis")]
 mod redis;
+
+pub use self::flush::BATCH_KEYS;
+use self::flush::{batches, flush};
 #[cfg(feature = "redis")]
 pub use redis::RedisUsage;
 
@@ -400,83 +403,6 @@ impl fmt::Debug for AnyTracker {
     }
 }
 
-/// Every interval, a batch; ends when the last tracker is dropped.
-async fn batches<P: Send + Sync + 'static>(shared: Weak<Shared<P>>, interval: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if let Err(error) = flush(&shared).await {
-            if let Some(suppressed) = shared.warnings.allow() {
-                tracing::warn!(%error, suppressed, "usage recorder failed; its batch is kept for the next");
-            }
-        }
-    }
-}
-
-async fn flush<P: Send + Sync + 'static>(shared: &Shared<P>) -> Result<(), BoxError> {
-    let _one_at_a_time = shared.flushing.lock().await;
-    let mut batch = Vec::new();
-    for shard in &shared.shards {
-        let taken = {
-            let mut pending = lock(shard);
-            let fresh = HashMap::with_hasher(pending.hasher().clone());
-            mem::replace(&mut *pending, fresh)
-        };
-        shared
-            .pending_keys
-            .fetch_sub(taken.len(), Ordering::Relaxed);
-        batch.extend(taken.into_iter().map(|(hash, p)| KeyUse {
-            hash,
-            principal: p.principal,
-            last_used: p.last_used,
-            uses: p.uses,
-        }));
-    }
-    if batch.is_empty() {
-        return Ok(());
-    }
-    // Ours is put back unless the recorder succeeds (an error, or this
-    // future dropped: a shutdown's deadline passed).
-    let mut kept = Restore {
-        shared,
-        records: records_of(&batch),
-    };
-    #[cfg(feature = "redis")]
-    if let Some(redis) = &shared.redis {
-        batch = claimed(shared, redis, batch).await;
-        kept.records = records_of(&batch);
-        if batch.is_empty() {
-            return Ok(());
-        }
-    }
-    let keys = batch.len() as u64;
-    let recorded = tokio::time::timeout(shared.record_timeout, shared.recorder.record(batch))
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "the usage recorder took more than {:?}",
-                shared.record_timeout
-            )
-            .into())
-        });
-    match recorded {
-        Ok(()) => {
-            kept.records.clear();
-            shared.batches.fetch_add(1, Ordering::Relaxed);
-            shared.recorded_keys.fetch_add(keys, Ordering::Relaxed);
-            Ok(())
-        }
-        Err(error) => {
-            shared.failures.fetch_add(1, Ordering::Relaxed);
-            Err(error)
-        }
-    }
-}
-
 /// Whether one more key may be pending (and counts it if so).
 fn room<P>(shared: &Shared<P>) -> bool {
     if shared.pending_keys.load(Ordering::Relaxed) >= shared.max_pending {
@@ -497,103 +423,4 @@ fn random_id() -> u64 {
         return nanos as u64 ^ u64::from(std::process::id());
     }
     u64::from_le_bytes(bytes)
-}
-
-fn records_of<P>(batch: &[KeyUse<P>]) -> Vec<(KeyHash, SystemTime, u64, Arc<P>)> {
-    batch
-        .iter()
-        .map(|u| (u.hash, u.last_used, u.uses, Arc::clone(&u.principal)))
-        .collect()
-}
-
-/// What this instance records of `batch` after meeting the others in
-/// Redis: the keys whose marker it took (with everyone's uses), and, where
-/// Redis failed, its own. A key another instance records this interval
-/// waits here with no uses of its own, to be claimed again next batch.
-#[cfg(feature = "redis")]
-async fn claimed<P>(
-    shared: &Shared<P>,
-    redis: &RedisUsage,
-    batch: Vec<KeyUse<P>>,
-) -> Vec<KeyUse<P>> {
-    let keys: Vec<_> = batch
-        .iter()
-        .map(|u| (u.hash, u.uses, u.last_used))
-        .collect();
-    let claims = redis
-        .claim_all(&keys, shared.interval, shared.instance)
-        .await;
-    let mut mine = Vec::with_capacity(batch.len());
-    let mut failed = None;
-    for (used, claim) in batch.into_iter().zip(claims) {
-        match claim {
-            Ok(redis::Claim::Record { uses, last_used }) => mine.push(KeyUse {
-                uses,
-                last_used: last_used.max(used.last_used),
-                ..used
-            }),
-            Ok(redis::Claim::Elsewhere) => {
-                keep(shared, used.hash, used.last_used, 0, used.principal);
-            }
-            Ok(redis::Claim::Nothing) => {}
-            Err(error) => {
-                shared.shared_errors.fetch_add(1, Ordering::Relaxed);
-                failed = Some(error);
-                if used.uses > 0 {
-                    mine.push(used);
-                } else {
-                    // Uses of other instances may wait in Redis: claim
-                    // again next batch.
-                    keep(shared, used.hash, used.last_used, 0, used.principal);
-                }
-            }
-        }
-    }
-    if let Some(error) = failed {
-        if let Some(suppressed) = shared.warnings.allow() {
-            tracing::warn!(%error, suppressed, "usage: Redis failed; this instance records its own uses");
-        }
-    }
-    mine
-}
-
-/// A batch in the recorder's hands: put back when dropped unfinished.
-struct Restore<'a, P> {
-    shared: &'a Shared<P>,
-    records: Vec<(KeyHash, SystemTime, u64, Arc<P>)>,
-}
-
-impl<P> Drop for Restore<'_, P> {
-    fn drop(&mut self) {
-        for (hash, last_used, uses, principal) in self.records.drain(..) {
-            keep(self.shared, hash, last_used, uses, principal);
-        }
-    }
-}
-
-/// Puts a failed batch's record back, merged with what was noted since
-/// (counts summed, the later instant and principal kept).
-fn keep<P>(shared: &Shared<P>, hash: KeyHash, last_used: SystemTime, uses: u64, principal: Arc<P>) {
-    let shard = &shared.shards[usize::from(hash.as_bytes()[31]) % SHARDS];
-    let mut pending = lock(shard);
-    if let Some(entry) = pending.get_mut(&hash) {
-        entry.uses += uses;
-        if last_used > entry.last_used {
-            entry.last_used = last_used;
-        }
-        return;
-    }
-    if !room(shared) {
-        drop(pending);
-        shared.dropped_uses.fetch_add(uses, Ordering::Relaxed);
-        return;
-    }
-    pending.insert(
-        hash,
-        Pending {
-            principal,
-            last_used,
-            uses,
-        },
-    );
 }
