@@ -6,9 +6,12 @@
 //! `cooldown`. Then it half-opens: the next call goes through as a probe,
 //! and its success closes the breaker, its failure opens it again. An
 //! outage then costs the first few requests a timeout, not every request.
+//! Where the backend can be probed apart from any request (Redis: a `PING`
+//! of the pool's own, `redis_pool.rs`), the prober marks itself
+//! ([`probing`](Breaker::probing)) and no request is a probe.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The failure of a call the breaker kept from the backend.
@@ -36,6 +39,8 @@ pub(crate) struct Breaker {
     /// While open: when (in ms since `origin`, plus one; 0 is closed) the
     /// next probe may go.
     open_until: AtomicU64,
+    /// A prober of its own runs: no call goes through while open.
+    probing: AtomicBool,
 }
 
 impl Breaker {
@@ -46,6 +51,19 @@ impl Breaker {
             origin: Instant::now(),
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    /// Claims the probing (`true`) or gives it up (`false`); claiming
+    /// answers whether this caller got it.
+    #[cfg(feature = "redis")]
+    pub(crate) fn probing(&self, on: bool) -> bool {
+        if on {
+            !self.probing.swap(true, Ordering::AcqRel)
+        } else {
+            self.probing.store(false, Ordering::Release);
+            false
         }
     }
 
@@ -62,7 +80,7 @@ impl Breaker {
             return true;
         }
         let now = self.now_ms() + 1;
-        if now < until {
+        if now < until || self.probing.load(Ordering::Acquire) {
             return false;
         }
         // Due: move the deadline on, so that only this caller probes.
@@ -134,6 +152,20 @@ mod tests {
         assert!(b.allows(), "due for a probe");
         assert!(!b.allows(), "one probe at a time");
         b.succeeded();
+        assert!(b.allows());
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn while_a_prober_of_its_own_runs_no_call_is_a_probe() {
+        let b = Breaker::new(1, Duration::from_millis(20));
+        assert!(b.failed());
+        assert!(b.probing(true));
+        assert!(!b.probing(true), "one prober");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!b.allows(), "due, but the prober probes");
+        b.succeeded();
+        b.probing(false);
         assert!(b.allows());
     }
 

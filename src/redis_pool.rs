@@ -8,12 +8,17 @@
 //! per-command timeout costs a third of the throughput under load (measured
 //! in `benches/redis_hit.rs`).
 //!
+//! A command also fails at once when none of the pool's connections is up
+//! (Redis killed or restarting: the client has seen its connections drop),
+//! without waiting its timeout.
+//!
 //! Every command goes through the pool's circuit breaker: after a few
 //! timeouts or connection failures in a row it opens, and commands fail at
 //! once ([`Skipped`]) instead of each waiting out its timeout on a Redis that
-//! holds the connection and answers nothing; one command per cooldown goes
-//! through as a probe, and its answer closes the breaker. Error replies
-//! (a script error, `WRONGTYPE`) are answers: they don't count.
+//! holds the connection and answers nothing. While it is open a task of the
+//! pool's own sends a `PING` every cooldown, and its answer closes the
+//! breaker: no request is ever the probe. Error replies (a script error,
+//! `WRONGTYPE`) are answers: they don't count.
 
 use crate::telemetry::{self, Timer};
 use std::error::Error as StdError;
@@ -57,22 +62,67 @@ pub struct RedisHealth {
     pub skipped: u64,
 }
 
-/// A pool's breaker, and what it has done.
+/// A pool's breaker, what it has done, and the pool's connections (whose
+/// state says whether Redis is known to be gone, and which the probe uses).
 pub(crate) struct Health {
     breaker: Breaker,
     opened: AtomicU64,
     closed: AtomicU64,
     skipped: AtomicU64,
+    clients: Vec<Client>,
+    /// A probe's `PING` waits at most this.
+    timeout: Duration,
 }
 
 impl Health {
-    fn new(failures: u32, cooldown: Duration) -> Self {
+    fn new(failures: u32, cooldown: Duration, pool: &Pool, timeout: Duration) -> Self {
         Self {
             breaker: Breaker::new(failures, cooldown),
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            clients: pool.clients().to_vec(),
+            timeout,
         }
+    }
+
+    /// Whether any connection of the pool is up. `false` once the client
+    /// has seen every connection drop (and until one is back): a command
+    /// then fails at once.
+    fn any_connected(&self) -> bool {
+        self.clients.is_empty() || self.clients.iter().any(|c| c.is_connected())
+    }
+
+    /// While the breaker is open: a task that `PING`s every cooldown and
+    /// closes the breaker when Redis answers. One at a time; none outside a
+    /// Tokio runtime (then a request probes, as the breaker does alone).
+    fn probe(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.breaker.probing(true) {
+            return;
+        }
+        let health = Arc::downgrade(self);
+        let cooldown = self.breaker.cooldown();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(cooldown).await;
+                let Some(health) = health.upgrade() else {
+                    return;
+                };
+                let Some(client) = health.clients.iter().find(|c| c.is_connected()) else {
+                    continue;
+                };
+                let ping =
+                    tokio::time::timeout(health.timeout, client.ping::<fred::types::Value>(None));
+                if let Ok(Ok(_)) = ping.await {
+                    health.answered();
+                    health.breaker.probing(false);
+                    return;
+                }
+            }
+        });
     }
 
     /// Whether a command may go to Redis now.
@@ -91,13 +141,14 @@ impl Health {
         }
     }
 
-    fn failed(&self, why: &dyn std::fmt::Display) {
+    fn failed(self: &Arc<Self>, why: &dyn std::fmt::Display) {
         if self.breaker.failed() {
             // Once per cooldown at most: it opens again only after a probe
             // closed it.
             self.opened.fetch_add(1, Ordering::Relaxed);
             let cooldown = self.breaker.cooldown();
-            tracing::warn!(%why, ?cooldown, "Redis failing: circuit breaker opened; commands skip Redis, a probe per cooldown");
+            tracing::warn!(%why, ?cooldown, "Redis failing: circuit breaker opened; commands skip Redis, a PING per cooldown");
+            self.probe();
         }
     }
 
@@ -202,14 +253,19 @@ impl PoolSettings {
             }
         }
         Ok(RedisPool {
-            pool,
             options: Options {
                 fail_fast: true,
                 max_attempts: Some(1),
                 ..Options::default()
             },
             timeout: self.command_timeout,
-            health: Arc::new(Health::new(self.breaker_failures, self.breaker_cooldown)),
+            health: Arc::new(Health::new(
+                self.breaker_failures,
+                self.breaker_cooldown,
+                &pool,
+                self.command_timeout,
+            )),
+            pool,
         })
     }
 
@@ -383,6 +439,12 @@ where
             *this.started = true;
             if !this.health.admit() {
                 return Poll::Ready(Err((this.failed)(Box::new(Skipped))));
+            }
+            // Every connection known to be down: no reason to wait.
+            if !this.health.any_connected() {
+                let why = "every Redis connection is down";
+                this.health.failed(&why);
+                return Poll::Ready(Err((this.failed)(why.into())));
             }
             *this.timer = Timer::start();
         }

@@ -80,7 +80,8 @@ impl<P> RedisCacheBuilder<P> {
     /// connection failures in a row (default 3) it opens, and commands skip
     /// Redis at once (the layer answers from the lookup, as for a Redis that
     /// refuses connections) instead of each waiting out the command timeout;
-    /// one command per `cooldown` (default 1 s) goes through as a probe, and
+    /// a `PING` of the pool's own every `cooldown` (default 1 s; no request is
+    /// the probe) checks on Redis, and
     /// its answer closes it. Error replies don't count. `failures = 0`
     /// switches it off (every command waits its timeout). See
     /// [`RedisCache::health`].
