@@ -27,12 +27,8 @@ use crate::redis_pool::{Command, Failure, PoolSettings, RedisPool, Source};
 /// the cost. Every policy of a counter key is a field group of one hash, so
 /// the script touches one key (one slot on a cluster).
 ///
-/// KEYS: the counter key's hash. ARGV: cost; carry, units admitted
-/// elsewhere (a local-first instance's) added whatever the policies say, to
-/// the window they were admitted in (carry_at, in ms: the current window,
-/// or the previous one; older units are dropped); carry_at; the number of
-/// policies, then for each: its field (`name/window`), quota, window in ms,
-/// 1 for sliding.
+/// KEYS: the counter key's hash. ARGV: cost; the number of policies, then
+/// for each: its field (`name/window`), quota, window in ms, 1 for sliding.
 ///
 /// The arithmetic is `window.rs`'s, operation for operation (Lua numbers are
 /// doubles, as the crate's estimate is).
@@ -40,14 +36,12 @@ const HIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cost = tonumber(ARGV[1])
-local carry = tonumber(ARGV[2])
-local carry_at = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[2])
 local rolled = {}
 local admitted = 1
 local longest = 0
 for i = 0, n - 1 do
-  local base = 5 + i * 4
+  local base = 3 + i * 4
   local field = ARGV[base]
   local quota = tonumber(ARGV[base + 1])
   local w = tonumber(ARGV[base + 2])
@@ -65,14 +59,6 @@ for i = 0, n - 1 do
     cur = 0
   else
     idx = si
-  end
-  if carry > 0 then
-    local ci = math.floor(carry_at / w)
-    if ci >= idx then
-      cur = cur + carry
-    elseif ci + 1 == idx then
-      prev = prev + carry
-    end
   end
   local used = cur
   if sliding then
@@ -155,10 +141,7 @@ impl fmt::Debug for RedisCountersBuilder {
     }
 }
 
-/// A batch's script calls in flight at once.
-const CALLS_IN_FLIGHT: usize = 64;
-
-fn failed(failure: Failure) -> CounterError {
+pub(super) fn failed(failure: Failure) -> CounterError {
     CounterError::new(failure)
 }
 
@@ -224,12 +207,10 @@ impl RedisCountersBuilder {
 impl RedisCounters {
     /// The Lua script every hit runs (by `EVALSHA`): to read, to load ahead
     /// of time, or to measure against. KEYS: the counter key's hash
-    /// ([`redis_key`](Self::redis_key)); ARGV: cost, carry (units added
-    /// whatever the policies say, to the window of carry_at), carry_at (ms
-    /// since the epoch), the number of policies, then for each its field
-    /// (`name/window_seconds`), quota, window in ms, and 1 for a sliding
-    /// window. It answers `[admitted, now_ms, (window, current,
-    /// previous) per policy]`.
+    /// ([`redis_key`](Self::redis_key)); ARGV: cost, the number of
+    /// policies, then for each its field (`name/window_seconds`), quota,
+    /// window in ms, and 1 for a sliding window. It answers `[admitted,
+    /// now_ms, (window, current, previous) per policy]`.
     pub const SCRIPT: &'static str = HIT;
 
     /// A builder connecting to `url` (`redis://…`, `redis-cluster://…`).
@@ -263,9 +244,9 @@ impl RedisCounters {
         }
     }
 
-    /// How long one command may take.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.inner.pool.timeout()
+    /// The connections, for local-first's own script.
+    pub(super) fn pool(&self) -> &RedisPool {
+        &self.inner.pool
     }
 
     /// What the connections' circuit breaker has done (the cache's, when
@@ -295,14 +276,22 @@ impl fmt::Debug for RedisCounters {
 }
 
 /// The script's arguments for a hit.
-fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64, carry: Carried) -> Vec<Value> {
-    let sliding = i64::from(algorithm == Algorithm::SlidingWindow);
-    let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
-    let mut args = Vec::with_capacity(4 + 4 * limits.len());
+fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64) -> Vec<Value> {
+    let mut args = Vec::with_capacity(2 + 4 * limits.len());
     args.push(int(cost));
-    args.push(int(carry.units));
-    args.push(int(carry.at_ms));
     args.push(Value::Integer(limits.len() as i64));
+    push_policies(&mut args, limits, algorithm);
+    args
+}
+
+/// An integer argument.
+pub(super) fn int(v: u64) -> Value {
+    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// Each policy's four arguments: field, quota, window in ms, sliding.
+pub(super) fn push_policies(args: &mut Vec<Value>, limits: &[RateLimit], algorithm: Algorithm) {
+    let sliding = i64::from(algorithm == Algorithm::SlidingWindow);
     for limit in limits {
         args.push(Value::from(format!(
             "{}/{}",
@@ -317,7 +306,6 @@ fn arguments(limits: &[RateLimit], algorithm: Algorithm, cost: u64, carry: Carri
         ));
         args.push(Value::Integer(sliding));
     }
-    args
 }
 
 /// The script's answer: whether it admitted the request, Redis's time, and
@@ -329,7 +317,7 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    fn parse(answer: &[i64], policies: usize) -> Result<Self, CounterError> {
+    pub(super) fn parse(answer: &[i64], policies: usize) -> Result<Self, CounterError> {
         let malformed = || CounterError::new("the counter script answered something else");
         let (&admitted, rest) = answer.split_first().ok_or_else(malformed)?;
         let (&now, counts) = rest.split_first().ok_or_else(malformed)?;
@@ -381,43 +369,30 @@ impl fmt::Debug for RedisHit {
     }
 }
 
-impl RedisHit {
-    /// The script's answer, and what it says of the request.
-    pub(crate) fn poll_answer(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(Counted, Answer), CounterError>> {
-        self.command.as_mut().poll(cx).map(|answer| {
-            let answer = Answer::parse(&answer?, self.limits.len())?;
-            let counted = answer.counted(&self.limits, self.algorithm, self.cost);
-            Ok((counted, answer))
-        })
-    }
-}
-
 impl Future for RedisHit {
     type Output = Result<Counted, CounterError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.poll_answer(cx)
-            .map(|answer| answer.map(|(counted, _)| counted))
+        self.command.as_mut().poll(cx).map(|answer| {
+            let answer = Answer::parse(&answer?, self.limits.len())?;
+            Ok(answer.counted(&self.limits, self.algorithm, self.cost))
+        })
     }
 }
 
 impl RedisCounters {
-    /// A hit that also adds units admitted elsewhere (a local-first
-    /// instance's), whatever the policies say.
-    pub(crate) fn hit_carrying(
+    /// One hit's round trip: the script by its SHA (sent whole the first
+    /// time the server doesn't know it).
+    fn count(
         &self,
         key: &CounterKey,
         limits: &[RateLimit],
         algorithm: Algorithm,
         cost: u64,
-        carry: Carried,
     ) -> RedisHit {
         let inner = &*self.inner;
         let redis_key = self.redis_key(key);
-        let args = arguments(limits, algorithm, cost, carry);
+        let args = arguments(limits, algorithm, cost);
         let client = inner.pool.client();
         let sha = inner.sha.clone();
         let command = inner.pool.boxed(
@@ -441,90 +416,9 @@ impl RedisCounters {
             cost,
         }
     }
-
-    /// Adds each batch's units to its key's counts (a script call per key,
-    /// whatever the policies say), each call bounded by `timeout` from when
-    /// it is sent and reported to the breaker on its own (a batch whose
-    /// calls fail is no success); answers each key's counts, in order. The
-    /// calls go out on one connection, up to `CALLS_IN_FLIGHT` at a time
-    /// (fred pipelines commands in flight).
-    pub(crate) async fn carry_all(
-        &self,
-        batch: &[Carry],
-        timeout: Duration,
-    ) -> Vec<Result<Answer, CounterError>> {
-        use futures_util::StreamExt;
-        let inner = &*self.inner;
-        let client = inner.pool.one();
-        // Made as the window moves, not all first: each command in flight
-        // holds its buffers.
-        // Each call's arguments made first (a batch is bounded: local-first
-        // sends its keys a round at a time), the futures as the window moves.
-        let client = &client;
-        let owned: Vec<_> = batch
-            .iter()
-            .map(|c| {
-                let key = self.redis_key(&c.key);
-                let args = arguments(&c.limits, c.algorithm, 0, c.units);
-                (key, args, c.limits.len())
-            })
-            .collect();
-        let calls = owned
-            .into_iter()
-            .map(move |(key, args, policies)| async move {
-                let call = async {
-                    match client
-                        .evalsha(&inner.sha, vec![key.as_str()], args.clone())
-                        .await
-                    {
-                        Err(e) if is_noscript(&e) => client.eval(HIT, vec![key], args).await,
-                        answer => answer,
-                    }
-                };
-                let answer: Vec<i64> = inner.pool.run_within(timeout, call, failed).await?;
-                Answer::parse(&answer, policies)
-            });
-        // A bounded number in flight, answers in order.
-        futures_util::stream::iter(calls)
-            .buffered(CALLS_IN_FLIGHT)
-            .collect()
-            .await
-    }
 }
 
-/// Units admitted elsewhere, and when (Redis's time, ms): the window they
-/// count in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Carried {
-    pub(crate) units: u64,
-    pub(crate) at_ms: u64,
-}
-
-impl Carried {
-    /// These units and `more`, counted from the earlier of their instants.
-    pub(crate) fn and(self, more: Carried) -> Carried {
-        match (self.units, more.units) {
-            (0, _) => more,
-            (_, 0) => self,
-            _ => Carried {
-                units: self.units + more.units,
-                at_ms: self.at_ms.min(more.at_ms),
-            },
-        }
-    }
-}
-
-/// One key's units for [`RedisCounters::carry_all`].
-pub(crate) struct Carry {
-    pub(crate) key: CounterKey,
-    pub(crate) limits: Vec<RateLimit>,
-    pub(crate) algorithm: Algorithm,
-    pub(crate) units: Carried,
-    /// The key's state it was taken from (its policies may change).
-    pub(crate) generation: u64,
-}
-
-fn is_noscript(e: &fred::error::Error) -> bool {
+pub(super) fn is_noscript(e: &fred::error::Error) -> bool {
     e.details().starts_with("NOSCRIPT")
 }
 
@@ -538,7 +432,7 @@ impl CounterStore for RedisCounters {
         algorithm: Algorithm,
         cost: u64,
     ) -> RedisHit {
-        self.hit_carrying(key, limits, algorithm, cost, Carried::default())
+        self.count(key, limits, algorithm, cost)
     }
 
     fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<(), CounterError>> + Send {

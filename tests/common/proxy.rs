@@ -9,6 +9,7 @@
 //! | `Blackhole` | connections stay open, nothing comes back (bytes held, delivered when the fault ends) |
 //! | `Reset` | every connection reset (RST), new ones too |
 //! | `CloseAfter(n)` | each connection closed after `n` bytes, both ways together |
+//! | `DropReplies` | requests reach Redis; a connection that an answer comes back on is closed, the answer lost (the command applied) |
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub enum Fault {
     Blackhole,
     Reset,
     CloseAfter(usize),
+    DropReplies,
 }
 
 pub struct FaultProxy {
@@ -111,8 +113,8 @@ async fn relay(client: TcpStream, upstream: u16, faults: watch::Receiver<Fault>)
     let moved = AtomicUsize::new(0);
     // Either direction ending ends the connection.
     tokio::select! {
-        () = pump(from_client, to_server, faults.clone(), &moved) => {}
-        () = pump(from_server, to_client, faults, &moved) => {}
+        () = pump(from_client, to_server, faults.clone(), &moved, false) => {}
+        () = pump(from_server, to_client, faults, &moved, true) => {}
     }
 }
 
@@ -121,6 +123,7 @@ async fn pump(
     mut to: OwnedWriteHalf,
     mut faults: watch::Receiver<Fault>,
     moved: &AtomicUsize,
+    replies: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -141,6 +144,9 @@ async fn pump(
             let fault = *faults.borrow_and_update();
             match fault {
                 Fault::Pass => break,
+                // The answer is lost with its connection.
+                Fault::DropReplies if replies => return,
+                Fault::DropReplies => break,
                 Fault::Latency(d) => {
                     tokio::time::sleep(d).await;
                     break;
