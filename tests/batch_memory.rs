@@ -118,3 +118,54 @@ async fn a_usage_flush_of_100_000_keys_holds_a_bounded_amount_at_once() {
     // fresh maps: a few megabytes, whatever the keys in use.
     assert!(peak < 16_000_000, "peak {peak} bytes");
 }
+
+/// The heap a live cached key costs: a `MemoryCache` filled with 20,000
+/// keys of a principal shaped like the quickstart's (an id, a name, one
+/// scope), through the layer, measured by the counting allocator.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cached_key_costs_a_few_hundred_bytes() {
+    const CACHED: usize = 20_000;
+    let lookup = lookup_fn(|hash: KeyHash| async move {
+        Ok::<_, Infallible>(Some(Client {
+            id: i64::from(hash.as_bytes()[0]),
+            name: "ci-bot".to_owned(),
+            expires_at: None,
+            owner: None,
+            scopes: vec!["reports:read".to_owned()],
+            networks: None,
+        }))
+    });
+    let auth = ApiKeyAuthLayer::new(
+        MemoryCache::builder()
+            .max_capacity(2 * CACHED as u64)
+            .build(),
+        lookup,
+    );
+    let mut svc = auth.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(bytes::Bytes::new()))
+    }));
+    let request = |i: usize| {
+        let mut req = Request::new(());
+        let value = HeaderValue::from_str(&format!("Bearer sk_cached_{i}")).unwrap();
+        req.headers_mut().insert("authorization", value);
+        req
+    };
+    // Warm whatever is made once (the cache's shards, the flights' tables).
+    for i in 0..100 {
+        svc.call(request(i))
+            .now_or_never()
+            .expect("in process")
+            .unwrap();
+    }
+    let before = CURRENT.load(Ordering::Relaxed);
+    for i in 100..100 + CACHED {
+        svc.call(request(i))
+            .now_or_never()
+            .expect("in process")
+            .unwrap();
+    }
+    let per_key = (CURRENT.load(Ordering::Relaxed) - before) / CACHED;
+    eprintln!("a cached key with the quickstart's principal: {per_key} bytes of heap");
+    assert_eq!(auth.stats().lookups, (100 + CACHED) as u64);
+    assert!(per_key < 1_024, "{per_key} bytes a key");
+}

@@ -31,7 +31,9 @@ use crate::redis_pool::{Command, Failure, PoolSettings, RedisPool, Source};
 /// for each: its field (`name/window`), quota, window in ms, 1 for sliding.
 ///
 /// The arithmetic is `window.rs`'s, operation for operation (Lua numbers are
-/// doubles, as the crate's estimate is).
+/// doubles, as the crate's estimate is). Counts it could not have written
+/// (not whole, negative, a window ahead of Redis's clock) are read as a
+/// spent quota: a forged count refuses, it never admits.
 const HIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,9 +50,16 @@ for i = 0, n - 1 do
   local sliding = ARGV[base + 3] == '1'
   local v = redis.call('HMGET', KEYS[1], field .. ':i', field .. ':c', field .. ':p')
   local idx = math.floor(now / w)
-  local si = tonumber(v[1]) or idx
-  local cur = tonumber(v[2]) or 0
-  local prev = tonumber(v[3]) or 0
+  local si, cur, prev = idx, 0, 0
+  if v[1] or v[2] or v[3] then
+    si, cur, prev = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+    -- Counts this script never writes (not whole, negative, a window
+    -- ahead of Redis's clock): spent, never a fresh quota.
+    if not (si and cur and prev) or si > idx + 1 or cur < 0 or prev < 0
+        or cur ~= math.floor(cur) or prev ~= math.floor(prev) then
+      si, cur, prev = idx, quota, quota
+    end
+  end
   if idx == si + 1 then
     prev = cur
     cur = 0

@@ -191,7 +191,8 @@ impl Local {
             .saturating_sub(i64::try_from(now_ms(clock)).unwrap_or(i64::MAX));
         self.view = answer.counts.clone();
         self.lease = Lease {
-            units: leased.granted,
+            // Never more than asked: a forged answer can't widen a lease.
+            units: leased.granted.min(step.ask),
             windows: answer.counts.iter().map(|c| c.window).collect(),
         };
         self.granted_at = Some(Instant::now());

@@ -58,9 +58,18 @@ for i = 0, n - 1 do
   local leased = tonumber(ARGV[base + 4])
   local v = redis.call('HMGET', KEYS[1], field .. ':i', field .. ':c', field .. ':p')
   local idx = math.floor(now / w)
-  local si = tonumber(v[1]) or idx
-  local cur = tonumber(v[2]) or 0
-  local prev = tonumber(v[3]) or 0
+  local si, cur, prev = idx, 0, 0
+  local forged = false
+  if v[1] or v[2] or v[3] then
+    si, cur, prev = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+    -- Counts this script never writes (not whole, negative, a window
+    -- ahead of Redis's clock): spent, never a fresh quota, and nothing
+    -- given back to them.
+    if not (si and cur and prev) or si > idx + 1 or cur < 0 or prev < 0
+        or cur ~= math.floor(cur) or prev ~= math.floor(prev) then
+      si, cur, prev, forged = idx, quota, quota, true
+    end
+  end
   if idx == si + 1 then
     prev = cur
     cur = 0
@@ -70,7 +79,7 @@ for i = 0, n - 1 do
   else
     idx = si
   end
-  if replay == nil and give > 0 then
+  if replay == nil and give > 0 and not forged then
     if leased == idx then
       cur = math.max(0, cur - give)
     elseif leased + 1 == idx then
