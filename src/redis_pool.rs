@@ -24,13 +24,13 @@ use crate::telemetry::{self, Timer};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fred::clients::{Client, Pool, WithOptions};
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
 use pin_project_lite::pin_project;
@@ -60,6 +60,11 @@ pub struct RedisHealth {
     /// Commands that skipped Redis while it was open (each a request, or a
     /// part of one, answered without Redis at once).
     pub skipped: u64,
+    /// Whether any of the pool's connections is up, as far as the client
+    /// knows: `false` from the moment every connection was seen to drop
+    /// (Redis killed or restarting) until one is made again. Meanwhile
+    /// every command fails at once.
+    pub connected: bool,
 }
 
 /// A pool's breaker, what it has done, and the pool's connections (whose
@@ -69,7 +74,7 @@ pub(crate) struct Health {
     opened: AtomicU64,
     closed: AtomicU64,
     skipped: AtomicU64,
-    clients: Vec<Client>,
+    connections: Vec<Connection>,
     /// A probe's `PING` waits at most this.
     timeout: Duration,
 }
@@ -81,7 +86,7 @@ impl Health {
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            clients: pool.clients().to_vec(),
+            connections: pool.clients().iter().map(Connection::new).collect(),
             timeout,
         }
     }
@@ -90,7 +95,51 @@ impl Health {
     /// has seen every connection drop (and until one is back): a command
     /// then fails at once.
     fn any_connected(&self) -> bool {
-        self.clients.is_empty() || self.clients.iter().any(|c| c.is_connected())
+        self.connections.is_empty() || self.connections.iter().any(Connection::up)
+    }
+
+    /// Tasks that mark each connection dropped when its client reports a
+    /// drop, and up again when it reports a connection made: fred's own
+    /// state says "connected" until its first attempt to reconnect (50 ms
+    /// after the drop), and a command sent meanwhile would wait its
+    /// timeout. None outside a Tokio runtime (fred's state alone then).
+    fn watch(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (i, connection) in self.connections.iter().enumerate() {
+            let (mut drops, mut made) = (
+                connection.client.error_rx(),
+                connection.client.reconnect_rx(),
+            );
+            let health = Arc::downgrade(self);
+            runtime.spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    // Drops first: of a drop and a reconnection both
+                    // waiting, the reconnection came last.
+                    let dropped = tokio::select! {
+                        biased;
+                        error = drops.recv() => match error {
+                            // A connection's reader failed: it dropped.
+                            Ok((_, Some(_))) => true,
+                            Ok((_, None)) | Err(RecvError::Lagged(_)) => continue,
+                            Err(RecvError::Closed) => return,
+                        },
+                        server = made.recv() => match server {
+                            Ok(_) | Err(RecvError::Lagged(_)) => false,
+                            Err(RecvError::Closed) => return,
+                        },
+                    };
+                    let Some(health) = health.upgrade() else {
+                        return;
+                    };
+                    health.connections[i]
+                        .dropped
+                        .store(dropped, Ordering::Release);
+                }
+            });
+        }
     }
 
     /// While the breaker is open: a task that `PING`s every cooldown and
@@ -111,12 +160,16 @@ impl Health {
                 let Some(health) = health.upgrade() else {
                     return;
                 };
-                let Some(client) = health.clients.iter().find(|c| c.is_connected()) else {
+                // fred's state, not the drop marks: a mark a reconnection
+                // never cleared (a cluster node gone for good) is cleared
+                // by the PING's answer.
+                let Some(connection) = health.connections.iter().find(|c| c.client.is_connected())
+                else {
                     continue;
                 };
-                let ping =
-                    tokio::time::timeout(health.timeout, client.ping::<fred::types::Value>(None));
-                if let Ok(Ok(_)) = ping.await {
+                let ping = connection.client.ping::<fred::types::Value>(None);
+                if let Ok(Ok(_)) = tokio::time::timeout(health.timeout, ping).await {
+                    connection.dropped.store(false, Ordering::Release);
                     health.answered();
                     health.breaker.probing(false);
                     return;
@@ -158,7 +211,28 @@ impl Health {
             opened: self.opened.load(Ordering::Relaxed),
             closed: self.closed.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
+            connected: self.any_connected(),
         }
+    }
+}
+
+/// One client of a pool, and whether it was seen to drop (see
+/// [`Health::watch`]).
+struct Connection {
+    client: Client,
+    dropped: AtomicBool,
+}
+
+impl Connection {
+    fn new(client: &Client) -> Self {
+        Self {
+            client: client.clone(),
+            dropped: AtomicBool::new(false),
+        }
+    }
+
+    fn up(&self) -> bool {
+        !self.dropped.load(Ordering::Acquire) && self.client.is_connected()
     }
 }
 
@@ -252,6 +326,13 @@ impl PoolSettings {
                 tracing::warn!("Redis is not reachable yet; {what} until it is");
             }
         }
+        let health = Arc::new(Health::new(
+            self.breaker_failures,
+            self.breaker_cooldown,
+            &pool,
+            self.command_timeout,
+        ));
+        health.watch();
         Ok(RedisPool {
             options: Options {
                 fail_fast: true,
@@ -259,12 +340,7 @@ impl PoolSettings {
                 ..Options::default()
             },
             timeout: self.command_timeout,
-            health: Arc::new(Health::new(
-                self.breaker_failures,
-                self.breaker_cooldown,
-                &pool,
-                self.command_timeout,
-            )),
+            health,
             pool,
         })
     }

@@ -204,8 +204,53 @@ async fn skewed_clocks_count_in_redis_windows(t: &Target<'_>, prefix: &str) {
     );
 }
 
+/// Requests on one key at once on one instance: steps in flight together,
+/// leases landing between them, and (with a short interval) rounds giving
+/// back and topping up as they run; every unit leased is admitted here or
+/// given back, none is lost between answers (Redis counts exactly what was
+/// admitted).
+async fn concurrent_steps_lose_no_lease(t: &Target<'_>, prefix: &str) {
+    clear_of_the_hours_end(Duration::from_secs(30)).await;
+    let shapes = [(1_000u64, 16, 50), (100, 16, 25)];
+    for (interval, (quota, tasks, each)) in [3_600_000, 5]
+        .into_iter()
+        .flat_map(|ms| shapes.map(|shape| (Duration::from_millis(ms), shape)))
+    {
+        let prefix = format!("{prefix}{quota}{interval:?}:");
+        let store = manual(&t.url(), &prefix).await.interval(interval).build();
+        let running: Vec<_> = (0..tasks)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { hits(&store, quota, each).await })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in running {
+            admitted += task.await.unwrap();
+        }
+        let offered = tasks * each;
+        let case = format!("quota {quota}, interval {interval:?}");
+        if offered < quota as usize {
+            assert_eq!(admitted, offered, "{case}: refused under it");
+        } else {
+            assert!(admitted as u64 <= quota, "{case}: {admitted} admitted");
+        }
+        store.flush().await.unwrap();
+        let counters = strict(&t.url(), &prefix).await;
+        assert_eq!(
+            counted_in_redis(&counters, quota).await,
+            admitted as u64,
+            "{case}: leased units lost"
+        );
+        // And the rest of the quota is there to spend.
+        let more = hits(&store, quota, quota as usize).await;
+        assert_eq!(admitted + more, quota as usize, "{case}");
+    }
+}
+
 on_each_target!(
     a_hot_key_is_decided_here_from_its_lease,
+    concurrent_steps_lose_no_lease,
     no_instance_admits_beyond_the_quota,
     skewed_clocks_count_in_redis_windows,
 );

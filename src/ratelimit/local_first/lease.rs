@@ -36,10 +36,15 @@ pub(super) struct Local {
     /// what Redis said then.
     refused_until_ms: u64,
     refusal: Option<Counted>,
-    /// The units asked for last, and when that lease was granted: a lease
-    /// spent within an interval asks twice as much next time.
-    last_ask: u64,
+    /// When a lease was last granted, and the units spent here since: this
+    /// instance's pace, which the next lease is sized to.
     granted_at: Option<Instant>,
+    spent: u64,
+    /// The step asking for a lease, while in flight: one at a time, so
+    /// requests on the key at once don't each lease (they count their cost
+    /// alone). Cleared by its answer, or by `LeaseInFlight` when it fails or
+    /// its request is dropped.
+    pub(super) asking: Option<u64>,
     /// When a unit of the lease was last spent (a lease idle for an
     /// interval goes back).
     pub(super) last_spent: Option<Instant>,
@@ -68,8 +73,9 @@ impl Local {
             offset_ms: 0,
             refused_until_ms: 0,
             refusal: None,
-            last_ask: 0,
             granted_at: None,
+            spent: 0,
+            asking: None,
             last_spent: None,
             listed: false,
             gone: false,
@@ -138,30 +144,31 @@ impl Local {
         interval: Duration,
     ) -> Here {
         let now = self.now_ms(clock);
+        let windows_hold = self.same_windows(&self.lease.windows, now);
+        // Units held are this instance's to spend, a refusal or not.
+        if let Some(counted) = self.spend(now, cost, windows_hold) {
+            return Here::Decided(counted);
+        }
         if now < self.refused_until_ms {
             if let Some(refusal) = &self.refusal {
                 return Here::Decided(refusal.clone());
             }
         }
-        let windows_hold = self.same_windows(&self.lease.windows, now);
-        if windows_hold && self.lease.units >= cost && self.view.len() == self.limits.len() {
-            self.lease.units -= cost;
-            self.last_spent = Some(Instant::now());
-            let view = self.admitted_view(now);
-            // The admitted view counts this request already.
-            return Here::Decided(self.counted(&view, now, 0, true));
+        if self.asking.is_some() {
+            // A lease is on its way: this request counts its cost alone.
+            let step = Step {
+                id: random_id(),
+                cost,
+                ask: 0,
+                give: 0,
+                leased_in: SmallVec::new(),
+            };
+            return Here::Ask(step);
         }
-        // A lease spent within two intervals of its grant: twice as much
-        // (a lease settles at about two intervals of this instance's pace).
-        let quick = self
-            .granted_at
-            .is_some_and(|at| at.elapsed() < interval.saturating_mul(2));
-        let ask = match (self.last_ask, quick) {
-            (0, _) => cost.max(1),
-            (last, true) => last.saturating_mul(2),
-            (last, false) => (last / 2).max(1),
-        };
-        let ask = ask.clamp(cost.min(max_lease), max_lease.max(1));
+        let ask = self
+            .paced(interval)
+            .unwrap_or(cost)
+            .clamp(cost.min(max_lease), max_lease.max(1));
         let give = if windows_hold { self.lease.units } else { 0 };
         let step = Step {
             id: random_id(),
@@ -171,8 +178,29 @@ impl Local {
             leased_in: self.lease.windows.clone(),
         };
         self.lease.units = 0;
-        self.last_ask = ask;
+        self.asking = Some(step.id);
         Here::Ask(step)
+    }
+
+    /// Two intervals of this instance's pace since the last grant: what a
+    /// lease is sized to (`None` before the first).
+    fn paced(&self, interval: Duration) -> Option<u64> {
+        let elapsed = self.granted_at?.elapsed().as_secs_f64().max(1e-6);
+        let units = self.spent as f64 * 2.0 * interval.as_secs_f64() / elapsed;
+        Some(units.ceil() as u64)
+    }
+
+    /// Admits a request of `cost` from the units held, if they cover it.
+    fn spend(&mut self, now: u64, cost: u64, windows_hold: bool) -> Option<Counted> {
+        if !windows_hold || self.lease.units < cost || self.view.len() != self.limits.len() {
+            return None;
+        }
+        self.lease.units -= cost;
+        self.spent = self.spent.saturating_add(cost);
+        self.last_spent = Some(Instant::now());
+        let view = self.admitted_view(now);
+        // The admitted view counts this request already.
+        Some(self.counted(&view, now, 0, true))
     }
 
     /// Takes in Redis's answer to `step`: its counts, the lease granted,
@@ -186,19 +214,39 @@ impl Local {
         interval: Duration,
     ) -> Counted {
         let answer = &leased.answer;
+        if self.asking == Some(step.id) {
+            self.asking = None;
+        }
         self.offset_ms = i64::try_from(answer.now_ms)
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(now_ms(clock)).unwrap_or(i64::MAX));
         self.view = answer.counts.clone();
-        self.lease = Lease {
-            // Never more than asked: a forged answer can't widen a lease.
-            units: leased.granted.min(step.ask),
-            windows: answer.counts.iter().map(|c| c.window).collect(),
+        // Never more than asked: a forged answer can't widen a lease. Added
+        // to what is held in the same windows: steps in flight together
+        // (requests on one key at once) each bring their own grant.
+        let granted = leased.granted.min(step.ask);
+        let windows: SmallVec<[u64; 2]> = answer.counts.iter().map(|c| c.window).collect();
+        let held = if windows == self.lease.windows {
+            self.lease.units
+        } else {
+            0
         };
-        self.granted_at = Some(Instant::now());
+        self.lease = Lease {
+            units: held.saturating_add(granted),
+            windows,
+        };
+        if step.ask > 0 {
+            self.granted_at = Some(Instant::now());
+            self.spent = 0;
+        }
         let now = answer.now_ms;
         let counted = answer.counted(&self.limits, self.algorithm, step.cost);
         if !counted.admitted {
+            // Refused for units this instance holds (another step's lease,
+            // landed while this one was asked): spent here instead.
+            if let Some(counted) = self.spend(now, step.cost, true) {
+                return counted;
+            }
             let end = self
                 .limits
                 .iter()
@@ -217,20 +265,26 @@ impl Local {
         self.counted(&view, now, 0, true)
     }
 
-    /// A give-back of what this instance holds, if it holds anything and
-    /// its lease has been idle for an interval (or `all`, on a flush); what
-    /// it still owes from a give-back that failed first.
-    pub(super) fn give_back(
+    /// This key's step in a round, if it needs one: what it still owes
+    /// from a give-back that failed first; a give-back of what it holds if
+    /// its lease has been idle for an interval (or `all`, on a flush); a
+    /// top-up if it is in use and holds less than an interval of its pace,
+    /// so that no request of it waits for the next lease.
+    pub(super) fn round(
         &mut self,
         clock: &Clock,
         interval: Duration,
+        max_lease: u64,
         all: bool,
     ) -> Option<Step> {
         if let Some(owed) = &self.owed {
             return Some(owed.clone());
         }
         let idle = self.last_spent.is_none_or(|at| at.elapsed() >= interval);
-        if self.lease.units == 0 || !(idle || all) {
+        if !(idle || all) {
+            return self.top_up(clock, interval, max_lease);
+        }
+        if self.lease.units == 0 {
             return None;
         }
         let now = self.now_ms(clock);
@@ -253,6 +307,32 @@ impl Local {
             leased_in: windows,
         };
         self.owed = Some(step.clone());
+        Some(step)
+    }
+
+    /// A lease asked ahead of need: two intervals of this instance's pace,
+    /// less what it holds, when it holds less than one.
+    fn top_up(&mut self, clock: &Clock, interval: Duration, max_lease: u64) -> Option<Step> {
+        if self.asking.is_some() || self.gone {
+            return None;
+        }
+        let held = if self.same_windows(&self.lease.windows, self.now_ms(clock)) {
+            self.lease.units
+        } else {
+            0
+        };
+        let want = self.paced(interval)?.min(max_lease);
+        if held.saturating_mul(2) >= want {
+            return None;
+        }
+        let step = Step {
+            id: random_id(),
+            cost: 0,
+            ask: want - held,
+            give: 0,
+            leased_in: SmallVec::new(),
+        };
+        self.asking = Some(step.id);
         Some(step)
     }
 

@@ -25,8 +25,8 @@ use super::store::{Counted, CounterError, CounterKey, CounterStore};
 use crate::hash::DigestHasher;
 use crate::stats::{Counter, WarnLimiter};
 
-/// Default time between two rounds of give-backs (and the pace a lease is
-/// sized to).
+/// Default time between two rounds of give-backs and top-ups (a lease is
+/// sized to two of it at the key's pace).
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 /// Default largest share of a quota one lease may hold.
 const DEFAULT_LEASE_SHARE: f64 = 0.1;
@@ -46,10 +46,16 @@ const BATCH_KEYS: usize = 512;
 /// nothing across the key's policies), and **leases** the instance units
 /// that every policy has room for, counted in Redis at once. The instance
 /// then admits that many requests with no round trip. A lease is sized to
-/// the instance's pace (doubled when it was spent within two intervals,
-/// halved when not) and never more than a share of the quota (10 % by
-/// default, [`lease_share`](LocalFirstBuilder::lease_share)); a lease idle
-/// for an interval goes back to Redis.
+/// the instance's pace (two intervals of what it spent since its last
+/// lease) and never more than a share of the quota (10 % by default,
+/// [`lease_share`](LocalFirstBuilder::lease_share)). Every interval a
+/// round goes over the keys: a lease idle for an interval goes back to
+/// Redis, and a key in use that holds less than one interval of its pace
+/// is topped up (a step that counts nothing and asks for the rest), so a
+/// busy key's requests rarely wait for Redis. One step per key asks for a
+/// lease at a time: requests on the key meanwhile send their own cost
+/// alone, and every grant adds to what the key holds (none is lost
+/// between answers).
 ///
 /// # The bound on over-admission
 ///
@@ -156,8 +162,9 @@ impl fmt::Debug for LocalFirstBuilder {
 }
 
 impl LocalFirstBuilder {
-    /// Time between two rounds of give-backs, and the pace leases are
-    /// sized to (default 100 ms): a lease idle this long goes back.
+    /// Time between two rounds (default 100 ms): a lease idle this long
+    /// goes back, a busy key holding less than this long of its pace is
+    /// topped up, and a lease is sized to two of it at the key's pace.
     #[must_use]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval.max(Duration::from_millis(1));
@@ -242,7 +249,7 @@ impl LocalFirst {
     /// from a give-back that failed (the interval does so for idle leases;
     /// call this on shutdown, or in a test).
     pub async fn flush(&self) -> Result<(), CounterError> {
-        give_back(&self.shared, true).await
+        send_rounds(&self.shared, true).await
     }
 
     /// Starts the give-backs, once, on the current Tokio runtime.
@@ -295,7 +302,8 @@ impl fmt::Debug for LocalFirst {
     }
 }
 
-/// Gives back idle leases every `interval`, while the store lives.
+/// Gives back idle leases and tops up busy ones every `interval`, while
+/// the store lives.
 async fn rounds(shared: Weak<Shared>, interval: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -304,7 +312,7 @@ async fn rounds(shared: Weak<Shared>, interval: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if let Err(error) = give_back(&shared, false).await {
+        if let Err(error) = send_rounds(&shared, false).await {
             if let Some(suppressed) = shared.warnings.allow() {
                 tracing::warn!(%error, suppressed, "local-first rate limits: a give-back failed; sent again next round");
             }
@@ -312,21 +320,22 @@ async fn rounds(shared: Weak<Shared>, interval: Duration) {
     }
 }
 
-/// Gives back what the listed keys hold (idle leases only, unless `all`),
-/// [`BATCH_KEYS`] keys at a time; keys still holding something stay listed.
-async fn give_back(shared: &Shared, all: bool) -> Result<(), CounterError> {
+/// Sends the listed keys' steps ([`Local::round`]: give-backs of idle
+/// leases, or of all with `all`; top-ups of busy ones), [`BATCH_KEYS`] keys
+/// at a time; keys still holding something stay listed.
+async fn send_rounds(shared: &Shared, all: bool) -> Result<(), CounterError> {
     let mut listed = mem::take(&mut *lock(&shared.leased));
     let mut result = Ok(());
     while !listed.is_empty() {
         let round = listed.split_off(listed.len().saturating_sub(BATCH_KEYS));
-        if let Err(error) = give_back_round(shared, round, all).await {
+        if let Err(error) = send_round(shared, round, all).await {
             result = Err(error);
         }
     }
     result
 }
 
-async fn give_back_round(
+async fn send_round(
     shared: &Shared,
     listed: Vec<(CounterKey, Arc<Mutex<Local>>)>,
     all: bool,
@@ -339,7 +348,8 @@ async fn give_back_round(
         if local.gone {
             continue;
         }
-        match local.give_back(&shared.clock, shared.interval, all) {
+        let max_lease = shared.max_lease(&local.limits);
+        match local.round(&shared.clock, shared.interval, max_lease, all) {
             Some(step) => {
                 steps.push((key, local.limits.clone(), local.algorithm, step));
                 drop(local);
@@ -355,26 +365,52 @@ async fn give_back_round(
         return Ok(());
     }
     shared.counts.batches.incr();
-    let keys: Vec<(CounterKey, u64)> = steps.iter().map(|(k, .., s)| (*k, s.id)).collect();
+    let sent: Vec<_> = steps
+        .iter()
+        .map(|(key, limits, _, step)| (*key, limits.clone(), step.clone()))
+        .collect();
     let answers = shared
         .counters
         .steps(steps, shared.counters.pool().timeout())
         .await;
     let mut failed = None;
-    for (((key, id), entry), answer) in keys.into_iter().zip(&entries).zip(answers) {
+    for (((key, limits, step), entry), answer) in sent.into_iter().zip(&entries).zip(answers) {
         let mut local = lock(entry);
         match answer {
+            // A top-up: its lease is held here.
+            Ok(leased) if step.ask > 0 && !local.gone && local.limits == limits => {
+                local.merge(&leased, &step, &shared.clock, shared.interval);
+            }
             // Applied (once, whatever else happened to it): nothing owed.
-            Ok(_) if local.owed.as_ref().is_some_and(|o| o.id == id) => local.owed = None,
+            Ok(_) if local.owed.as_ref().is_some_and(|o| o.id == step.id) => local.owed = None,
             Ok(_) => {}
             Err(error) => {
                 shared.counts.batch_failures.incr();
                 failed = Some(error);
             }
         }
+        if local.asking == Some(step.id) {
+            local.asking = None;
+        }
         shared.list(key, entry, &mut local);
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// A key's lease request in flight: when it ends with no answer taken in
+/// (failed, or its request dropped), the key may ask again.
+struct LeaseInFlight {
+    entry: Arc<Mutex<Local>>,
+    id: u64,
+}
+
+impl Drop for LeaseInFlight {
+    fn drop(&mut self) {
+        let mut local = lock(&self.entry);
+        if local.asking == Some(self.id) {
+            local.asking = None;
+        }
+    }
 }
 
 /// A local-first hit: decided here, or a round trip to Redis.
@@ -446,6 +482,10 @@ impl CounterStore for LocalFirst {
         shared.counts.remote.incr();
         let (shared, key, limits) = (Arc::clone(shared), *key, limits.to_vec());
         let asking = async move {
+            let _in_flight = (step.ask > 0).then(|| LeaseInFlight {
+                entry: Arc::clone(&entry),
+                id: step.id,
+            });
             let timeout = shared.counters.pool().timeout();
             let leased = shared
                 .counters
