@@ -102,12 +102,18 @@ impl Health {
     /// drop, and up again when it reports a connection made: fred's own
     /// state says "connected" until its first attempt to reconnect (50 ms
     /// after the drop), and a command sent meanwhile would wait its
-    /// timeout. None outside a Tokio runtime (fred's state alone then).
+    /// timeout. Not on a cluster, whose client holds a connection per node
+    /// and reports each node's drop apart (one node's drop, a reshard's,
+    /// is not the client's), and none outside a Tokio runtime: fred's
+    /// state alone then.
     fn watch(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         for (i, connection) in self.connections.iter().enumerate() {
+            if connection.client.is_clustered() {
+                continue;
+            }
             let (mut drops, mut made) = (
                 connection.client.error_rx(),
                 connection.client.reconnect_rx(),
@@ -320,7 +326,9 @@ impl PoolSettings {
             Source::Config(config) => build_pool(*config, self.connect_timeout, self.pool_size)?,
         };
         if !pool.is_connected() {
-            pool.connect_pool();
+            for client in pool.clients() {
+                drive(client.clone());
+            }
             let wait = tokio::time::timeout(self.connect_timeout, pool.wait_for_connect()).await;
             if !matches!(wait, Ok(Ok(()))) {
                 tracing::warn!("Redis is not reachable yet; {what} until it is");
@@ -362,6 +370,28 @@ impl PoolSettings {
             .build()?;
         Ok((client, self.connect_timeout))
     }
+}
+
+/// Drives a client's connection task, and starts it again whenever it ends
+/// other than by `QUIT`. fred 10.1 ends the task when a command gets an
+/// `ASK` redirection (a cluster's slots moving) with no attempt left for
+/// it, which with this crate's one attempt is every `ASK`; the client then
+/// still says "connected" and takes commands nobody answers, each waiting
+/// out its timeout, for good (`tests/cluster_failover.rs`, the reshard).
+fn drive(client: Client) {
+    tokio::spawn(async move {
+        loop {
+            match client.connect().await {
+                // QUIT, or the client closed on purpose.
+                Ok(Ok(())) => return,
+                Ok(Err(error)) if error.is_canceled() => return,
+                ended => {
+                    tracing::warn!(?ended, "Redis connection task ended; starting it again");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
 }
 
 fn build_pool(config: Config, connect_timeout: Duration, size: usize) -> Result<Pool, Failure> {

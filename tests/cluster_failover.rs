@@ -2,7 +2,8 @@
 //! killed and its replica promoted; slots are resharded between masters.
 //! Throughout, every answer is right and none is a 5xx; afterwards the
 //! cache and the counters are in use again within a bound the test
-//! measures (and the README states).
+//! measures (and the README states). And a cluster's `ASK` redirection
+//! leaves every connection of the pool working.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -212,4 +213,70 @@ async fn slots_resharded_under_load_give_no_wrong_answer() {
         "reshard of 3000 slots: back on Redis {back:?} after it; {sent} requests, none wrong"
     );
     assert!(sent > 100, "the load hardly ran: {sent}");
+}
+
+/// A cluster's `ASK` redirection (a slot migrating, its key not yet moved)
+/// ends fred 10.1's connection task when the command has no attempt left
+/// (the crate sends one); the pool starts the task again, so the commands
+/// after it are answered, not left to wait out their timeout on a client
+/// that still says "connected" (the reshard above failed that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_redirection_leaves_every_connection_working() {
+    use tower_api_key::ratelimit::{Algorithm, CounterKey, CounterStore};
+    use tower_api_key::KeyHash;
+
+    let cluster = RedisCluster::start();
+    // Long: a command left to its timeout can't pass for one answered. No
+    // breaker: the refused ASKs would open it, and it is the connections
+    // this asks about.
+    let counters = RedisCounters::builder(cluster.url())
+        .command_timeout(Duration::from_secs(5))
+        .breaker(0, Duration::from_secs(1))
+        .build()
+        .await
+        .expect("counters on the cluster");
+    let limits = [RateLimit::per_minute(1_000)];
+    let hit = |key: CounterKey| {
+        let (counters, limits) = (counters.clone(), limits.clone());
+        async move {
+            counters
+                .hit(&key, &limits, Algorithm::default(), 1)
+                .await
+                .map(|_| ())
+        }
+    };
+    let key = |i: usize| CounterKey::key(&KeyHash::of(format!("sk_ask_{i}")));
+    let slot =
+        |k: &CounterKey| cluster.nodes[0].cli(&["cluster", "keyslot", &counters.redis_key(k)]);
+    // The migrating key's slot: from its owner to another master.
+    let asked = key(0);
+    let owner = (0..3)
+        .find(|&i| {
+            !cluster.nodes[i]
+                .cli(&["exists", &counters.redis_key(&asked)])
+                .contains("MOVED")
+        })
+        .expect("an owner");
+    let (to, s) = ((owner + 1) % 3, slot(&asked));
+    let s = s.trim();
+    let (owner_id, to_id) = (cluster.id(owner), cluster.id(to));
+    cluster.nodes[to].cli(&["cluster", "setslot", s, "importing", &owner_id]);
+    cluster.nodes[owner].cli(&["cluster", "setslot", s, "migrating", &to_id]);
+
+    // Asked elsewhere: the pool's connections take turns, so a few ASKs
+    // reach every one of them.
+    for _ in 0..8 {
+        let _ = hit(asked).await;
+    }
+    // Every other key is answered: none waits on a dead connection task.
+    let others: Vec<CounterKey> = (1..40).map(key).filter(|k| slot(k).trim() != s).collect();
+    for k in others {
+        let started = Instant::now();
+        let answer = hit(k).await;
+        assert!(
+            answer.is_ok() && started.elapsed() < Duration::from_secs(2),
+            "after an ASK: {answer:?} in {:?}",
+            started.elapsed()
+        );
+    }
 }

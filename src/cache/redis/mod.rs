@@ -172,7 +172,10 @@ impl<P> RedisCache<P> {
 
     /// A builder around a fred [`Pool`] you already have, as it is configured.
     /// Give it a reconnect policy and a command timeout: fred's defaults
-    /// never reconnect and wait forever.
+    /// never reconnect and wait forever. A pool connected before it is
+    /// given here keeps the connection tasks it has: the crate starts again
+    /// only the tasks it starts (fred 10.1 ends one on a cluster's `ASK`
+    /// when the command has no attempt left).
     pub fn from_pool(pool: Pool) -> RedisCacheBuilder<P> {
         RedisCacheBuilder::new(Source::Pool(pool))
     }
